@@ -1,0 +1,464 @@
+# meta1lite.compat - the ONE place where MicroPython and CPython differ.
+#
+# Owns: the asyncio import, the clocks (replaceable by tests), random bytes, a
+# process number, PEM->DER for MicroPython TLS, durable file primitives (fsync,
+# directory sync, atomic rename), stream helpers (bounded reads, chunked writes,
+# timeouts, STARTTLS), errno classification, the CBOR codec choice and the logger.
+# Must never: hold protocol or queue logic, or import anything CPython-only at
+# module level without a fallback.
+import errno
+import os
+import sys
+import time
+
+try:
+    import asyncio
+except ImportError:  # very old MicroPython
+    import uasyncio as asyncio
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+try:
+    import cbor2 as _cbor2
+except ImportError:
+    _cbor2 = None
+
+WRITE_CHUNK = 4096          # bytes per write+drain (MicroPython copies what the socket refuses)
+READ_CHUNK = 4096           # bytes per socket read
+CLOCK_SCALE_ENV = "META1LITE_CLOCK_SCALE"   # tests: simulated seconds per real second
+
+
+# --- clocks -----------------------------------------------------------------
+
+def _real_monotonic_factory():
+    if hasattr(time, "monotonic"):
+        return time.monotonic
+    state = [time.ticks_ms(), 0]   # last ticks, accumulated ms (ticks wrap around)
+
+    def monotonic():
+        now = time.ticks_ms()
+        state[1] += time.ticks_diff(now, state[0])
+        state[0] = now
+        return state[1] / 1000
+    return monotonic
+
+
+_real_monotonic = _real_monotonic_factory()
+
+
+class _Clock:
+    def __init__(self):
+        self.scale = float(os.getenv(CLOCK_SCALE_ENV) or 1)
+        self.mono0 = _real_monotonic()
+        self.wall0 = time.time()
+        self.mono_fn = None
+        self.wall_fn = None
+
+
+_clock = _Clock()
+
+
+def monotonic():
+    """Seconds on a clock that never goes back; the scheduler's only clock."""
+    if _clock.mono_fn:
+        return _clock.mono_fn()
+    return (_real_monotonic() - _clock.mono0) * _clock.scale
+
+
+def wall_time():
+    """Seconds since the Unix epoch, for people and lifetimes (may jump, e.g. NTP)."""
+    if _clock.wall_fn:
+        return _clock.wall_fn()
+    if _clock.scale == 1:
+        return time.time()
+    return _clock.wall0 + monotonic()
+
+
+def set_clock(monotonic_fn=None, wall_fn=None):
+    """Replace the clocks (tests); call with no arguments to restore the real ones."""
+    _clock.mono_fn = monotonic_fn
+    _clock.wall_fn = wall_fn
+
+
+async def sleep(seconds):
+    """Sleep `seconds` of (possibly simulated) monotonic time."""
+    await asyncio.sleep(seconds / _clock.scale)
+
+
+def ticks_ms():
+    """A millisecond counter for short measurements (log delays)."""
+    return int(monotonic() * 1000)
+
+
+def format_time(epoch, utc=False):
+    """'Nov 24 14:08:00' (syslog style) for a wall-clock time."""
+    t = time.gmtime(int(epoch)) if utc or not hasattr(time, "localtime") else time.localtime(int(epoch))
+    return "%s %2d %02d:%02d:%02d" % (_MONTHS[t[1] - 1], t[2], t[3], t[4], t[5])
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def rfc5322_date(epoch):
+    """RFC 5322 Date: value in UTC, e.g. 'Tue, 24 Nov 2026 14:08:00 +0000'."""
+    t = time.gmtime(int(epoch))
+    return "%s, %d %s %d %02d:%02d:%02d +0000" % (
+        _DAYS[t[6]], t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5])
+
+
+# --- identity and randomness -----------------------------------------------
+
+def urandom(n):
+    """n random bytes from the OS (or the board's RNG)."""
+    return os.urandom(n)
+
+
+_PID = [None]
+
+
+def getpid():
+    """The process id; on MicroPython (no pids) a number fixed for this run."""
+    if _PID[0] is None:
+        if hasattr(os, "getpid"):
+            _PID[0] = os.getpid()
+        else:
+            _PID[0] = 1000 + int.from_bytes(urandom(2), "big") % 30000
+    return _PID[0]
+
+
+# --- TLS --------------------------------------------------------------------
+
+def pem_to_der(text):
+    """DER bytes of the first PEM block in `text` (str or bytes)."""
+    import binascii
+    if isinstance(text, bytes):
+        text = text.decode()
+    begin = text.find("-----BEGIN")
+    if begin < 0:
+        raise ValueError("no PEM block found")
+    start = text.find("\n", begin) + 1
+    end = text.find("-----END", start)
+    if start <= 0 or end < 0:
+        raise ValueError("unterminated PEM block")
+    return binascii.a2b_base64("".join(text[start:end].split()))
+
+
+def _read_file(path, mode="rb"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def server_tls_context(certfile, keyfile):
+    """An SSL context for smtps (STARTTLS and implicit TLS)."""
+    import ssl
+    if not MICROPYTHON:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile, keyfile)
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem_to_der(_read_file(certfile)), pem_to_der(_read_file(keyfile)))
+    return ctx
+
+
+def client_tls_context(verify=True, ca_file=None):
+    """An SSL context for smtpc; verification uses ca_file (required on MicroPython)."""
+    import ssl
+    if not MICROPYTHON:
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify and ca_file:
+        ctx.load_verify_locations(cadata=pem_to_der(_read_file(ca_file)))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+TLS_ERRORS = (OSError, ValueError) if MICROPYTHON else (OSError,)
+
+
+async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
+    """Upgrade an open stream to TLS (STARTTLS); returns the new (reader, writer)."""
+    if not MICROPYTHON:
+        if server_side:
+            await writer.start_tls(ctx)
+        else:
+            await writer.start_tls(ctx, server_hostname=server_hostname)
+        return reader, writer
+    kwargs = {"server_side": server_side, "do_handshake_on_connect": False}
+    if not server_side and server_hostname:
+        kwargs["server_hostname"] = server_hostname
+    sock = ctx.wrap_socket(writer.s, **kwargs)
+    sock.setblocking(False)
+    writer.s = sock
+    return writer, writer
+
+
+# --- streams ----------------------------------------------------------------
+
+def new_read_buffer(size=READ_CHUNK):
+    """A preallocated receive buffer for read_some()."""
+    return bytearray(size)
+
+
+async def read_some(reader, buf):
+    """Read what is available (at most len(buf)) as bytes; b'' at end of stream."""
+    if not MICROPYTHON:
+        return await reader.read(len(buf))
+    while True:
+        n = await reader.readinto(buf)
+        if n is not None:   # None: a TLS socket that would block
+            return bytes(buf[:n])
+
+
+async def write_all(writer, data):
+    """Write data in WRITE_CHUNK pieces, draining after each (bounded buffering)."""
+    mv = memoryview(data)
+    for start in range(0, len(mv), WRITE_CHUNK):
+        writer.write(bytes(mv[start:start + WRITE_CHUNK]))
+        await writer.drain()
+
+
+async def wait_for(awaitable, timeout_s):
+    """Await with a timeout in (simulated) seconds; raises asyncio.TimeoutError."""
+    return await asyncio.wait_for(awaitable, timeout_s / _clock.scale)
+
+
+async def close_stream(writer):
+    """Close a stream, ignoring errors from a peer that is already gone."""
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except Exception:  # noqa: BLE001 - closing must never raise
+        pass
+
+
+def peer_address(writer):
+    """(host, port) of the peer of a stream, or ('?', 0)."""
+    try:
+        peer = writer.get_extra_info("peername")
+    except (KeyError, AttributeError):
+        peer = None
+    if isinstance(peer, bytes):   # MicroPython: a raw sockaddr
+        import socket
+        peer = socket.sockaddr(peer)[1:3] if hasattr(socket, "sockaddr") else None
+    if not peer:
+        return ("?", 0)
+    return (str(peer[0]), int(peer[1]))
+
+
+class LineReader:
+    """Bounded line reader over a stream: one preallocated buffer, lines split here."""
+
+    def __init__(self, reader, max_line=1024):
+        self.reader = reader
+        self.max_line = max_line
+        self.buf = new_read_buffer(max_line)
+        self.pending = b""
+
+    async def readline(self):
+        """Next line with its ending; b'' at EOF; raises ValueError if over max_line."""
+        while True:
+            nl = self.pending.find(b"\n")
+            if nl >= 0:
+                line, self.pending = self.pending[:nl + 1], self.pending[nl + 1:]
+                return line
+            if len(self.pending) >= self.max_line:
+                raise ValueError("line longer than %d octets" % self.max_line)
+            data = await read_some(self.reader, self.buf)
+            if not data:
+                line, self.pending = self.pending, b""
+                return line
+            self.pending += data
+
+
+# --- errors -----------------------------------------------------------------
+
+TIMEOUT_ERRORS = (asyncio.TimeoutError,) if hasattr(asyncio, "TimeoutError") else ()
+_CONNECTION_ERRNOS = tuple(getattr(errno, name) for name in (
+    "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE", "ENOTCONN", "EHOSTUNREACH",
+    "ENETUNREACH", "ETIMEDOUT", "EBADF") if hasattr(errno, name))
+
+
+def errno_of(exc):
+    """The errno of an OSError on either runtime (MicroPython puts it in args[0])."""
+    code = getattr(exc, "errno", None)
+    if code is None and getattr(exc, "args", None) and isinstance(exc.args[0], int):
+        code = exc.args[0]
+    return code
+
+
+def is_timeout(exc):
+    """True for a timeout of either runtime's kind."""
+    if TIMEOUT_ERRORS and isinstance(exc, TIMEOUT_ERRORS):
+        return True
+    return isinstance(exc, OSError) and errno_of(exc) == getattr(errno, "ETIMEDOUT", 110)
+
+
+def is_connection_error(exc):
+    """True when the peer went away or could not be reached."""
+    if isinstance(exc, EOFError):
+        return True
+    return isinstance(exc, OSError) and errno_of(exc) in _CONNECTION_ERRNOS
+
+
+def is_no_space(exc):
+    """True for a full disk/flash (ENOSPC) or quota."""
+    return isinstance(exc, OSError) and errno_of(exc) in (
+        getattr(errno, "ENOSPC", 28), getattr(errno, "EDQUOT", 122))
+
+
+# --- files ------------------------------------------------------------------
+
+def fsync_file(f):
+    """Flush a file to stable storage (MicroPython: flush() fsyncs / syncs LittleFS)."""
+    f.flush()
+    if hasattr(os, "fsync"):
+        os.fsync(f.fileno())
+
+
+def sync_dir(path):
+    """Make directory entries (new files, renames) in `path` durable where possible.
+
+    CPython/POSIX: fsync of the directory. The MicroPython unix port has no way to
+    do this; LittleFS commits metadata itself. Returns True if a sync happened."""
+    if not hasattr(os, "fsync") or not hasattr(os, "O_RDONLY"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def rename(src, dst):
+    """Atomic replace of dst by src (POSIX and LittleFS; never FAT)."""
+    os.rename(src, dst)
+
+
+def commit_file(tmp_path, final_path, directory):
+    """Rename a synced temporary into place and make the rename durable."""
+    rename(tmp_path, final_path)
+    sync_dir(directory)
+
+
+def exists(path):
+    """True if path exists."""
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def is_dir(path):
+    """True if path is a directory."""
+    try:
+        return bool(os.stat(path)[0] & 0x4000)
+    except OSError:
+        return False
+
+
+def file_size(path):
+    """Size in bytes of a file (raises OSError if missing)."""
+    return os.stat(path)[6]
+
+
+def makedirs(path):
+    """mkdir -p."""
+    if not path or is_dir(path):
+        return
+    parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else ""
+    if parent and parent != path:
+        makedirs(parent)
+    try:
+        os.mkdir(path)
+    except OSError:
+        if not is_dir(path):
+            raise
+
+
+def remove(path):
+    """Remove a file; a missing file is not an error."""
+    try:
+        os.remove(path)
+    except OSError as exc:
+        if errno_of(exc) != errno.ENOENT:
+            raise
+
+
+def free_space(path):
+    """Bytes free for an unprivileged writer on the filesystem holding path."""
+    st = os.statvfs(path)
+    return st[1] * st[4]     # f_frsize * f_bavail, same tuple order on both runtimes
+
+
+# --- CBOR -------------------------------------------------------------------
+
+if _cbor2 is not None:
+    CBOR_ERRORS = (_cbor2.CBORError, ValueError, TypeError, EOFError)
+
+    def cbor_dumps(obj):
+        """Deterministic CBOR encoding (cbor2 canonical on CPython)."""
+        return _cbor2.dumps(obj, canonical=True)
+
+    def cbor_loads(data):
+        """Decode exactly one CBOR item; errors are in CBOR_ERRORS."""
+        return _cbor2.loads(bytes(data))
+else:
+    CBOR_ERRORS = (ValueError,)     # meta1lite.cbor.CBORError is a ValueError
+
+    def cbor_dumps(obj):
+        """Deterministic CBOR encoding (meta1lite.cbor, imported on first use)."""
+        from meta1lite import cbor
+        return cbor.dumps(obj)
+
+    def cbor_loads(data):
+        """Decode exactly one CBOR item; errors are in CBOR_ERRORS."""
+        from meta1lite import cbor
+        return cbor.loads(data)
+
+
+# --- logging ----------------------------------------------------------------
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+RING_LINES = 50             # lines kept in memory for `meta1lite status` on a board
+
+
+class Logger:
+    """Postfix-shaped log lines: 'Mon DD HH:MM:SS host meta1lite/smtps[pid]: ID: text'."""
+
+    def __init__(self, hostname="localhost", level="info", stream=None):
+        self.hostname = hostname
+        self.threshold = LEVELS.get(level, 20)
+        self.stream = stream
+        self.ring = []
+
+    def log(self, level, module, text):
+        """Write one line if `level` passes the threshold; keep it in the ring."""
+        if LEVELS.get(level, 20) < self.threshold:
+            return
+        prefix = "" if level == "info" else level + ": "
+        line = "%s %s meta1lite/%s[%d]: %s%s" % (
+            format_time(wall_time()), self.hostname, module, getpid(), prefix, text)
+        self.ring.append(line)
+        if len(self.ring) > RING_LINES:
+            self.ring.pop(0)
+        stream = self.stream or sys.stderr
+        stream.write(line + "\n")
+
+
+log = Logger()
+
+
+def configure_logging(hostname, level, stream=None):
+    """Set the global logger's hostname, level and stream."""
+    log.hostname = hostname
+    log.threshold = LEVELS.get(level, 20)
+    log.stream = stream

@@ -1,0 +1,176 @@
+# compat: the runtime-difference layer, tested on CPython and MicroPython alike.
+from support import fresh_dir
+
+from meta1lite import compat
+
+asyncio = compat.asyncio
+
+
+class FakeReader:
+    """A stream that hands out scripted pieces (CPython read / MicroPython readinto)."""
+
+    def __init__(self, pieces):
+        self.pieces = list(pieces)
+
+    async def read(self, n):
+        return self.pieces.pop(0)[:n] if self.pieces else b""
+
+    async def readinto(self, buf):
+        if not self.pieces:
+            return 0
+        piece = self.pieces.pop(0)
+        buf[:len(piece)] = piece
+        return len(piece)
+
+
+class FakeWriter:
+    def __init__(self):
+        self.writes = []
+        self.drains = 0
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    async def drain(self):
+        self.drains += 1
+
+
+def test_replaced_clock_drives_monotonic_and_wall_time():
+    now = [1000.0]
+    compat.set_clock(lambda: now[0], lambda: 86400 * 365.0)
+    try:
+        assert compat.monotonic() == 1000.0
+        now[0] += 3600
+        assert compat.monotonic() == 4600.0
+        assert compat.wall_time() == 86400 * 365.0
+    finally:
+        compat.set_clock()
+    a = compat.monotonic()
+    b = compat.monotonic()
+    assert b >= a
+
+
+def test_rfc5322_date_and_syslog_time():
+    assert compat.rfc5322_date(0) == "Thu, 1 Jan 1970 00:00:00 +0000"
+    assert compat.rfc5322_date(1795528080) == "Tue, 24 Nov 2026 13:48:00 +0000"
+    assert compat.format_time(1795528080, utc=True) == "Nov 24 13:48:00"
+
+
+def test_pid_is_stable_and_urandom_is_random():
+    assert compat.getpid() == compat.getpid() > 0
+    assert len(compat.urandom(16)) == 16
+    assert compat.urandom(16) != compat.urandom(16)
+
+
+def test_pem_to_der_takes_the_base64_between_the_markers():
+    pem = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAwQF\n-----END CERTIFICATE-----\n"
+    assert compat.pem_to_der(pem) == bytes([0, 1, 2, 3, 4, 5])
+    assert compat.pem_to_der(pem.encode()) == bytes([0, 1, 2, 3, 4, 5])
+    try:
+        compat.pem_to_der("no pem here")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_line_reader_splits_lines_and_bounds_them():
+    async def go():
+        r = compat.LineReader(FakeReader([b"HELO a\r\nMA", b"IL x\r\n", b"tail"]), max_line=64)
+        assert await r.readline() == b"HELO a\r\n"
+        assert await r.readline() == b"MAIL x\r\n"
+        assert await r.readline() == b"tail"
+        assert await r.readline() == b""
+        long = compat.LineReader(FakeReader([b"x" * 40, b"y" * 40]), max_line=64)
+        try:
+            await long.readline()
+        except ValueError as exc:
+            assert "64" in str(exc)
+        else:
+            raise AssertionError("over-long line accepted")
+    asyncio.run(go())
+
+
+def test_write_all_writes_in_bounded_chunks_and_drains_each():
+    async def go():
+        w = FakeWriter()
+        data = bytes(range(256)) * 40      # 10240 bytes
+        await compat.write_all(w, data)
+        assert b"".join(w.writes) == data
+        assert max(len(x) for x in w.writes) <= compat.WRITE_CHUNK
+        assert w.drains == len(w.writes) == 3
+    asyncio.run(go())
+
+
+def test_wait_for_times_out_with_a_recognisable_error():
+    async def go():
+        try:
+            await compat.wait_for(asyncio.sleep(5), 0.05)
+        except Exception as exc:  # noqa: BLE001
+            assert compat.is_timeout(exc), exc
+        else:
+            raise AssertionError("no timeout")
+    asyncio.run(go())
+
+
+def test_errno_classification():
+    import errno
+    assert compat.is_connection_error(OSError(errno.ECONNRESET, "reset"))
+    assert compat.is_connection_error(OSError(errno.EPIPE))
+    assert compat.is_connection_error(EOFError())
+    assert not compat.is_connection_error(OSError(errno.ENOENT))
+    assert compat.is_no_space(OSError(errno.ENOSPC))
+    assert compat.is_timeout(OSError(errno.ETIMEDOUT))
+    assert compat.errno_of(OSError(errno.EAGAIN)) == errno.EAGAIN
+
+
+def test_durable_commit_and_file_helpers():
+    d = fresh_dir("compat")
+    compat.makedirs(d + "/a/b/c")
+    assert compat.is_dir(d + "/a/b/c")
+    tmp, final = d + "/a/t.tmp", d + "/a/final"
+    with open(tmp, "wb") as f:
+        f.write(b"payload")
+        compat.fsync_file(f)
+    compat.commit_file(tmp, final, d + "/a")
+    assert not compat.exists(tmp) and compat.file_size(final) == 7
+    compat.remove(final)
+    compat.remove(final)          # missing is fine
+    assert not compat.exists(final)
+    assert compat.free_space(d) > 0
+
+
+def test_cbor_choice_round_trips_queue_records():
+    rec = {"v": 1, "id": "4BQX0A1B2C3D", "rcpt": ["a@b", "c@d"], "size": 2048,
+           "body": b"\x00\xff", "held": False, "next": None, "neg": -5}
+    data = compat.cbor_dumps(rec)
+    assert compat.cbor_loads(data) == rec
+    assert compat.cbor_dumps(compat.cbor_loads(data)) == data
+    try:
+        compat.cbor_loads(data[:-3])
+    except compat.CBOR_ERRORS:
+        pass
+    else:
+        raise AssertionError("truncated record decoded")
+
+
+def test_logger_writes_postfix_shaped_lines_and_keeps_a_ring():
+    class Sink:
+        def __init__(self):
+            self.text = ""
+
+        def write(self, s):
+            self.text += s
+
+    sink = Sink()
+    logger = compat.Logger("relay.test", "info", sink)
+    logger.log("info", "smtps", "4BQX0A1B2C3D: client=cam[192.168.1.9]")
+    logger.log("debug", "smtps", "not shown")
+    logger.log("warning", "qmgr", "disk low")
+    lines = sink.text.splitlines()
+    assert len(lines) == 2
+    assert " relay.test meta1lite/smtps[%d]: 4BQX0A1B2C3D: client=" % compat.getpid() in lines[0]
+    assert lines[1].endswith("meta1lite/qmgr[%d]: warning: disk low" % compat.getpid())
+    for _ in range(compat.RING_LINES + 5):
+        logger.log("info", "qmgr", "x")
+    assert len(logger.ring) == compat.RING_LINES
