@@ -12,7 +12,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "meta1lite")
 DEFAULT_OUT = os.path.join(ROOT, "firmware", "build", "bundle")
-CPYTHON_ONLY = {"cli.py"}          # imported lazily on CPython; never on a board
+CPYTHON_ONLY = "cli"               # meta1lite/cli/: the command-line tools, never on a board
 MPY_MAGIC = ord("M")
 
 
@@ -22,7 +22,7 @@ def shared_modules():
     for folder, _dirs, files in os.walk(PACKAGE):
         for name in files:
             rel = os.path.relpath(os.path.join(folder, name), PACKAGE)
-            if name.endswith(".py") and name not in CPYTHON_ONLY:
+            if name.endswith(".py") and rel.split(os.sep)[0] != CPYTHON_ONLY:
                 found.append(rel)
     return sorted(found)
 

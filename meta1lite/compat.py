@@ -107,6 +107,27 @@ def rfc5322_date(epoch):
         _DAYS[t[6]], t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5])
 
 
+# --- memory -------------------------------------------------------------------
+
+def forget_modules(names):
+    """Drop one-shot modules (the config parser after start-up) so that, on the
+    MicroPython unix port where bytecode lives in the heap, their memory returns."""
+    import gc
+    for name in names:
+        sys.modules.pop(name, None)
+        parent, _, child = name.rpartition(".")
+        package = sys.modules.get(parent)
+        if package is not None and child in getattr(package, "__dict__", {}):
+            delattr(package, child)
+    gc.collect()
+
+
+def heap_used():
+    """Bytes of heap in use (MicroPython gc.mem_alloc), or None on CPython."""
+    import gc
+    return gc.mem_alloc() if hasattr(gc, "mem_alloc") else None
+
+
 # --- identity and randomness -----------------------------------------------
 
 def urandom(n):
@@ -244,9 +265,10 @@ def peer_address(writer):
         peer = writer.get_extra_info("peername")
     except (KeyError, AttributeError):
         peer = None
-    if isinstance(peer, bytes):   # MicroPython: a raw sockaddr
+    if isinstance(peer, (bytes, bytearray)):   # MicroPython: a raw struct sockaddr
         import socket
-        peer = socket.sockaddr(peer)[1:3] if hasattr(socket, "sockaddr") else None
+        family, packed, port = socket.sockaddr(peer)[:3]
+        peer = (socket.inet_ntop(family, packed), port)
     if not peer:
         return ("?", 0)
     return (str(peer[0]), int(peer[1]))
@@ -280,9 +302,14 @@ class LineReader:
 # --- errors -----------------------------------------------------------------
 
 TIMEOUT_ERRORS = (asyncio.TimeoutError,) if hasattr(asyncio, "TimeoutError") else ()
-_CONNECTION_ERRNOS = tuple(getattr(errno, name) for name in (
-    "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EPIPE", "ENOTCONN", "EHOSTUNREACH",
-    "ENETUNREACH", "ETIMEDOUT", "EBADF") if hasattr(errno, name))
+# MicroPython's errno lacks some names; the numbers are Linux's (and lwIP's).
+EPIPE = getattr(errno, "EPIPE", 32)
+ENOSPC = getattr(errno, "ENOSPC", 28)
+EDQUOT = getattr(errno, "EDQUOT", 122)
+ENETUNREACH = getattr(errno, "ENETUNREACH", 101)
+ETIMEDOUT = getattr(errno, "ETIMEDOUT", 110)
+_CONNECTION_ERRNOS = (errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, EPIPE,
+                      errno.ENOTCONN, errno.EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, errno.EBADF)
 
 
 def errno_of(exc):
@@ -297,7 +324,7 @@ def is_timeout(exc):
     """True for a timeout of either runtime's kind."""
     if TIMEOUT_ERRORS and isinstance(exc, TIMEOUT_ERRORS):
         return True
-    return isinstance(exc, OSError) and errno_of(exc) == getattr(errno, "ETIMEDOUT", 110)
+    return isinstance(exc, OSError) and errno_of(exc) == ETIMEDOUT
 
 
 def is_connection_error(exc):
@@ -309,8 +336,7 @@ def is_connection_error(exc):
 
 def is_no_space(exc):
     """True for a full disk/flash (ENOSPC) or quota."""
-    return isinstance(exc, OSError) and errno_of(exc) in (
-        getattr(errno, "ENOSPC", 28), getattr(errno, "EDQUOT", 122))
+    return isinstance(exc, OSError) and errno_of(exc) in (ENOSPC, EDQUOT)
 
 
 # --- files ------------------------------------------------------------------

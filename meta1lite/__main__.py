@@ -1,0 +1,70 @@
+# Entry points: `python -m meta1lite`, the console scripts `meta1lite` and
+# `meta1lite-sendmail`, and `micropython -m meta1lite run -c FILE`.
+# Owns: choosing between the full command line (cli.py, CPython) and the
+# minimal `run` parser for MicroPython (compat.MICROPYTHON). Must never import
+# cli.py on MicroPython (a board, the unix port): there only `run` exists.
+import sys
+
+RUN_USAGE = "usage: micropython -m meta1lite [-c FILE] run [-c FILE]"
+CONFIG_MODULES = ("meta1lite.conf", "meta1lite.confschema", "meta1lite.confcheck")
+
+
+def _parse_run(argv):
+    path, rest, i = None, [], 0
+    while i < len(argv):
+        if argv[i] in ("-c", "--config") and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    if not rest or rest[0] != "run":
+        return None, None
+    return path, rest[1:]
+
+
+def _print_errors(exc):
+    sys.stderr.write("%s\n" % exc)
+
+
+def micro_main(argv):
+    """`run [-c FILE]` without cli.py (MicroPython); returns the exit status."""
+    import os
+
+    from meta1lite import compat, conf
+    path, rest = _parse_run(argv)
+    if rest is None:
+        sys.stderr.write(RUN_USAGE + "\n")
+        return 2
+    path = path or os.getenv("META1LITE_CONF") or None
+    try:
+        cfg = conf.load(path)
+    except conf.ConfigError as exc:
+        _print_errors(exc)
+        return 1
+    except OSError as exc:
+        sys.stderr.write("meta1lite: cannot read %s: %s\n" % (path, exc))
+        return 2
+    del conf
+    compat.forget_modules(CONFIG_MODULES)   # the parser is not needed after start-up
+    from meta1lite import mcp
+    status = mcp.main(cfg, rest)
+    return 0 if status is None else status
+
+
+def main():
+    """`meta1lite ...` (console script and python -m)."""
+    from meta1lite.compat import MICROPYTHON
+    if not MICROPYTHON:
+        from meta1lite import cli
+        return cli.main(sys.argv[1:])
+    return micro_main(sys.argv[1:])
+
+
+def sendmail_main():
+    """`meta1lite-sendmail ...` = `meta1lite sendmail ...` (also takes -C FILE)."""
+    from meta1lite import cli
+    return cli.main(["sendmail"] + sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+# meta1lite.mcp - the main control program: starts the modules in one event loop
+# and stops them in order.
+#
+# Owns: start-up order (logging, spool recovery, smtps listeners, the queue
+# manager when present), the orderly stop, and signal handling on CPython (SIGTERM/
+# SIGINT stop, SIGHUP reload). The MicroPython unix port has no signals: Ctrl-C
+# (KeyboardInterrupt) stops it gracefully and SIGTERM kills it, which the queue's
+# durability survives. Must never: hold protocol or queue logic of its own.
+import sys
+
+from meta1lite import compat
+
+asyncio = compat.asyncio
+INCOMING_POLL_S = 5          # how often new `meta1lite sendmail` submissions are adopted
+
+
+def open_spool(cfg):
+    """The spool of a configuration, recovered (bad files moved aside, never fatal)."""
+    from meta1lite.spool import Spool
+    q = cfg["qmgr"]
+    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
+                  hostname=cfg["hostname"])
+    spool.recover()
+    return spool
+
+
+class Daemon:
+    """The running relay: the spool and the modules around it."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.spool = None
+        self.smtps = None
+        self.qmgr = None
+        self.stopping = asyncio.Event()
+        self.tasks = []
+
+    async def start(self):
+        from meta1lite.smtps import SmtpServer
+        compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
+        self.spool = open_spool(self.cfg)
+        self.qmgr = self._start_qmgr()
+        self.smtps = SmtpServer(self.cfg, self.spool, self.qmgr)
+        await self.smtps.start()
+        self.tasks.append(asyncio.create_task(self._adopt_incoming()))
+        compat.log.log("info", "mcp", "daemon started; listening on %s" % ", ".join(
+            "%s:%d" % ep for ep in self.smtps.endpoints()))
+
+    def _start_qmgr(self):
+        try:
+            from meta1lite.qmgr import QueueManager
+        except ImportError:
+            return None
+        qmgr = QueueManager(self.cfg, self.spool)
+        self.tasks.append(asyncio.create_task(qmgr.run()))
+        return qmgr
+
+    async def _adopt_incoming(self):
+        while True:
+            await compat.sleep(INCOMING_POLL_S)
+            try:
+                n = self.spool.scan_incoming()
+            except OSError as exc:
+                compat.log.log("warning", "qmgr", "incoming scan failed: %s" % exc)
+                continue
+            if n and self.qmgr is not None:
+                self.qmgr.wake()
+
+    async def stop(self):
+        compat.log.log("info", "mcp", "stopping")
+        if self.smtps is not None:
+            await self.smtps.stop()
+        for task in self.tasks:
+            task.cancel()
+        if self.qmgr is not None:
+            await self.qmgr.stop()
+        if self.spool is not None:
+            self.spool.close()
+        compat.log.log("info", "mcp", "stopped")
+
+    async def serve(self):
+        """Run until stop is requested (signal, Ctrl-C or request_stop())."""
+        await self.start()
+        try:
+            await self.stopping.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self):
+        self.stopping.set()
+
+    def reload(self, cfg):
+        """Take a new configuration: logging and smtps limits apply at once."""
+        self.cfg = cfg
+        compat.configure_logging(cfg["hostname"], cfg["log_level"])
+        if self.smtps is not None:
+            self.smtps.reload(cfg)
+        compat.log.log("info", "mcp", "configuration reloaded")
+
+
+def _install_signals(daemon, reload_cb):
+    try:
+        import signal
+        loop = asyncio.get_event_loop()
+        loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, reload_cb)
+    except (ImportError, AttributeError, NotImplementedError, RuntimeError):
+        pass        # MicroPython: no signals; KeyboardInterrupt ends asyncio.run
+
+
+def run(cfg, reload_config=None):
+    """Run the daemon in the foreground until stopped; returns an exit code."""
+    daemon = Daemon(cfg)
+
+    def reload():
+        compat.log.log("info", "mcp", "SIGHUP: reload requested")
+        if reload_config is not None:
+            reload_config(daemon)
+
+    async def main():
+        _install_signals(daemon, reload)
+        await daemon.serve()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        compat.log.log("info", "mcp", "interrupted")
+        try:
+            asyncio.run(daemon.stop())
+        except Exception:  # noqa: BLE001 - best effort after Ctrl-C
+            pass
+    except OSError as exc:
+        sys.stderr.write("meta1lite: %s\n" % exc)
+        return 1
+    return 0
+
+
+def main(cfg, argv):
+    """`meta1lite run`: the daemon in the foreground; returns the exit status."""
+    if argv:
+        sys.stderr.write("meta1lite: run takes no arguments besides -c FILE\n")
+        return 2
+    return run(cfg, _reload_config)
+
+
+def _reload_config(daemon):
+    """SIGHUP: re-read the file; a bad file keeps the running configuration."""
+    path = daemon.cfg.get("config_file")
+    if not path:
+        return
+    from meta1lite import conf
+    try:
+        new = conf.load(path)
+    except (conf.ConfigError, OSError) as exc:
+        compat.log.log("error", "mcp", "reload of %s failed, keeping the old configuration: %s"
+                       % (path, exc))
+        return
+    daemon.reload(new)

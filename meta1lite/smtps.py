@@ -1,0 +1,487 @@
+# meta1lite.smtps - the SMTP server module: listeners, sessions, relay control.
+#
+# Owns: the asyncio I/O around proto.smtp_server (reads, writes, io_timeout,
+# STARTTLS and implicit TLS), connection and rate limits, the relay decision
+# (relay_from, AUTH, local_domains), AUTH against the users file with lockout,
+# streaming DATA into the spool with the Received:/Date:/Message-ID: fields, and
+# the Postfix-shaped log lines of a session. Must never: answer 250 to the final
+# dot before spool.commit returned (the message is durable), hold a message in
+# RAM, or let a client outside relay_from reach a non-local domain.
+from meta1lite import authdb, compat, headers, netaddr
+from meta1lite.proto import replies
+from meta1lite.proto import smtp_server as core
+from meta1lite.spool import SpoolFull
+
+asyncio = compat.asyncio
+LOG = "smtps"
+AUTH_FAILURE_DELAY_S = 2        # pause before answering a failed AUTH (slows guessing)
+RATE_WINDOW_S = 60              # max_messages_per_client_per_minute counts over this
+MAX_TRACKED_CLIENTS = 256       # bound of the per-client rate table
+LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
+
+
+def _reply_tuple(code, enhanced, text):
+    return (code, enhanced, text)
+
+
+class RateLimiter:
+    """Messages per client address in a sliding minute, with a bounded table."""
+
+    def __init__(self, per_minute):
+        self.per_minute = per_minute
+        self.stamps = {}
+
+    def allow(self, client):
+        """Count one message for client; False if over the limit."""
+        if not self.per_minute:
+            return True
+        now = compat.monotonic()
+        recent = [t for t in self.stamps.get(client, ()) if now - t < RATE_WINDOW_S]
+        if len(recent) >= self.per_minute:
+            self.stamps[client] = recent
+            return False
+        if client not in self.stamps and len(self.stamps) >= MAX_TRACKED_CLIENTS:
+            self._forget_idle(now)
+        recent.append(now)
+        self.stamps[client] = recent
+        return True
+
+    def _forget_idle(self, now):
+        for client in list(self.stamps):
+            if not [t for t in self.stamps[client] if now - t < RATE_WINDOW_S]:
+                del self.stamps[client]
+        while len(self.stamps) >= MAX_TRACKED_CLIENTS:
+            del self.stamps[next(iter(self.stamps))]
+
+
+class SmtpServer:
+    """smtps: every listener of smtps.listen and smtps.listen_tls."""
+
+    def __init__(self, cfg, spool, qmgr=None):
+        self.spool = spool
+        self.qmgr = qmgr
+        self.servers = []
+        self.bound = []
+        self.sessions = set()
+        self.per_client = {}
+        self.reload(cfg)
+
+    def reload(self, cfg):
+        """Apply a (new) configuration; listeners stay as they are."""
+        self.cfg = cfg
+        self.opts = cfg["smtps"]
+        self.hostname = cfg["hostname"]
+        self.rate = RateLimiter(self.opts["max_messages_per_client_per_minute"])
+        self.tls_ctx = self._tls_context()
+        self.users, self.lockout = self._auth()
+        self.local_domains = [d.lower() for d in self.opts["local_domains"]]
+
+    def _tls_context(self):
+        tls = self.opts.get("tls") or {}
+        if not tls.get("certificate"):
+            return None
+        return compat.server_tls_context(tls["certificate"], tls["key"])
+
+    def _auth(self):
+        auth = self.opts.get("auth") or {}
+        if not auth.get("users"):
+            return None, None
+        users = authdb.load_users(auth["users"])
+        return users, authdb.Lockout(auth["max_failures"], auth["lockout"])
+
+    async def start(self):
+        """Open every listener (raises OSError if an address cannot be bound)."""
+        for host, port in self.opts["listen"]:
+            await self._listen(host, port, None)
+        for host, port in self.opts["listen_tls"]:
+            if self.tls_ctx is None:
+                raise OSError("smtps.listen_tls needs smtps.tls { certificate; key; }")
+            await self._listen(host, port, self.tls_ctx)
+
+    async def _listen(self, host, port, ctx):
+        implicit = ctx is not None
+
+        async def accept(reader, writer):
+            await self._accept(reader, writer, implicit)
+        if ctx is None:
+            server = await asyncio.start_server(accept, host, port)
+        else:
+            server = await asyncio.start_server(accept, host, port, ssl=ctx)
+        self.servers.append(server)
+        self.bound.append(_bound_address(server, host, port))
+
+    def endpoints(self):
+        """(host, port) of every listener, with the real port where 0 was asked."""
+        return list(self.bound)
+
+    async def stop(self):
+        """Close the listeners and end the sessions in progress (421)."""
+        for server in self.servers:
+            server.close()
+        for session in list(self.sessions):
+            session.stop()
+        self.servers = []
+
+    async def _accept(self, reader, writer, implicit_tls):
+        ip = compat.peer_address(writer)[0]
+        refusal = self._admission(ip)
+        if refusal is not None:
+            compat.log.log("warning", LOG, "%s from [%s]: refused" % (refusal[2], ip))
+            await _refuse(writer, refusal)
+            return
+        try:
+            session = Session(self, reader, writer, ip, implicit_tls)
+        except MemoryError:
+            compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
+            await _refuse(writer, replies.TOO_MANY_CONNECTIONS)
+            return
+        self.sessions.add(session)
+        self.per_client[ip] = self.per_client.get(ip, 0) + 1
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.per_client[ip] -= 1
+            if not self.per_client[ip]:
+                del self.per_client[ip]
+
+    def _admission(self, ip):
+        if len(self.sessions) >= self.opts["max_connections"]:
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_client.get(ip, 0) >= self.opts["max_connections_per_client"]:
+            return _reply_tuple(421, "4.7.0", "Too many connections from your address")
+        return None
+
+    # --- policy, used by sessions --------------------------------------------
+    def trusted(self, ip, authenticated):
+        """May this client relay to any domain?"""
+        return bool(authenticated) or netaddr.match_any(self.opts["relay_from"], ip)
+
+    def is_local_domain(self, domain):
+        return domain == self.hostname.lower() or domain in self.local_domains
+
+    def rcpt_verdict(self, mailbox, ip, authenticated):
+        """None to accept the recipient, else the (code, enhanced, text) refusal."""
+        trusted = self.trusted(ip, authenticated)
+        if mailbox.relay_trick and not trusted:
+            return replies.RELAY_DENIED
+        if mailbox.is_literal or self.is_local_domain(mailbox.domain) or not mailbox.domain:
+            if mailbox.is_literal and trusted and not mailbox.relay_trick:
+                return None
+            return self.local_verdict(mailbox, trusted)
+        return None if trusted else replies.RELAY_DENIED
+
+    def local_verdict(self, mailbox, trusted):
+        """Local addresses are accepted only where the aliases know them; the
+        aliases come with smar (issue 4): until then every local address is 550."""
+        return replies.UNKNOWN_USER
+
+    def check_password(self, user, password):
+        stored = self.users.get(user) if self.users else None
+        return stored is not None and authdb.verify_password(stored, password)
+
+
+async def _refuse(writer, reply):
+    try:
+        await compat.write_all(writer, replies.format_reply(*reply))
+    except Exception:  # noqa: BLE001 - the client may be gone already
+        pass
+    await compat.close_stream(writer)
+
+
+def _bound_address(server, host, port):
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        name = sockets[0].getsockname()
+        return (host, name[1])
+    return (host, port)
+
+
+class Session:
+    """One SMTP connection: reads, feeds the core, acts on its events."""
+
+    def __init__(self, server, reader, writer, ip, implicit_tls):
+        self.server = server
+        self.opts = server.opts
+        self.reader = reader
+        self.writer = writer
+        self.ip = ip
+        self.out = []
+        self.buf = compat.new_read_buffer()
+        self.msg = None             # the transaction's MessageWriter
+        self.stats = {}
+        self.sender = None
+        self.rcpts = []
+        self.conn = core.ServerConnection(
+            server.hostname, max_message_size=self.opts["max_message_size"],
+            max_recipients=self.opts["max_recipients"],
+            max_bad_commands=self.opts["max_bad_commands"],
+            tls_available=server.tls_ctx is not None and not implicit_tls,
+            tls_active=implicit_tls, auth_available=server.users is not None,
+            auth_requires_tls=not netaddr.match_any(LOOPBACK, ip), bare_lf=self.opts["bare_lf"])
+        self.stopping = False
+
+    def log(self, text, level="info"):
+        compat.log.log(level, LOG, text)
+
+    def stop(self):
+        """Ask the session to end (daemon stopping)."""
+        self.stopping = True
+        try:
+            self.writer.write(self.conn.shutdown(*replies.SHUTTING_DOWN))
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def run(self):
+        self.log("connect from unknown[%s]" % self.ip)
+        self.out.append(self.conn.greeting())
+        try:
+            await self._loop()
+        except MemoryError:
+            self.log("out of memory in session with [%s]: closing" % self.ip, "error")
+        except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
+            if not (compat.is_connection_error(exc) or self.stopping):
+                self.log("session error: %r" % (exc,), "warning")
+        finally:
+            self._abort_message()
+            await compat.close_stream(self.writer)
+            self.log("disconnect from unknown[%s]%s" % (self.ip, self._stats_text()))
+
+    async def _loop(self):
+        while True:
+            event = self.conn.next_event()
+            if event is core.NEED_DATA:
+                await self._flush()
+                self.conn.receive_data(await self._read())
+            elif isinstance(event, core.Close):
+                await self._flush()
+                return
+            elif event is not core.PAUSED:
+                await self._handle(event)
+
+    async def _read(self):
+        try:
+            return await compat.wait_for(compat.read_some(self.reader, self.buf),
+                                         self.opts["io_timeout"])
+        except Exception as exc:  # noqa: BLE001
+            if not compat.is_timeout(exc):
+                raise
+            self.log("timeout after %s from unknown[%s]" % (self.conn.state, self.ip))
+            self.out.append(self.conn.shutdown(*replies.IDLE_TIMEOUT))
+            return b""
+
+    async def _flush(self):
+        if self.out:
+            data = b"".join(self.out)
+            self.out = []
+            await compat.write_all(self.writer, data)
+
+    def _count(self, name):
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    def _stats_text(self):
+        order = ("ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "rset", "quit")
+        parts = ["%s=%d" % (k, self.stats[k]) for k in order if k in self.stats]
+        return (" " + " ".join(parts)) if parts else ""
+
+    async def _handle(self, event):
+        handler = HANDLERS.get(type(event))
+        if handler is not None:
+            await handler(self, event)
+
+    # --- transaction --------------------------------------------------------
+    async def on_reply(self, event):
+        self.out.append(event.data)
+
+    async def on_helo(self, event):
+        self._count("ehlo" if event.esmtp else "helo")
+        self._reset()
+
+    async def on_rset(self, event):
+        self._count("rset")
+        self._reset()
+
+    async def on_quit(self, event):
+        self._count("quit")
+
+    async def on_mail(self, event):
+        self._count("mail")
+        refusal = self._mail_refusal(event)
+        if refusal is not None:
+            self._noqueue("MAIL", refusal, event.mailbox.address, None)
+            self.out.append(self.conn.reject_mail(*refusal))
+            return
+        self.sender = event.mailbox.address
+        self.rcpts = []
+        self.out.append(self.conn.accept_mail())
+
+    def _mail_refusal(self, event):
+        reason = self.server.spool.check_accept(event.size or 0)
+        if reason:
+            self.log("warning: queue refuses mail: %s" % reason, "warning")
+            return replies.QUEUE_FULL
+        if not self.server.rate.allow(self.ip):
+            return (450, "4.7.1", "Too much mail from %s, slow down" % self.ip)
+        return None
+
+    async def on_rcpt(self, event):
+        self._count("rcpt")
+        mailbox = event.mailbox
+        refusal = self.server.rcpt_verdict(mailbox, self.ip, self.conn.authenticated)
+        if refusal is not None:
+            self._noqueue("RCPT", refusal, self.sender, mailbox.address)
+            self.out.append(self.conn.reject_rcpt(*refusal))
+            return
+        self.rcpts.append(mailbox.address)
+        self.out.append(self.conn.accept_rcpt())
+
+    def _noqueue(self, stage, reply, sender, rcpt):
+        to = " to=<%s>" % rcpt if rcpt is not None else ""
+        self.log("NOQUEUE: reject: %s from unknown[%s]: %d %s %s; from=<%s>%s proto=%s helo=<%s>"
+                 % (stage, self.ip, reply[0], reply[1], reply[2], sender or "", to,
+                    self.conn.received_protocol(), self.conn.helo_name or ""))
+
+    async def on_data_start(self, event):
+        self._count("data")
+        try:
+            self.msg = self.server.spool.new_message()
+        except (SpoolFull, OSError) as exc:
+            self.log("warning: cannot open queue file: %s" % exc, "warning")
+            self.out.append(self.conn.reject_data(*replies.QUEUE_FULL))
+            return
+        self.failed = None
+        self.scanner = headers.HeaderScanner()
+        self.headers_done = False
+        self.log("%s: client=unknown[%s]" % (self.msg.queue_id, self.ip))
+        self._write(self._received())
+        self.out.append(self.conn.accept_data())
+
+    def _received(self):
+        rcpt = self.rcpts[0] if len(self.rcpts) == 1 else None
+        return headers.received_field(self.server.hostname, self.conn.helo_name, None, self.ip,
+                                      self.msg.queue_id, self.conn.received_protocol(), rcpt)
+
+    def _write(self, data):
+        if self.failed is not None or not data:
+            return
+        try:
+            self.msg.write(data)
+        except (SpoolFull, OSError) as exc:
+            self.failed = exc
+            self.log("%s: warning: queue write failed: %s" % (self.msg.queue_id, exc), "warning")
+
+    async def on_data_chunk(self, event):
+        if self.msg is None:
+            return
+        data = self.scanner.feed(event.data)
+        if data is not None:
+            self._write_body(data)
+
+    def _write_body(self, data):
+        if not self.headers_done:
+            self.headers_done = True
+            if self._adds_headers():
+                self._write(headers.missing_fields(self.scanner.present, self.server.hostname,
+                                                   self.msg.queue_id))
+        self._write(data)
+
+    def _adds_headers(self):
+        return self.opts["add_missing_headers"] and self.server.trusted(
+            self.ip, self.conn.authenticated)
+
+    async def on_data_end(self, event):
+        if self.msg is None:
+            return
+        if not event.ok:
+            self._abort_message()
+            return
+        self._write_body(self.scanner.finish())
+        reply = await self._commit()
+        self.out.append(reply)
+
+    async def _commit(self):
+        msg, self.msg = self.msg, None
+        if self.failed is not None:
+            msg.abort()
+            return self.conn.reject_message(*self._failure_reply(self.failed))
+        info = {"client": self.ip, "helo": self.conn.helo_name or "",
+                "proto": self.conn.received_protocol()}
+        try:
+            queue_id = await self.server.spool.commit(msg, self.sender, self.rcpts, info)
+        except (SpoolFull, OSError) as exc:
+            self.log("%s: warning: commit failed: %s" % (msg.queue_id, exc), "warning")
+            return self.conn.reject_message(*self._failure_reply(exc))
+        self._queued(queue_id)
+        return self.conn.accept_message("OK: queued as %s" % queue_id)
+
+    def _failure_reply(self, exc):
+        if isinstance(exc, SpoolFull) or compat.is_no_space(exc):
+            return replies.QUEUE_FULL
+        return replies.TEMP_FAILURE
+
+    def _queued(self, queue_id):
+        if self.scanner.message_id:
+            self.log("%s: message-id=%s" % (queue_id, self.scanner.message_id))
+        if self.server.qmgr is not None:
+            self.server.qmgr.wake()
+
+    def _abort_message(self):
+        if self.msg is not None:
+            self.msg.abort()
+            self.msg = None
+
+    def _reset(self):
+        self._abort_message()
+        self.sender = None
+        self.rcpts = []
+
+    # --- STARTTLS and AUTH ----------------------------------------------------
+    async def on_starttls(self, event):
+        self._count("starttls")
+        await self._flush()
+        try:
+            self.reader, self.writer = await compat.start_tls(
+                self.reader, self.writer, self.server.tls_ctx, True)
+        except compat.TLS_ERRORS as exc:
+            self.log("STARTTLS handshake failed with unknown[%s]: %s" % (self.ip, exc))
+            self.conn.shutdown(*replies.TEMP_FAILURE)
+            return
+        self.conn.tls_started()
+
+    async def on_auth(self, event):
+        self._count("auth")
+        lockout = self.server.lockout
+        if lockout.locked(self.ip):
+            self.out.append(self.conn.reject_auth(*replies.AUTH_LOCKED))
+            return
+        if self.server.check_password(event.user, event.password):
+            lockout.succeeded(self.ip)
+            self.log("unknown[%s]: sasl_method=%s, sasl_username=%s"
+                     % (self.ip, event.mechanism, event.user))
+            self.out.append(self.conn.accept_auth())
+            return
+        failures = lockout.failed(self.ip)
+        self.log("warning: unknown[%s]: SASL %s authentication failed (%d)"
+                 % (self.ip, event.mechanism, failures), "warning")
+        await self._flush()
+        await compat.sleep(AUTH_FAILURE_DELAY_S)
+        self.out.append(self.conn.reject_auth())
+
+
+HANDLERS = {
+    core.Reply: Session.on_reply,
+    core.Helo: Session.on_helo,
+    core.Rset: Session.on_rset,
+    core.Quit: Session.on_quit,
+    core.MailFrom: Session.on_mail,
+    core.RcptTo: Session.on_rcpt,
+    core.DataStart: Session.on_data_start,
+    core.DataChunk: Session.on_data_chunk,
+    core.DataEnd: Session.on_data_end,
+    core.StartTLS: Session.on_starttls,
+    core.AuthRequest: Session.on_auth,
+}

@@ -1,0 +1,409 @@
+# Unit tests of meta1lite.spool (the journal queue), run under CPython and again
+# under the MicroPython unix port. Shared subset: no pytest, no f-strings.
+import os
+
+from support import fresh_dir, raises
+
+from meta1lite import compat
+from meta1lite import spoolfmt as fmt
+from meta1lite.spool import CorruptMessage, Spool, SpoolFull
+
+BIG = 10 * 1024 * 1024
+
+
+def _rmtree(path):
+    for name in os.listdir(path):
+        full = path + "/" + name
+        if os.stat(full)[0] & 0x4000:
+            _rmtree(full)
+        else:
+            os.remove(full)
+    os.rmdir(path)
+
+
+def _open(path, **kw):
+    opts = {"max_queue_size": BIG, "max_messages": 1000, "min_free_space": 0}
+    opts.update(kw)
+    sp = Spool(path, **opts)
+    sp.recover()
+    return sp
+
+
+def _pat(seed, start, n):
+    out = bytearray(n)
+    for k in range(n):
+        i = start + k
+        out[k] = (i * 131 + seed * 7 + (i >> 7)) & 0xFF
+    return out
+
+
+def _body(n, seed=1):
+    return _pat(seed, 0, n)
+
+
+async def _commit_n(sp, n, seed=1, sender="a@b.example", rcpts=("c@d.example",), piece=700, info=None):
+    writer = sp.new_message()
+    for start in range(0, n, piece):
+        writer.write(_pat(seed, start, min(piece, n - start)))
+        await compat.asyncio.sleep(0)
+    return await sp.commit(writer, sender, list(rcpts), info)
+
+
+async def _commit(sp, body, sender="a@b.example", rcpts=("c@d.example",), piece=700, info=None):
+    writer = sp.new_message()
+    for start in range(0, len(body), piece):
+        writer.write(body[start:start + piece])
+        await compat.asyncio.sleep(0)
+    return await sp.commit(writer, sender, list(rcpts), info)
+
+
+def _commit_sync(sp, body, **kw):
+    return compat.asyncio.run(_commit(sp, body, **kw))
+
+
+def _commit_pat(sp, n, seed=1, **kw):
+    return compat.asyncio.run(_commit_n(sp, n, seed, **kw))
+
+
+def _read(sp, queue_id):
+    return b"".join(sp.read_body(queue_id))
+
+
+def _same(sp, queue_id, n, seed=1):
+    """True if the body of queue_id is the pattern (n, seed), compared chunk by chunk."""
+    pos = 0
+    for chunk in sp.read_body(queue_id):
+        if chunk != _pat(seed, pos, len(chunk)):
+            return False
+        pos += len(chunk)
+    return pos == n
+
+
+def _files(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _quiet():
+    compat.configure_logging("test", "error")
+
+
+def test_commit_then_recover_identical():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    info = {"client": "host.example[192.0.2.1]", "helo": "h"}
+    qid = _commit_pat(sp, 10000, rcpts=("x@y.example", "z@y.example"), info=info)
+    assert len(qid) == 12 and _same(sp, qid, 10000)
+    before = sp.get(qid)
+    sp.close()
+    sp2 = _open(d)
+    assert sp2.recover.__name__ and len(sp2.messages()) == 1
+    m = sp2.get(qid)
+    assert m.sender == "a@b.example" and m.size == 10000 and m.info == info
+    assert [r.addr for r in m.recipients] == ["x@y.example", "z@y.example"]
+    assert [r.status for r in m.recipients] == ["queued", "queued"]
+    assert m.arrival == before.arrival and not m.held
+    assert _same(sp2, qid, 10000)
+    sp2.close()
+
+
+def test_empty_body_message():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    qid = _commit_sync(sp, b"")
+    sp.close()
+    sp = _open(d)
+    assert _read(sp, qid) == b"" and sp.get(qid).size == 0
+
+
+def test_twenty_concurrent_commits_recover():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, chunk_size=512)
+
+    async def main():
+        return await compat.asyncio.gather(*[_commit_n(sp, 1500 + 37 * i, i, piece=300) for i in range(20)])
+    ids = compat.asyncio.run(main())
+    assert len(set(ids)) == 20
+    sp.close()
+    sp = _open(d, chunk_size=512)
+    assert len(sp.messages()) == 20
+    for i, qid in enumerate(ids):
+        assert _same(sp, qid, 1500 + 37 * i, i)
+    sp.close()
+
+
+def test_truncated_tail_every_offset():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, chunk_size=64)
+    bodies = [_body(150, i + 1) for i in range(3)]
+    ids = [_commit_sync(sp, b, piece=50) for b in bodies]
+    ends = [sp.get(q).env_end for q in ids]
+    sp.close()
+    with open(d + "/seg/00000001", "rb") as f:
+        data = f.read()
+    work = d + "/work"
+    for cut in range(ends[0], len(data) + 1):
+        if compat.exists(work):
+            _rmtree(work)
+        os.mkdir(work)
+        os.mkdir(work + "/seg")
+        with open(work + "/seg/00000001", "wb") as f:
+            f.write(data[:cut])
+        sp = _open(work, chunk_size=64)
+        alive = [q for q, end in zip(ids, ends) if end <= cut]
+        assert sorted(m.id for m in sp.messages()) == sorted(alive), cut
+        for q in alive:
+            assert _read(sp, q) == bodies[ids.index(q)]
+        sp.close()
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes((b[0] ^ 0x10,)))
+
+
+def test_bitflip_in_middle_goes_to_corrupt():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, chunk_size=100)
+    bodies = [_body(350, i + 1) for i in range(5)]
+    ids = [_commit_sync(sp, b) for b in bodies]
+    bad_env = sp.get(ids[1]).env_end - 4           # inside message 2's envelope
+    bad_chunk = sp.get(ids[3]).first + fmt.HEAD_SIZE + 30   # inside message 4's chunk 0
+    sp.close()
+    _flip(d + "/seg/00000001", bad_env)
+    _flip(d + "/seg/00000001", bad_chunk)
+    sp = _open(d, chunk_size=100)
+    assert sorted(m.id for m in sp.messages()) == sorted([ids[0], ids[2], ids[4]])
+    for i in (0, 2, 4):
+        assert _read(sp, ids[i]) == bodies[i]
+    found = _files(d + "/corrupt")
+    assert ids[3] in found, found
+    assert len(found) >= 3, found
+    sp.close()
+    sp = _open(d, chunk_size=100)       # settled: nothing new, same three
+    assert len(sp.messages()) == 3 and _files(d + "/corrupt") == found
+    sp.close()
+
+
+def test_bad_segment_files_do_not_stop_recovery():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    qid = _commit_sync(sp, b"hello\r\n")
+    sp.close()
+    with open(d + "/seg/00000077", "wb") as f:
+        f.write(b"\xff" * 500)
+    with open(d + "/seg/00000078", "wb") as f:
+        f.write(b"\x9d")
+    with open(d + "/tmp/orphan", "wb") as f:
+        f.write(b"x")
+    with open(d + "/incoming/JUNK", "wb") as f:
+        f.write(b"junk" * 100)
+    sp = _open(d)
+    assert [m.id for m in sp.messages()] == [qid]
+    assert "seg-00000077" in _files(d + "/corrupt") and "in-JUNK" in _files(d + "/corrupt")
+    assert "00000078" not in _files(d + "/seg") and _files(d + "/tmp") == []
+    sp.close()
+
+
+def test_limits_refuse_with_reason():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, max_messages=2, max_queue_size=3000, chunk_size=256)
+    assert sp.check_accept() is None
+    _commit_sync(sp, _body(100))
+    _commit_sync(sp, _body(100))
+    reason = sp.check_accept()
+    assert reason and "messages" in reason
+    sp.close()
+    sp = _open(d, max_messages=10, max_queue_size=3000, chunk_size=256)
+    assert "size" in sp.check_accept(5000)
+    exc = raises(SpoolFull, _commit_pat, sp, 4000)
+    assert "size" in exc.reason
+    assert sp.check_accept() is None and len(sp.messages()) == 2
+    sp.close()
+    sp = _open(d, max_messages=10, max_queue_size=3000)
+    assert len(sp.messages()) == 2
+    sp.close()
+    sp = _open(d, min_free_space=1 << 62)
+    assert "space" in sp.check_accept()
+    sp.close()
+
+
+def test_abort_leaves_nothing():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, chunk_size=128)
+    w = sp.new_message()
+    w.write(_body(1000))
+    w.abort()
+    assert sp.check_accept() is None and sp._inflight_bytes == 0
+    sp.close()
+    sp = _open(d, chunk_size=128)
+    assert sp.messages() == []
+    sp.close()
+
+
+def test_message_larger_than_segment_spans_segments():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, segment_size=8192, chunk_size=1024)
+    small = _commit_pat(sp, 500, 9)
+    qid = _commit_pat(sp, 30000, piece=999)
+    assert len(sp.get(qid).segs) >= 3
+    assert _same(sp, qid, 30000)
+    sp.close()
+    sp = _open(d, segment_size=8192, chunk_size=1024)
+    assert _same(sp, qid, 30000) and _same(sp, small, 500, 9)
+    sp.close()
+
+
+def _header_gen(path):
+    with open(path, "rb") as f:
+        return fmt.parse_head(f.read(fmt.HEAD_SIZE))[1]
+
+
+def test_done_messages_free_and_recycle_segments():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, segment_size=4096, chunk_size=512)
+    ids = [_commit_pat(sp, 900, i + 1) for i in range(12)]
+    gen1 = _header_gen(d + "/seg/00000001")
+    assert len(_files(d + "/seg")) >= 4
+
+    async def deliver():
+        for q in ids:
+            assert await sp.record_attempt(q, [(0, "sent", "250 2.0.0 ok", None)])
+    compat.asyncio.run(deliver())
+    assert sp.messages() == []
+    assert _header_gen(d + "/seg/00000001") != gen1     # recycled in place
+    assert len(_files(d + "/seg")) <= 4                 # current, next, 2 free
+    again = [_commit_pat(sp, 900, 50 + i) for i in range(6)]
+    sp.close()
+    sp = _open(d, segment_size=4096, chunk_size=512)
+    assert sorted(m.id for m in sp.messages()) == sorted(again)
+    for i, q in enumerate(again):
+        assert _same(sp, q, 900, 50 + i)
+    sp.close()
+
+
+def test_queue_ids_unique_and_shaped():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    seen = set()
+    for _ in range(400):
+        w = sp.new_message()
+        assert len(w.queue_id) == 12
+        for c in w.queue_id:
+            assert c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        assert fmt.tag_of(w.queue_id) == w.tag
+        seen.add(w.tag)         # the random half: unique tags => unique IDs
+        w.abort()
+    assert len(seen) == 400
+    sp.close()
+
+
+def test_inject_and_scan_incoming():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    other = Spool(d, BIG, 1000, 0)          # another process: no recover()
+    qid = other.inject("root@host", ["u@x.example"], [_pat(1, 0, 4000), _pat(1, 4000, 5000)],
+                       {"proto": "sendmail"})
+    assert _files(d + "/incoming") == [qid] and _files(d + "/tmp") == []
+    assert sp.scan_incoming() == 1 and sp.scan_incoming() == 0
+    assert _same(sp, qid, 9000) and sp.get(qid).info == {"proto": "sendmail"}
+    sp.close()
+    sp = _open(d)
+    assert _same(sp, qid, 9000)
+    compat.asyncio.run(sp.record_attempt(qid, [(0, "deferred", "451 later", 12345)]))
+    sp.close()
+    sp = _open(d)
+    assert sp.get(qid).recipients[0].status == "deferred"
+    compat.asyncio.run(sp.record_attempt(qid, [(0, "sent", "250 ok", None)]))
+    assert _files(d + "/incoming") == [] and sp.get(qid) is None
+    sp.close()
+    sp = _open(d)
+    assert sp.messages() == []
+    sp.close()
+
+
+def test_hold_release_delete_persist():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    a = _commit_sync(sp, b"A")
+    b = _commit_sync(sp, b"B")
+    assert sp.hold(a) and sp.hold(b) and sp.release(b)
+    assert not sp.hold("NOSUCHID0000")
+    sp.close()
+    sp = _open(d)
+    assert sp.get(a).held and not sp.get(b).held
+    assert sp.delete(a)
+    sp.close()
+    sp = _open(d)
+    assert sp.get(a) is None and sp.get(b) is not None
+    sp.close()
+
+
+def test_record_attempt_persists_states():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    qid = _commit_sync(sp, b"body", rcpts=("a@x", "b@x", "c@x"))
+
+    async def attempt():
+        await sp.record_attempt(qid, [(0, "sent", "250 2.0.0 ok", None),
+                                      (1, "deferred", "451 4.7.1 try later", 1700000000),
+                                      (2, "bounced", "550 5.1.1 no such user", None)])
+    compat.asyncio.run(attempt())
+    sp.close()
+    sp = _open(d)
+    r = sp.get(qid).recipients
+    assert [x.status for x in r] == ["sent", "deferred", "bounced"]
+    assert r[1].reply == "451 4.7.1 try later" and r[1].next_try == 1700000000
+    assert r[1].attempts == 1 and r[0].attempts == 1
+    compat.asyncio.run(sp.record_attempt(qid, [(1, "sent", "250 ok", None)]))
+    assert sp.get(qid) is None
+    sp.close()
+    sp = _open(d)
+    assert sp.messages() == []
+    sp.close()
+
+
+def test_spool_full_mid_data_leaves_nothing():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, max_queue_size=2000, chunk_size=256)
+    w = sp.new_message()
+    for i in range(10):
+        w.write(_pat(1, i * 500, 500))
+    assert w.error is not None
+    exc = raises(SpoolFull, compat.asyncio.run, sp.commit(w, "a@b", ["c@d"]))
+    assert "size" in exc.reason and sp._inflight_bytes == 0
+    ok = _commit_sync(sp, _body(500))
+    sp.close()
+    sp = _open(d, max_queue_size=2000, chunk_size=256)
+    assert [m.id for m in sp.messages()] == [ok]
+    sp.close()
+
+
+def test_read_body_of_damaged_message_raises():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, chunk_size=100)
+    qid = _commit_sync(sp, _body(400))
+    _flip(d + "/seg/00000001", sp.get(qid).first + fmt.HEAD_SIZE + 20)
+    raises(CorruptMessage, _read, sp, qid)
+    sp.close()
