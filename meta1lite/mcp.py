@@ -31,6 +31,7 @@ class Daemon:
         self.cfg = cfg
         self.spool = None
         self.smtps = None
+        self.smar = None
         self.qmgr = None
         self.stopping = asyncio.Event()
         self.tasks = []
@@ -39,19 +40,27 @@ class Daemon:
         from meta1lite.smtps import SmtpServer
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
         self.spool = open_spool(self.cfg)
+        self.smar = self._start_smar()
         self.qmgr = self._start_qmgr()
-        self.smtps = SmtpServer(self.cfg, self.spool, self.qmgr)
+        self.smtps = SmtpServer(self.cfg, self.spool, self.qmgr, self.smar)
         await self.smtps.start()
         self.tasks.append(asyncio.create_task(self._adopt_incoming()))
         compat.log.log("info", "mcp", "daemon started; listening on %s" % ", ".join(
             "%s:%d" % ep for ep in self.smtps.endpoints()))
+
+    def _start_smar(self):
+        try:
+            from meta1lite.smar import AddressResolver
+        except ImportError:
+            return None
+        return AddressResolver(self.cfg)
 
     def _start_qmgr(self):
         try:
             from meta1lite.qmgr import QueueManager
         except ImportError:
             return None
-        qmgr = QueueManager(self.cfg, self.spool)
+        qmgr = QueueManager(self.cfg, self.spool, self.smar)
         self.tasks.append(asyncio.create_task(qmgr.run()))
         return qmgr
 

@@ -57,9 +57,10 @@ class RateLimiter:
 class SmtpServer:
     """smtps: every listener of smtps.listen and smtps.listen_tls."""
 
-    def __init__(self, cfg, spool, qmgr=None):
+    def __init__(self, cfg, spool, qmgr=None, smar=None):
         self.spool = spool
         self.qmgr = qmgr
+        self.smar = smar
         self.servers = []
         self.bound = []
         self.sessions = set()
@@ -172,8 +173,10 @@ class SmtpServer:
         return None if trusted else replies.RELAY_DENIED
 
     def local_verdict(self, mailbox, trusted):
-        """Local addresses are accepted only where the aliases know them; the
-        aliases come with smar (issue 4): until then every local address is 550."""
+        """Local addresses are accepted only where smar's aliases know them."""
+        if self.smar is not None and not mailbox.relay_trick \
+                and self.smar.knows_local(mailbox.address):
+            return None
         return replies.UNKNOWN_USER
 
     def check_password(self, user, password):
