@@ -15,11 +15,12 @@ def raises(exc_type, fn, *args, **kwargs):
     raise AssertionError("%s not raised by %r" % (exc_type.__name__, fn))
 
 
-def _rmtree(path):
+def rmtree(path):
+    """rm -r (no shutil on MicroPython)."""
     for name in os.listdir(path):
         full = path + "/" + name
         if os.stat(full)[0] & 0x4000:
-            _rmtree(full)
+            rmtree(full)
         else:
             os.remove(full)
     os.rmdir(path)
@@ -31,7 +32,7 @@ def fresh_dir(tag):
     _counter[0] += 1
     path = "%s/m1l-%s-%d-%d" % (base, tag, _counter[0], int.from_bytes(os.urandom(4), "big"))
     try:
-        _rmtree(path)
+        rmtree(path)
     except OSError:
         pass
     os.mkdir(path)

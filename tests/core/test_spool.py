@@ -2,23 +2,13 @@
 # under the MicroPython unix port. Shared subset: no pytest, no f-strings.
 import os
 
-from support import fresh_dir, raises
+from support import fresh_dir, raises, rmtree
 
 from meta1lite import compat
 from meta1lite import spoolfmt as fmt
 from meta1lite.spool import CorruptMessage, Spool, SpoolFull
 
 BIG = 10 * 1024 * 1024
-
-
-def _rmtree(path):
-    for name in os.listdir(path):
-        full = path + "/" + name
-        if os.stat(full)[0] & 0x4000:
-            _rmtree(full)
-        else:
-            os.remove(full)
-    os.rmdir(path)
 
 
 def _open(path, **kw):
@@ -150,7 +140,7 @@ def test_truncated_tail_every_offset():
     work = d + "/work"
     for cut in range(ends[0], len(data) + 1):
         if compat.exists(work):
-            _rmtree(work)
+            rmtree(work)
         os.mkdir(work)
         os.mkdir(work + "/seg")
         with open(work + "/seg/00000001", "wb") as f:
