@@ -274,6 +274,17 @@ def peer_address(writer):
     return (str(peer[0]), int(peer[1]))
 
 
+async def start_unix_server(handler, path, mode=0o600):
+    """A stream server on a unix socket file (owner-only), or None where this
+    runtime has none (MicroPython: use a loopback TCP endpoint instead)."""
+    if not hasattr(asyncio, "start_unix_server"):
+        return None
+    remove(path)
+    server = await asyncio.start_unix_server(handler, path)
+    os.chmod(path, mode)
+    return server
+
+
 class LineReader:
     """Bounded line reader over a stream: one preallocated buffer, lines split here."""
 

@@ -33,6 +33,7 @@ class Daemon:
         self.smtps = None
         self.smar = None
         self.qmgr = None
+        self.control = None
         self.stopping = asyncio.Event()
         self.tasks = []
 
@@ -45,24 +46,27 @@ class Daemon:
         self.smtps = SmtpServer(self.cfg, self.spool, self.qmgr, self.smar)
         await self.smtps.start()
         self.tasks.append(asyncio.create_task(self._adopt_incoming()))
+        self.control = await self._start_control()
         compat.log.log("info", "mcp", "daemon started; listening on %s" % ", ".join(
             "%s:%d" % ep for ep in self.smtps.endpoints()))
 
     def _start_smar(self):
-        try:
-            from meta1lite.smar import AddressResolver
-        except ImportError:
-            return None
+        from meta1lite.smar import AddressResolver
         return AddressResolver(self.cfg)
 
     def _start_qmgr(self):
-        try:
-            from meta1lite.qmgr import QueueManager
-        except ImportError:
-            return None
+        from meta1lite.qmgr import QueueManager
         qmgr = QueueManager(self.cfg, self.spool, self.smar)
         self.tasks.append(asyncio.create_task(qmgr.run()))
         return qmgr
+
+    async def _start_control(self):
+        from meta1lite.control import start_control
+        try:
+            return await start_control(self.cfg, self.spool, self.qmgr)
+        except OSError as exc:
+            compat.log.log("warning", "mcp", "control channel not started: %s" % exc)
+            return None
 
     async def _adopt_incoming(self):
         while True:
@@ -79,6 +83,9 @@ class Daemon:
         compat.log.log("info", "mcp", "stopping")
         if self.smtps is not None:
             await self.smtps.stop()
+        if self.control is not None:
+            self.control.close()
+            await self.control.wait_closed()
         for task in self.tasks:
             task.cancel()
         if self.qmgr is not None:
