@@ -38,30 +38,26 @@ class Daemon:
         self.tasks = []
 
     async def start(self):
+        # Every module is imported before the queue index is built, so that the
+        # long-lived bytecode is not scattered among index entries (a fragmented
+        # MicroPython heap has no room for a module later).
+        from meta1lite.control import start_control
+        from meta1lite.qmgr import QueueManager
+        from meta1lite.smar import AddressResolver
         from meta1lite.smtps import SmtpServer
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
         self.spool = open_spool(self.cfg)
-        self.smar = self._start_smar()
-        self.qmgr = self._start_qmgr()
+        self.smar = AddressResolver(self.cfg)
+        self.qmgr = QueueManager(self.cfg, self.spool, self.smar)
+        self.tasks.append(asyncio.create_task(self.qmgr.run()))
         self.smtps = SmtpServer(self.cfg, self.spool, self.qmgr, self.smar)
         await self.smtps.start()
         self.tasks.append(asyncio.create_task(self._adopt_incoming()))
-        self.control = await self._start_control()
+        self.control = await self._start_control(start_control)
         compat.log.log("info", "mcp", "daemon started; listening on %s" % ", ".join(
             "%s:%d" % ep for ep in self.smtps.endpoints()))
 
-    def _start_smar(self):
-        from meta1lite.smar import AddressResolver
-        return AddressResolver(self.cfg)
-
-    def _start_qmgr(self):
-        from meta1lite.qmgr import QueueManager
-        qmgr = QueueManager(self.cfg, self.spool, self.smar)
-        self.tasks.append(asyncio.create_task(qmgr.run()))
-        return qmgr
-
-    async def _start_control(self):
-        from meta1lite.control import start_control
+    async def _start_control(self, start_control):
         try:
             return await start_control(self.cfg, self.spool, self.qmgr)
         except OSError as exc:

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from conftest import ROOT, find_micropython, micropython_env, run_micropython
@@ -16,7 +17,6 @@ RUNTIMES = ("cpython", "micropython")
 # benchmarks/heap.py), so the board-equivalent heap here is data + code.
 UPY_HEAP = "320K"
 START_TIMEOUT_S = 30
-BUNDLE_DIR = os.path.join(ROOT, "firmware", "build", "test-bundle")
 _bundle_built = []
 
 
@@ -26,10 +26,11 @@ def bundle():
     On the unix port the modules' bytecode lives in the heap, so a 192K board-sized
     heap holds the relay only as precompiled .mpy (compiling from source needs more)."""
     if not _bundle_built:
+        out = os.path.join(tempfile.mkdtemp(prefix="m1l-bundle-"), "bundle")   # per test run
         subprocess.run([sys.executable, os.path.join(ROOT, "firmware", "build_bundle.py"),
-                        "--out", BUNDLE_DIR], check=True, capture_output=True)
-        _bundle_built.append(BUNDLE_DIR)
-    return BUNDLE_DIR
+                        "--out", out], check=True, capture_output=True)
+        _bundle_built.append(out)
+    return _bundle_built[0]
 
 
 def free_port(host="127.0.0.1"):
