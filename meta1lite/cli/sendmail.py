@@ -1,22 +1,33 @@
-# meta1lite.sendmail - sendmail-compatible injection from stdin (CPython only).
+# meta1lite.cli.sendmail - sendmail-compatible injection from stdin (CPython only).
 #
-# Owns: sendmail's command line (-t -i -oi -f -F -r, recipients), reading the message
-# from stdin, the fields a local submission needs (Received:, From:, Date:,
-# Message-ID:), and sendmail's exit codes. The message goes straight into the spool
-# through spool.inject (a complete segment in incoming/), so mail queues while the
-# daemon is down. Must never: talk SMTP, or exit 0 before the message is durable.
+# Owns: sendmail's command line (-t -i -oi -f -r -F -v, recipients, `--`, the
+# options cron/mailx/PHP pass and that mean nothing here), reading the message from
+# stdin (LF or CRLF; a lone "." ends it unless -i/-oi), the fields a local
+# submission needs (Received:, and From:/Date:/Message-ID: when missing), Bcc:
+# removal with -t, and sendmail's exit codes (0, 64 usage, 65 data, 75 tempfail).
+# The message goes into the spool through Spool.inject (a complete, synced segment
+# renamed into incoming/), so mail queues while the daemon is down; the daemon
+# adopts incoming/ at start and every few seconds while it runs.
+# Must never: talk SMTP, exit 0 before the message is durable, write a queue ID
+# that is not the message's own, or pass on a bare CR (SMTP smuggling).
+import binascii
 import email.utils
 import getpass
 import os
 import sys
 
-from meta1lite import headers
+from meta1lite import compat, headers
+from meta1lite.proto import address
 from meta1lite.spool import Spool, SpoolFull
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 0, 64, 65, 75
 MAX_LINE = 1000                       # octets incl. CRLF (RFC 5321 4.5.3.1.6)
-IGNORED_FLAGS = ("-v", "-bm", "-em", "-ep", "-eq", "-m", "-n", "-U")
+INJECT_CHUNK = 64 * 1024              # bytes handed to Spool.inject at a time
+FLAG_LETTERS = "vmnUG"                # accepted and ignored (-v: print the queue ID)
+VALUE_LETTERS = "fFrBNRVXhLpOAed"     # take a value, attached or as the next argument
 ADDRESS_FIELDS = (b"to", b"cc", b"bcc")
+RESENT_FIELDS = (b"resent-to", b"resent-cc", b"resent-bcc")
+CRLF = b"\r\n"
 
 
 class UsageError(Exception):
@@ -27,139 +38,256 @@ class DataError(Exception):
     pass
 
 
-def parse_args(argv):
-    """Options dict and recipient list from sendmail's argv (without the program name)."""
-    opts = {"t": False, "i": False, "f": None, "F": None}
-    rcpts, args = [], list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--":
-            rcpts.extend(args)
-            break
-        if not arg.startswith("-") or arg == "-":
-            rcpts.append(arg)
-        elif arg in ("-t", "-i", "-oi"):
-            opts[arg[-1]] = True
-        elif arg[:2] in ("-f", "-r", "-F"):
-            key = "F" if arg[1] == "F" else "f"
-            opts[key] = arg[2:] or (args.pop(0) if args else _usage("%s needs a value" % arg))
-        elif arg in IGNORED_FLAGS or arg.startswith("-o") or arg.startswith("-B"):
-            continue
-        else:
-            _usage("unsupported option %s" % arg)
-    return opts, rcpts
-
-
 def _usage(text):
     raise UsageError(text)
 
 
-def read_message(stream, dot_ends):
-    """The message from stdin as CRLF lines; a lone '.' ends it unless -i/-oi."""
-    lines = []
+def parse_args(argv):
+    """(options dict, recipient arguments) from sendmail's argv (without argv[0]).
+
+    getopt-style: flags may be grouped (-ti), values attached (-ffoo) or separate
+    (-f foo); `--` ends the options; -o... (-oi, -oem, -odb) and -bm are sendmail's
+    long forms; other -b modes (-bs, -bp, -bd) are not supported here."""
+    opts = {"t": False, "i": False, "f": None, "F": None, "v": False}
+    rcpts, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            rcpts.extend(argv[i:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            rcpts.append(arg)
+        elif arg.startswith("-o"):
+            opts["i"] = opts["i"] or arg == "-oi"
+        elif arg.startswith("-b"):
+            if arg != "-bm":
+                _usage("%s is not supported (meta1lite mailq lists the queue)" % arg)
+        else:
+            i = _parse_cluster(arg, argv, i, opts)
+    return opts, rcpts
+
+
+def _parse_cluster(arg, argv, i, opts):
+    j = 1
+    while j < len(arg):
+        letter = arg[j]
+        j += 1
+        if letter in "ti":
+            opts[letter] = True
+        elif letter in FLAG_LETTERS:
+            opts["v"] = opts["v"] or letter == "v"
+        elif letter in VALUE_LETTERS:
+            value = arg[j:]
+            if not value:
+                if i >= len(argv):
+                    _usage("-%s needs a value" % letter)
+                value, i = argv[i], i + 1
+            if letter in "fr":
+                opts["f"] = value
+            elif letter == "F":
+                opts["F"] = value
+            return i
+        else:
+            _usage("unsupported option -%s" % letter)
+    return i
+
+
+def read_message(stream, dot_ends, max_size, normalize_cr):
+    """The message from stdin as a list of CRLF-terminated lines.
+
+    LF or CRLF line ends; a lone '.' ends it unless dot_ends is false (-i/-oi).
+    A bare CR is refused (DataError), or with normalize_cr made a line end, as
+    smtps does with bare_lf = normalize. DataError for a line over MAX_LINE octets
+    or a message over max_size."""
+    lines, size, number = [], 0, 0
     for raw in stream:
-        line = raw.rstrip(b"\n").rstrip(b"\r")
+        number += 1
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
         if dot_ends and line == b".":
             break
-        if len(line) + 2 > MAX_LINE:
-            raise DataError("line %d is longer than %d octets" % (len(lines) + 1, MAX_LINE))
-        lines.append(line + b"\r\n")
-    return b"".join(lines)
+        if b"\r" in line and not normalize_cr:
+            raise DataError("line %d contains a bare CR" % number)
+        for piece in line.split(b"\r"):
+            if len(piece) + 2 > MAX_LINE:
+                raise DataError("line %d is longer than %d octets" % (number, MAX_LINE))
+            size += len(piece) + 2
+            if size > max_size:
+                raise DataError("message exceeds max_message_size (%d bytes)" % max_size)
+            lines.append(piece + CRLF)
+    return lines
 
 
-def split_header(message):
-    """(header section without the blank line, body including the blank line)."""
-    if message.startswith(b"\r\n"):
-        return b"", message
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        return message, b""
-    return message[:end + 2], message[end + 2:]
+def _is_field(line):
+    name, sep, _ = line.partition(b":")
+    if not sep or not name:
+        return False
+    for byte in name:
+        if byte < 33 or byte > 126:
+            return False
+    return True
 
 
-def header_fields(section):
-    """List of (lower-case name, raw field bytes incl. continuation lines)."""
+def split_header(lines):
+    """(fields, body lines): fields = [(lower-case name, raw lines incl. CRLF)].
+
+    The header ends at the first blank line; a line that is neither a field nor a
+    continuation also ends it, and then a blank line is put before the body."""
     fields = []
-    for line in section.split(b"\r\n")[:-1] if section else []:
+    for i, line in enumerate(lines):
+        if line == CRLF:
+            return fields, lines[i:]
         if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] = (fields[-1][0], fields[-1][1] + b"\r\n" + line)
+            fields[-1] = (fields[-1][0], fields[-1][1] + line)
+        elif _is_field(line):
+            fields.append((line.partition(b":")[0].lower(), line))
         else:
-            fields.append((line.partition(b":")[0].strip().lower(), line))
-    return fields
+            return fields, [CRLF] + lines[i:]
+    return fields, []
 
 
 def recipients_from_headers(fields):
-    """Addresses in To:/Cc:/Bcc:, and the fields with Bcc: removed (sendmail -t)."""
+    """Addresses of To:/Cc:/Bcc: (Resent-To/-Cc/-Bcc: if there are any), and the
+    fields without Bcc:/Resent-Bcc: (sendmail -t)."""
+    names = RESENT_FIELDS if [f for f in fields if f[0] in RESENT_FIELDS] else ADDRESS_FIELDS
     values = [raw.partition(b":")[2].decode("utf-8", "replace").replace("\r\n", "")
-              for name, raw in fields if name in ADDRESS_FIELDS]
+              for name, raw in fields if name in names]
     found = [addr for _name, addr in email.utils.getaddresses(values) if addr]
-    return found, [f for f in fields if f[0] != b"bcc"]
+    return found, [f for f in fields if f[0] not in (b"bcc", b"resent-bcc")]
 
 
-def qualify(address, hostname):
+def qualify(addr, hostname):
     """A bare local part gets '@hostname' (like Postfix's myorigin)."""
-    return address if "@" in address else "%s@%s" % (address, hostname)
+    return addr if "@" in addr else "%s@%s" % (addr, hostname)
 
 
-def default_sender(hostname):
+def check_address(addr, sender=False):
+    """addr if it is a valid SMTP path (without brackets), else ValueError."""
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "root"
-    return "%s@%s" % (user, hostname)
+        address.parse_path(("<%s>" % addr).encode("utf-8"), sender=sender, smtputf8=True)
+    except (address.AddressError, UnicodeError) as exc:
+        raise ValueError("bad address <%s>: %s" % (addr, exc))
+    return addr
 
 
-def build(cfg, opts, rcpts, message, queue_id_hint="local"):
-    """(sender, recipients, final message bytes) for a local submission."""
+def envelope_sender(value, hostname):
+    """The envelope sender from -f/-r (or the user), qualified; "" for -f '<>'."""
+    if value is None:
+        try:
+            value = getpass.getuser()
+        except (KeyError, OSError):
+            value = "root"
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    if not value:
+        return ""
+    try:
+        return check_address(qualify(value, hostname), sender=True)
+    except ValueError as exc:
+        raise UsageError("-f: %s" % exc)
+
+
+def recipients(args, found, hostname, limit):
+    """Qualified, checked and de-duplicated envelope recipients."""
+    out = []
+    for source, error, values in (("argument", UsageError, args), ("header", DataError, found)):
+        for value in values:
+            parsed = [a for _n, a in email.utils.getaddresses([value]) if a] if source == "argument" else [value]
+            if not parsed:
+                raise error("bad recipient %s %r" % (source, value))
+            for addr in parsed:
+                try:
+                    addr = check_address(qualify(addr, hostname))
+                except ValueError as exc:
+                    raise error(str(exc))
+                if addr not in out:
+                    out.append(addr)
+    if not out:
+        raise UsageError("no recipients: name them as arguments or use -t")
+    if len(out) > limit:
+        raise UsageError("too many recipients (%d, smtps max_recipients = %d)" % (len(out), limit))
+    return out
+
+
+def received_field(hostname, when=None):
+    """Received: of a local submission, Postfix-shaped. The spool assigns the queue
+    ID inside inject(), after this field is written, so there is no `id` clause."""
+    when = compat.wall_time() if when is None else when
+    return ("Received: by %s (meta1lite, from userid %d);\r\n\t%s\r\n"
+            % (hostname, os.getuid(), compat.rfc5322_date(when))).encode()
+
+
+def unique_token():
+    """Random characters for a Message-ID (the queue ID is not known yet)."""
+    return binascii.hexlify(os.urandom(8)).decode()
+
+
+def build(cfg, opts, args, lines):
+    """(sender, recipients, message lines) for a local submission."""
     hostname = cfg["hostname"]
-    section, body = split_header(message)
-    fields = header_fields(section)
+    fields, body = split_header(lines)
+    found = []
     if opts["t"]:
         found, fields = recipients_from_headers(fields)
-        rcpts = list(rcpts) + found
-    if not rcpts:
-        raise UsageError("no recipients given (use -t or name them)")
-    sender = opts["f"] if opts["f"] is not None else default_sender(hostname)
-    sender = qualify(sender, hostname) if sender else ""
+    rcpts = recipients(args, found, hostname, cfg["smtps"]["max_recipients"])
+    sender = envelope_sender(opts["f"], hostname)
     names = [name for name, _raw in fields]
-    top = headers.received_field(hostname, None, "localhost", "127.0.0.1", queue_id_hint,
-                                 "local (uid %d)" % os.getuid())
+    top = received_field(hostname)
     if b"from" not in names and sender:
-        top += ("From: %s <%s>\r\n" % (opts["F"], sender) if opts["F"]
-                else "From: %s\r\n" % sender).encode()
+        from_field = email.utils.formataddr((opts["F"], sender)) if opts["F"] else sender
+        top += ("From: %s\r\n" % from_field).encode("utf-8")
     if cfg["smtps"]["add_missing_headers"]:
-        top += headers.missing_fields(names, hostname, queue_id_hint)
-    kept = b"".join(raw + b"\r\n" for _name, raw in fields)
-    return sender, [qualify(r, hostname) for r in rcpts], top + kept + body
+        top += headers.missing_fields(names, hostname, unique_token())
+    return sender, rcpts, [top] + [raw for _name, raw in fields] + body
+
+
+def chunks_of(lines, size=INJECT_CHUNK):
+    """Join lines into pieces of about `size` bytes."""
+    piece, fill = [], 0
+    for line in lines:
+        piece.append(line)
+        fill += len(line)
+        if fill >= size:
+            yield b"".join(piece)
+            piece, fill = [], 0
+    if piece:
+        yield b"".join(piece)
 
 
 def open_spool(cfg):
+    """The configured spool, its index loaded read-only (the daemon may be running)."""
     q = cfg["qmgr"]
-    return Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
-                 hostname=cfg["hostname"])
+    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
+                  hostname=cfg["hostname"])
+    spool.recover(readonly=True)
+    return spool
 
 
-def submit(cfg, opts, rcpts, stream):
-    """Queue one message; returns the queue id. Raises UsageError/DataError/SpoolFull."""
-    message = read_message(stream, dot_ends=not opts["i"])
-    sender, rcpts, data = build(cfg, opts, rcpts, message)
-    if len(data) > cfg["smtps"]["max_message_size"]:
-        raise DataError("message size %d exceeds max_message_size %d"
-                        % (len(data), cfg["smtps"]["max_message_size"]))
+def submit(cfg, opts, args, stream):
+    """Queue one message; returns its queue ID. Raises UsageError/DataError/SpoolFull."""
+    smtps = cfg["smtps"]
+    lines = read_message(stream, not opts["i"], smtps["max_message_size"],
+                         smtps["bare_lf"] == "normalize")
+    sender, rcpts, message = build(cfg, opts, args, lines)
+    size = sum(len(line) for line in message)
+    if size > smtps["max_message_size"]:
+        raise DataError("message size %d exceeds max_message_size %d" % (size, smtps["max_message_size"]))
     spool = open_spool(cfg)
-    reason = spool.check_accept(len(data))
+    reason = spool.check_accept(size)
     if reason:
         raise SpoolFull(reason)
-    chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)] or [b""]
-    return spool.inject(sender, rcpts, chunks, {"client": "local", "proto": "sendmail"})
+    return spool.inject(sender, rcpts, chunks_of(message), {"client": "local", "proto": "sendmail"})
 
 
 def main(cfg, argv, stdin=None):
-    """Run sendmail; returns a sendmail exit code."""
+    """`meta1lite sendmail` / `meta1lite-sendmail`; returns a sendmail exit code."""
     stream = stdin if stdin is not None else sys.stdin.buffer
     try:
-        opts, rcpts = parse_args(argv)
-        submit(cfg, opts, rcpts, stream)
+        opts, args = parse_args(argv)
+        queue_id = submit(cfg, opts, args, stream)
     except UsageError as exc:
         sys.stderr.write("sendmail: %s\n" % exc)
         return EX_USAGE
@@ -169,4 +297,6 @@ def main(cfg, argv, stdin=None):
     except (SpoolFull, OSError) as exc:
         sys.stderr.write("sendmail: cannot queue the message now: %s\n" % exc)
         return EX_TEMPFAIL
+    if opts["v"]:
+        sys.stderr.write("sendmail: queued as %s\n" % queue_id)
     return EX_OK

@@ -1,0 +1,419 @@
+# Unit tests of meta1lite.qmgr (scheduling, retries, bounces, bounds) with fake smar
+# and smtpc over a real spool and a simulated clock. Run under CPython and again
+# under the MicroPython unix port. Shared subset: no pytest, no f-strings.
+from support import fresh_dir
+
+from meta1lite import compat, qmgr
+from meta1lite.spool import Spool
+
+UPY_HEAP = "640K"
+HOUR = 3600
+SANE = qmgr.SANE_EPOCH + 10 ** 8
+asyncio = compat.asyncio
+
+
+class Clock:
+    def __init__(self, mono=1000, wall=SANE):
+        self.mono = mono
+        self.wall = wall
+
+    def install(self):
+        compat.set_clock(lambda: self.mono, lambda: self.wall)
+
+    def advance(self, seconds):
+        self.mono += seconds
+        if self.wall is not None and self.wall >= qmgr.SANE_EPOCH:
+            self.wall += seconds
+
+
+class Route:
+    def __init__(self, key, via="direct", domain=None):
+        self.key = key
+        self.via = via
+        self.domain = domain
+
+
+class UnknownAddress(Exception):
+    pass
+
+
+class FakeSmar:
+    def __init__(self, aliases=None):
+        self.aliases = aliases or {}
+
+    def expand(self, addr):
+        if addr in self.aliases:
+            found = self.aliases[addr]
+            if found is None:
+                raise UnknownAddress(addr)
+            return found
+        return [addr]
+
+    def route(self, sender, rcpt):
+        domain = rcpt.rpartition("@")[2]
+        return Route("mx:" + domain, "mx", domain)
+
+    async def next_hops(self, route, domain):
+        return ["hop"]
+
+
+class Res:
+    def __init__(self, index, status, code, enhanced, text):
+        self.index, self.status, self.code, self.enhanced, self.text = index, status, code, enhanced, text
+        self.relay = "hop.test[127.0.0.1]:25"
+
+
+class FakeSmtpc:
+    """Replies per address: {addr: (status, code, enhanced, text)}; default sent.
+    Destinations in `block` hang until released."""
+
+    def __init__(self):
+        self.replies = {}
+        self.block = {}
+        self.delivered = []         # (queue_id, sender, address, body)
+        self.active = {}
+        self.peak = {}
+
+    async def deliver(self, route, hops, jobs):
+        key = route.key
+        self.active[key] = self.active.get(key, 0) + 1
+        self.peak[key] = max(self.peak.get(key, 0), self.active[key])
+        try:
+            if key in self.block:
+                await self.block[key].wait()
+            await asyncio.sleep(0)
+            return self._results(jobs)
+        finally:
+            self.active[key] -= 1
+
+    def _results(self, jobs):
+        out = {}
+        for job in jobs:
+            body = b"".join(job.body())
+            res = []
+            for index, addr in job.rcpts:
+                st, code, enh, text = self.replies.get(addr, ("sent", 250, "2.0.0", "Ok"))
+                if st == "sent":
+                    self.delivered.append((job.queue_id, job.sender, addr, body))
+                res.append(Res(index, st, code, enh, text))
+            out[job.queue_id] = res
+        return out
+
+
+def _cfg(**qm):
+    q = {"retry_min": HOUR, "retry_max": 4 * HOUR, "max_queue_lifetime": 5 * 24 * HOUR,
+         "max_queue_size": 10 * 1024 * 1024, "max_messages": 1000, "min_free_space": 0}
+    q.update(qm)
+    return {"hostname": "relay.test", "postmaster": "postmaster@relay.test", "qmgr": q,
+            "smtpc": {"max_connections": 10, "max_per_destination": 2}}
+
+
+def _spool(cfg):
+    q = cfg["qmgr"]
+    sp = Spool(fresh_dir("qmgr"), q["max_queue_size"], q["max_messages"], q["min_free_space"])
+    sp.recover()
+    return sp
+
+
+BODY = b"From: a@b.test\r\nTo: c@d.test\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+async def _queue(sp, sender="a@b.test", rcpts=("c@d.test",), body=BODY):
+    w = sp.new_message()
+    w.write(body)
+    return await sp.commit(w, sender, list(rcpts), {})
+
+
+async def _queue_n(sp, n, **kw):
+    out = []
+    for _ in range(n):          # MicroPython: no await inside a comprehension
+        out.append(await _queue(sp, **kw))
+    return out
+
+
+class Rig:
+    def __init__(self, cfg=None, smar=None, clock=None):
+        self.cfg = cfg or _cfg()
+        self.clock = clock or Clock()
+        self.clock.install()
+        self.sp = _spool(self.cfg)
+        self.smtpc = FakeSmtpc()
+        self.qm = qmgr.QueueManager(self.cfg, self.sp, smar or FakeSmar(), self.smtpc)
+        self.task = None
+
+    def start(self):
+        self.task = asyncio.create_task(self.qm.run())
+
+    async def settle(self, cond=None, rounds=5000):
+        for _ in range(rounds):
+            await asyncio.sleep(0.001)
+            if cond is not None and cond():
+                return True
+        return cond is None
+
+    async def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.qm.wake()
+        await self.settle(None, 20)
+
+    async def stop(self):
+        await self.qm.stop()
+        self.task.cancel()
+        await asyncio.sleep(0)
+        self.sp.close()
+        compat.set_clock()
+
+
+def _run(coro):
+    try:
+        compat.asyncio.run(coro)
+    finally:
+        compat.set_clock()
+
+
+def _dsns(sp):
+    return [m for m in sp.messages() if m.sender == ""]
+
+
+# --- pure functions -------------------------------------------------------------------
+
+def test_backoff_stays_between_min_and_max():
+    for attempts in range(1, 12):
+        for rand in (0, 0.5, 1):
+            d = qmgr.backoff(attempts, 300, 3600, rand)
+            assert 300 <= d <= 3600, (attempts, rand, d)
+    assert qmgr.backoff(1, 300, 3600, 0.5) == 300
+    assert qmgr.backoff(3, 300, 3600, 0.5) == 1200
+    assert qmgr.backoff(30, 300, 3600, 0) == 3600
+
+
+def test_age_ignores_unknown_wall_clocks():
+    assert qmgr.age_at(SANE - 50, SANE) == 50
+    assert qmgr.age_at(100, SANE) == 0          # arrived while the clock said 1970
+    assert qmgr.age_at(SANE, 100) == 0          # booted at 1970, no NTP yet
+    assert qmgr.age_at(SANE + 99, SANE) == 0    # clock went back: never negative
+
+
+def test_fmt_delay():
+    assert qmgr.fmt_delay(0.001) == "0"
+    assert qmgr.fmt_delay(0.5) == "0.5"
+    assert qmgr.fmt_delay(3.14159) == "3.14"
+    assert qmgr.fmt_delay(42.7) == "42"
+
+
+# --- scheduling --------------------------------------------------------------------------
+
+def test_delivers_and_removes():
+    async def main():
+        rig = Rig()
+        ids = await _queue_n(rig.sp, 5, rcpts=("c@d.test", "e@f.test"))
+        rig.start()
+        assert await rig.settle(lambda: not rig.sp.messages())
+        assert len(rig.smtpc.delivered) == 10
+        assert sorted(set(d[0] for d in rig.smtpc.delivered)) == sorted(ids)
+        assert rig.smtpc.delivered[0][3] == BODY
+        await rig.stop()
+    _run(main())
+
+
+def test_new_mail_after_wake():
+    async def main():
+        rig = Rig()
+        rig.start()
+        await rig.settle(None, 5)
+        await _queue(rig.sp)
+        rig.qm.wake()
+        assert await rig.settle(lambda: len(rig.smtpc.delivered) == 1)
+        await rig.stop()
+    _run(main())
+
+
+def test_deferred_then_retried_after_backoff():
+    async def main():
+        rig = Rig()
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "try later")
+        qid = await _queue(rig.sp)
+        rig.start()
+        assert await rig.settle(lambda: rig.sp.get(qid).recipients[0].attempts == 1)
+        rcpt = rig.sp.get(qid).recipients[0]
+        assert rcpt.status == "deferred" and rcpt.next_try >= rig.clock.wall + HOUR - 1
+        await rig.advance(HOUR // 2)
+        assert rig.sp.get(qid).recipients[0].attempts == 1       # not yet due
+        del rig.smtpc.replies["c@d.test"]
+        await rig.advance(HOUR)
+        assert await rig.settle(lambda: rig.sp.get(qid) is None)
+        assert len(rig.smtpc.delivered) == 1
+        await rig.stop()
+    _run(main())
+
+
+def test_flush_makes_deferred_due_now():
+    async def main():
+        rig = Rig()
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "try later")
+        qid = await _queue(rig.sp)
+        rig.start()
+        assert await rig.settle(lambda: rig.sp.get(qid).recipients[0].attempts == 1)
+        del rig.smtpc.replies["c@d.test"]
+        assert rig.qm.flush() == 1
+        assert await rig.settle(lambda: rig.sp.get(qid) is None)
+        await rig.stop()
+    _run(main())
+
+
+def test_outage_does_not_stall_other_destinations():
+    async def main():
+        rig = Rig()
+        rig.smtpc.block["mx:dead.test"] = asyncio.Event()
+        stuck = await _queue_n(rig.sp, 8, rcpts=("x@dead.test",))
+        fine = await _queue_n(rig.sp, 8, rcpts=("y@live.test",))
+        rig.start()
+        assert await rig.settle(lambda: all(rig.sp.get(q) is None for q in fine))
+        assert all(rig.sp.get(q) is not None for q in stuck)
+        assert rig.smtpc.peak["mx:dead.test"] <= 2          # max_per_destination
+        rig.smtpc.block["mx:dead.test"].set()
+        assert await rig.settle(lambda: not rig.sp.messages())
+        await rig.stop()
+    _run(main())
+
+
+def test_global_connection_bound():
+    async def main():
+        cfg = _cfg()
+        cfg["smtpc"]["max_connections"] = 3
+        rig = Rig(cfg)
+        gate = asyncio.Event()
+        for n in range(6):
+            rig.smtpc.block["mx:d%d.test" % n] = gate
+            await _queue(rig.sp, rcpts=("u@d%d.test" % n,))
+        rig.start()
+        await rig.settle(None, 30)
+        assert sum(rig.smtpc.active.values()) == 3
+        gate.set()
+        assert await rig.settle(lambda: not rig.sp.messages())
+        await rig.stop()
+    _run(main())
+
+
+def test_held_message_is_skipped_until_released():
+    async def main():
+        rig = Rig()
+        qid = await _queue(rig.sp)
+        rig.sp.hold(qid)
+        rig.start()
+        await rig.settle(None, 30)
+        assert rig.sp.get(qid) is not None and not rig.smtpc.delivered
+        rig.sp.release(qid)
+        rig.qm.release(qid)
+        assert await rig.settle(lambda: rig.sp.get(qid) is None)
+        await rig.stop()
+    _run(main())
+
+
+# --- bounces -------------------------------------------------------------------------------
+
+def test_permanent_failures_make_one_dsn():
+    async def main():
+        rig = Rig()
+        rig.smtpc.replies["c@d.test"] = ("bounced", 550, "5.1.1", "no such user")
+        rig.smtpc.replies["e@d.test"] = ("bounced", 550, "5.1.1", "no such user either")
+        qid = await _queue(rig.sp, rcpts=("c@d.test", "e@d.test", "ok@d.test"))
+        rig.start()
+        assert await rig.settle(lambda: rig.sp.get(qid) is None and not rig.sp.messages())
+        dsn = [d for d in rig.smtpc.delivered if d[1] == ""]
+        assert len(dsn) == 1, dsn
+        assert dsn[0][2] == "a@b.test"
+        body = dsn[0][3]
+        assert b"multipart/report; report-type=delivery-status" in body
+        assert b"Final-Recipient: rfc822; c@d.test" in body
+        assert b"Final-Recipient: rfc822; e@d.test" in body
+        assert b"ok@d.test" not in body.split(b"text/rfc822-headers")[0]
+        assert b"Subject: hi" in body and b"hello" not in body
+        assert rig.qm.counts["dsn"] == 1
+        await rig.stop()
+    _run(main())
+
+
+def test_null_sender_failure_goes_to_postmaster_once():
+    async def main():
+        rig = Rig()
+        rig.smtpc.replies["c@d.test"] = ("bounced", 550, "5.1.1", "no such user")
+        rig.smtpc.replies["postmaster@relay.test"] = ("bounced", 550, "5.1.1", "no postmaster")
+        await _queue(rig.sp, sender="")
+        rig.start()
+        assert await rig.settle(lambda: not rig.sp.messages() and rig.qm.counts["bounced"] == 2)
+        await rig.settle(None, 30)
+        assert rig.qm.counts["dsn"] == 1
+        assert not rig.sp.messages() and not rig.smtpc.delivered
+        await rig.stop()
+    _run(main())
+
+
+def test_null_sender_without_postmaster_is_dropped():
+    async def main():
+        cfg = _cfg()
+        cfg["postmaster"] = ""
+        rig = Rig(cfg)
+        rig.smtpc.replies["c@d.test"] = ("bounced", 550, "5.1.1", "no such user")
+        await _queue(rig.sp, sender="")
+        rig.start()
+        assert await rig.settle(lambda: not rig.sp.messages())
+        await rig.settle(None, 20)
+        assert rig.qm.counts["dsn"] == 0 and not rig.sp.messages()
+        await rig.stop()
+    _run(main())
+
+
+def test_expiry_bounces_with_4_4_7():
+    async def main():
+        rig = Rig(_cfg(max_queue_lifetime=3 * HOUR))
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "try later")
+        qid = await _queue(rig.sp)
+        rig.start()
+        assert await rig.settle(lambda: rig.sp.get(qid).recipients[0].attempts == 1)
+        for _ in range(6):
+            await rig.advance(HOUR * 2)
+            if rig.sp.get(qid) is None:
+                break
+        assert rig.sp.get(qid) is None
+        dsn = [d for d in rig.smtpc.delivered if d[1] == ""]
+        assert len(dsn) == 1 and b"Status: 4.4.7" in dsn[0][3] and b"Action: failed" in dsn[0][3]
+        await rig.stop()
+    _run(main())
+
+
+def test_boot_at_1970_neither_expires_nor_storms():
+    async def main():
+        rig = Rig(_cfg(max_queue_lifetime=2 * HOUR), clock=Clock(wall=SANE))
+        ids = await _queue_n(rig.sp, 20)
+        for qid in ids:
+            await rig.sp.record_attempt(qid, [(0, "deferred", "451 4.3.0 later", SANE + 600)])
+        rig.clock.wall = 1000       # reboot: the clock says 1970, NTP comes later
+        rig.clock.mono = 5
+        rig.start()
+        await rig.settle(None, 20)
+        tried = sum(1 for q in ids if rig.sp.get(q).recipients[0].attempts > 1)
+        assert tried <= 2, tried                    # spread over retry_min, no storm
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "still later")
+        rig.clock.wall = SANE + 10 ** 6             # NTP: years later
+        await rig.advance(HOUR // 2)
+        assert all(rig.sp.get(q) is not None for q in ids)     # nothing expired
+        assert rig.qm.counts["dsn"] == 0
+        await rig.stop()
+    _run(main())
+
+
+def test_alias_expansion_and_unknown_local():
+    async def main():
+        smar = FakeSmar({"list@relay.test": ["p@x.test", "q@y.test"], "nobody@relay.test": None,
+                         "root@relay.test": ["admin@z.test"]})
+        rig = Rig(smar=smar)
+        await _queue(rig.sp, rcpts=("list@relay.test", "nobody@relay.test", "root@relay.test"))
+        rig.start()
+        assert await rig.settle(lambda: not rig.sp.messages() and len(rig.smtpc.delivered) >= 4)
+        got = sorted(d[2] for d in rig.smtpc.delivered)
+        assert got == ["a@b.test", "admin@z.test", "p@x.test", "q@y.test"], got
+        dsn = [d for d in rig.smtpc.delivered if d[1] == ""][0][3]
+        assert b"nobody@relay.test" in dsn and b"Status: 5.1.1" in dsn
+        await rig.stop()
+    _run(main())
