@@ -250,6 +250,28 @@ async def wait_for(awaitable, timeout_s):
     return await asyncio.wait_for(awaitable, timeout_s / _clock.scale)
 
 
+async def open_connection(host, port, ctx=None, server_hostname=None):
+    """A client stream, with implicit TLS when ctx is given (port 465).
+
+    Returns (reader, writer, early): MicroPython leaves the TLS handshake to the
+    first read or write, and an SMTP client reads first, so one non-blocking read
+    starts it here; `early` holds whatever that read got (b'' on CPython)."""
+    if ctx is None:
+        reader, writer = await asyncio.open_connection(host, port)
+        return reader, writer, b""
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx,
+                                                   server_hostname=server_hostname)
+    sock = getattr(writer, "s", None)
+    if not MICROPYTHON or sock is None:
+        return reader, writer, b""
+    buf = bytearray(READ_CHUNK)
+    try:
+        n = sock.readinto(buf)
+    except TLS_ERRORS:
+        n = None                    # the error shows again at the first real read
+    return reader, writer, bytes(buf[:n]) if n else b""
+
+
 async def close_stream(writer):
     """Close a stream, ignoring errors from a peer that is already gone."""
     try:

@@ -1,12 +1,15 @@
 # meta1lite.headers - the few header fields a relay adds: Received:, and a missing
 # Date: or Message-ID: for mail from our own devices (smarthosts reject mail without).
 #
-# Owns: building those fields, and a bounded scanner of a message's header section
-# that tells which fields are present. Must never: rewrite, reorder or remove a
-# field the sender wrote, or hold more than HEADER_SCAN_LIMIT bytes of a message.
+# Owns: building those fields, a bounded scanner of a message's header section that
+# tells which fields are present, and the From: rewrite a route may ask for
+# (rewrite_from_header). Must never: rewrite, reorder or remove any other field the
+# sender wrote, or hold more than HEADER_SCAN_LIMIT bytes of a message.
 from meta1lite import compat
 
 HEADER_SCAN_LIMIT = 16 * 1024    # bytes of header section examined for Date:/Message-ID:
+MAX_FROM_FIELD = 4096           # octets of a From: field kept to find its display name
+MAX_HEADER_LINE = 8192          # a longer header line is passed through untouched
 WATCHED = (b"date", b"message-id", b"from")
 
 
@@ -86,3 +89,73 @@ class HeaderScanner:
                 self.present.append(name)
                 if name == b"message-id":
                     self.message_id = value.strip().decode("utf-8", "replace")
+
+
+class FromRewriter:
+    """Streaming filter: replaces the address of the From: field(s) of the header
+    section (keeping a display name), and passes everything else through."""
+
+    def __init__(self, address):
+        self.address = address.encode()
+        self.in_header = True
+        self.pending = b""
+        self.field = None             # a From: field being collected (with continuations)
+        self.midline = False          # inside an over-long line: pass to its end
+
+    def feed(self, chunk):
+        """Filter one chunk; returns the bytes to send."""
+        if not self.in_header:
+            return chunk
+        data, out, start = self.pending + bytes(chunk), [], 0
+        while self.in_header:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            self._line(data[start:nl + 1], out)
+            start = nl + 1
+        rest = data[start:]
+        if self.in_header and len(rest) > MAX_HEADER_LINE:
+            self._flush(out)
+            out.append(rest)
+            rest, self.midline = b"", True
+        self.pending = rest if self.in_header else b""
+        if not self.in_header:
+            out.append(rest)
+        return b"".join(out)
+
+    def finish(self):
+        """The bytes held back at the end of the body."""
+        out = []
+        self._flush(out)
+        out.append(self.pending)
+        self.pending = b""
+        return b"".join(out)
+
+    def _line(self, line, out):
+        if self.midline:
+            self.midline = False
+            return out.append(line)
+        if line[:1] in (b" ", b"\t") and self.field is not None:
+            if len(self.field) < MAX_FROM_FIELD:
+                self.field += line
+            return None
+        self._flush(out)
+        if line in (b"\r\n", b"\n"):
+            self.in_header = False
+        elif line[:5].lower() == b"from:":
+            self.field = line
+            return None
+        out.append(line)
+
+    def _flush(self, out):
+        if self.field is not None:
+            out.append(self._rewritten(self.field))
+            self.field = None
+
+    def _rewritten(self, field):
+        value = b" ".join(field[5:].split())
+        angle = value.rfind(b"<")
+        display = value[:angle].strip() if angle >= 0 and b">" in value[angle:] else b""
+        if display:
+            return b"From: " + display + b" <" + self.address + b">\r\n"
+        return b"From: " + self.address + b"\r\n"
