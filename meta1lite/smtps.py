@@ -1,57 +1,29 @@
 # meta1lite.smtps - the SMTP server module: listeners, sessions, relay control.
 #
 # Owns: the asyncio I/O around proto.smtp_server (reads, writes, io_timeout,
-# STARTTLS and implicit TLS), connection and rate limits, the relay decision
-# (relay_from, AUTH, local_domains), AUTH against the users file with lockout,
-# streaming DATA into the spool with the Received:/Date:/Message-ID: fields, and
-# the Postfix-shaped log lines of a session. Must never: answer 250 to the final
+# STARTTLS and implicit TLS), connection and rate limits, asking relaypolicy for
+# the relay decision (relay_from, AUTH, local_domains), AUTH against the users
+# file with lockout, streaming DATA into the spool with the Received:/Date:/
+# Message-ID: fields, the Postfix-shaped log lines of a session, and an orderly
+# stop (sessions end before the loop does). Must never: answer 250 to the final
 # dot before spool.commit returned (the message is durable), hold a message in
 # RAM, or let a client outside relay_from reach a non-local domain.
 from meta1lite import authdb, compat, headers, netaddr
 from meta1lite.proto import replies
 from meta1lite.proto import smtp_server as core
+from meta1lite.relaypolicy import RateLimiter, RelayPolicy
 from meta1lite.spool import SpoolFull
 
 asyncio = compat.asyncio
 LOG = "smtps"
 AUTH_FAILURE_DELAY_S = 2        # pause before answering a failed AUTH (slows guessing)
-RATE_WINDOW_S = 60              # max_messages_per_client_per_minute counts over this
-MAX_TRACKED_CLIENTS = 256       # bound of the per-client rate table
+STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
+STOP_POLLS = 100
 LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
 
 
 def _reply_tuple(code, enhanced, text):
     return (code, enhanced, text)
-
-
-class RateLimiter:
-    """Messages per client address in a sliding minute, with a bounded table."""
-
-    def __init__(self, per_minute):
-        self.per_minute = per_minute
-        self.stamps = {}
-
-    def allow(self, client):
-        """Count one message for client; False if over the limit."""
-        if not self.per_minute:
-            return True
-        now = compat.monotonic()
-        recent = [t for t in self.stamps.get(client, ()) if now - t < RATE_WINDOW_S]
-        if len(recent) >= self.per_minute:
-            self.stamps[client] = recent
-            return False
-        if client not in self.stamps and len(self.stamps) >= MAX_TRACKED_CLIENTS:
-            self._forget_idle(now)
-        recent.append(now)
-        self.stamps[client] = recent
-        return True
-
-    def _forget_idle(self, now):
-        for client in list(self.stamps):
-            if not [t for t in self.stamps[client] if now - t < RATE_WINDOW_S]:
-                del self.stamps[client]
-        while len(self.stamps) >= MAX_TRACKED_CLIENTS:
-            del self.stamps[next(iter(self.stamps))]
 
 
 class SmtpServer:
@@ -73,9 +45,9 @@ class SmtpServer:
         self.opts = cfg["smtps"]
         self.hostname = cfg["hostname"]
         self.rate = RateLimiter(self.opts["max_messages_per_client_per_minute"])
+        self.policy = RelayPolicy(self.opts, self.hostname, self.smar)
         self.tls_ctx = self._tls_context()
         self.users, self.lockout = self._auth()
-        self.local_domains = [d.lower() for d in self.opts["local_domains"]]
 
     def _tls_context(self):
         tls = self.opts.get("tls") or {}
@@ -122,6 +94,10 @@ class SmtpServer:
         for session in list(self.sessions):
             session.stop()
         self.servers = []
+        for _ in range(STOP_POLLS):     # let them end (a cancelled session is an error)
+            if not self.sessions:
+                break
+            await asyncio.sleep(STOP_POLL_S)
 
     async def _accept(self, reader, writer, implicit_tls):
         ip = compat.peer_address(writer)[0]
@@ -153,31 +129,10 @@ class SmtpServer:
             return _reply_tuple(421, "4.7.0", "Too many connections from your address")
         return None
 
-    # --- policy, used by sessions --------------------------------------------
+    # --- policy, used by sessions (relaypolicy.RelayPolicy decides) -----------
     def trusted(self, ip, authenticated):
         """May this client relay to any domain?"""
-        return bool(authenticated) or netaddr.match_any(self.opts["relay_from"], ip)
-
-    def is_local_domain(self, domain):
-        return domain == self.hostname.lower() or domain in self.local_domains
-
-    def rcpt_verdict(self, mailbox, ip, authenticated):
-        """None to accept the recipient, else the (code, enhanced, text) refusal."""
-        trusted = self.trusted(ip, authenticated)
-        if mailbox.relay_trick and not trusted:
-            return replies.RELAY_DENIED
-        if mailbox.is_literal or self.is_local_domain(mailbox.domain) or not mailbox.domain:
-            if mailbox.is_literal and trusted and not mailbox.relay_trick:
-                return None
-            return self.local_verdict(mailbox, trusted)
-        return None if trusted else replies.RELAY_DENIED
-
-    def local_verdict(self, mailbox, trusted):
-        """Local addresses are accepted only where smar's aliases know them."""
-        if self.smar is not None and not mailbox.relay_trick \
-                and self.smar.knows_local(mailbox.address):
-            return None
-        return replies.UNKNOWN_USER
+        return self.policy.trusted(ip, authenticated)
 
     def check_password(self, user, password):
         stored = self.users.get(user) if self.users else None
@@ -190,6 +145,13 @@ async def _refuse(writer, reply):
     except Exception:  # noqa: BLE001 - the client may be gone already
         pass
     await compat.close_stream(writer)
+
+
+def _tls_error(exc):
+    """A TLS failure (a client that left during the handshake, a bad record):
+    mbedtls codes are negative on MicroPython, ssl.SSLError* on CPython."""
+    code = compat.errno_of(exc)
+    return (isinstance(code, int) and code < 0) or type(exc).__name__.startswith("SSL")
 
 
 def _bound_address(server, host, port):
@@ -247,7 +209,9 @@ class Session:
         except MemoryError:
             self.log("out of memory in session with [%s]: closing" % self.ip, "error")
         except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
-            if not (compat.is_connection_error(exc) or self.stopping):
+            if _tls_error(exc):
+                self.log("SSL error from unknown[%s]: %s" % (self.ip, exc))
+            elif not (compat.is_connection_error(exc) or self.stopping):
                 self.log("session error: %r" % (exc,), "warning")
         finally:
             self._abort_message()
@@ -334,7 +298,7 @@ class Session:
     async def on_rcpt(self, event):
         self._count("rcpt")
         mailbox = event.mailbox
-        refusal = self.server.rcpt_verdict(mailbox, self.ip, self.conn.authenticated)
+        refusal = self.server.policy.rcpt_verdict(mailbox, self.ip, self.conn.authenticated)
         if refusal is not None:
             self._noqueue("RCPT", refusal, self.sender, mailbox.address)
             self.out.append(self.conn.reject_rcpt(*refusal))

@@ -1,0 +1,147 @@
+# smtps limits over real sockets, against the daemon on CPython and under the
+# MicroPython unix port: recipients, message size (SIZE= and DATA), long lines, bad
+# commands, connections (total and per client), io_timeout, the per-client message
+# rate, and a full queue (qmgr.max_messages). Each test runs one daemon and several
+# checks; results are read through the spool API after the daemon stopped.
+import time
+
+import pytest
+from daemon import RUNTIMES
+from smtpclient import Client, assert_clean_log, queued, start_smtps, wait_sessions_ended
+
+MAX_SIZE = 64 * 1024
+SESSION_LIMITS = "max_recipients = 3; max_message_size = 64K; max_bad_commands = 8;"
+DEADLINE_S = 60
+
+
+def code_and_enhanced(reply):
+    return reply.code, reply.text[:5]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_session_limits_and_bad_commands(runtime, tmp_path):
+    daemon = start_smtps(runtime, tmp_path, SESSION_LIMITS)
+    try:
+        with Client(daemon.port) as c:
+            c.greeting_and_ehlo()
+            # SIZE= over the limit, refused at MAIL (does not count as a bad command)
+            r = c.cmd("MAIL FROM:<f@relay.test> SIZE=%d" % (MAX_SIZE + 1))
+            assert code_and_enhanced(r) == (552, "5.3.4"), r
+            # max_recipients
+            assert c.cmd("MAIL FROM:<f@relay.test> SIZE=100").code == 250
+            for n in range(3):
+                assert c.cmd("RCPT TO:<t%d@example.org>" % n).code == 250
+            assert code_and_enhanced(c.cmd("RCPT TO:<t9@example.org>")) == (452, "4.5.3")
+            # DATA over max_message_size: 552 after the dot, the session stays usable
+            assert c.cmd("DATA").code == 354
+            c.send(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 1000 + b".\r\n")
+            assert code_and_enhanced(c.reply()) == (552, "5.3.4")
+            # a line over 1000 octets: 500 5.5.2 after the dot
+            r = c.message("f@relay.test", ["t@example.org"],
+                          b"Subject: long\r\n\r\n" + b"y" * 1001 + b"\r\n")
+            assert code_and_enhanced(r) == (500, "5.5.2"), r
+            r = c.message("f@relay.test", ["t@example.org"], b"Subject: fine\r\n\r\nok\r\n")
+            assert r.code == 250, r
+            assert code_and_enhanced(c.cmd("FROB")) == (500, "5.5.2")           # 1
+            assert c.cmd("EXPN staff").code in (500, 502)                     # 2
+            assert code_and_enhanced(c.cmd("RCPT TO:<t@example.org>")) == (503, "5.5.1")  # 3
+            assert code_and_enhanced(c.cmd("DATA")) == (503, "5.5.1")          # 4
+            assert code_and_enhanced(c.cmd("NO\x00OP")) == (500, "5.5.2")     # 5
+            assert code_and_enhanced(c.cmd("NOOP " + "z" * 2000)) == (500, "5.5.2")  # 6
+            assert c.cmd("NOOP").code == 250            # over-long line drained, in step
+            assert c.cmd("MAIL FROM:<f@relay.test>").code == 250
+            assert code_and_enhanced(c.cmd("MAIL FROM:<f@relay.test>")) == (503, "5.5.1")  # 7
+            c.send(b"FROB\r\n")                                                 # 8
+            assert c.reply().code == 500
+            assert code_and_enhanced(c.reply()) == (421, "4.7.0")
+            assert c.closed()
+    finally:
+        daemon.stop()
+    assert_clean_log(daemon)
+    bodies = [b for _, _, b in queued(tmp_path).values()]
+    assert len(bodies) == 1 and b"Subject: fine" in bodies[0]
+
+
+def wait_until(cond, what, daemon):
+    end = time.time() + DEADLINE_S
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s\n%s" % (what, daemon.log()[-4000:]))
+
+
+def refused_at_connect(port, source):
+    """The 421 4.7.0 the server answers instead of a greeting, then its close."""
+    with Client(port, source=source) as c:
+        r = c.reply()
+        assert code_and_enhanced(r) == (421, "4.7.0"), r
+        assert c.closed()
+
+
+def greeted(port, source):
+    c = Client(port, source=source)
+    r = c.reply()
+    assert r.code == 220, r
+    return c
+
+
+CONNECTION_LIMITS = "max_connections = 3; max_connections_per_client = 2;"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_connection_limits_and_full_queue(runtime, tmp_path):
+    daemon = start_smtps(runtime, tmp_path, CONNECTION_LIMITS, qmgr="max_messages = 2;")
+    held = []
+    try:
+        wait_sessions_ended(daemon)
+        held += [greeted(daemon.port, "127.0.0.1"), greeted(daemon.port, "127.0.0.1")]
+        refused_at_connect(daemon.port, "127.0.0.1")         # max_connections_per_client
+        held.append(greeted(daemon.port, "127.0.0.2"))
+        refused_at_connect(daemon.port, "127.0.0.3")         # max_connections
+        for c in held[1:]:
+            c.close()
+        c = held[0]
+        assert c.cmd("EHLO client.test").code == 250         # the first one still works
+        for n in range(2):
+            r = c.message("f@relay.test", ["t@example.org"], b"Subject: %d\r\n\r\nx\r\n" % n)
+            assert r.code == 250, r
+        assert code_and_enhanced(c.cmd("MAIL FROM:<f@relay.test>")) == (452, "4.3.1")
+        c.close()
+
+        def accepts_again():
+            try:
+                with Client(daemon.port, source="127.0.0.3") as c3:
+                    return c3.reply().code == 220
+            except (OSError, EOFError):
+                return False
+        wait_until(accepts_again, "a connection slot freed", daemon)
+    finally:
+        for c in held:
+            c.close()
+        daemon.stop()
+    log = assert_clean_log(daemon)
+    assert "warning: queue refuses mail" in log
+    assert len(queued(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_io_timeout_and_message_rate(runtime, tmp_path):
+    daemon = start_smtps(runtime, tmp_path,
+                         "io_timeout = 2s; max_messages_per_client_per_minute = 2;")
+    try:
+        with Client(daemon.port) as c:
+            c.greeting_and_ehlo()
+            for n in range(2):
+                r = c.message("f@relay.test", ["t@example.org"], b"Subject: %d\r\n\r\nx\r\n" % n)
+                assert r.code == 250, r
+            r = c.cmd("MAIL FROM:<f@relay.test>")
+            assert r.code // 100 == 4, "third message within a minute accepted: %r" % r
+            # idle past io_timeout: 421 4.4.2, then the server closes
+            assert code_and_enhanced(c.reply()) == (421, "4.4.2")
+            assert c.closed()
+    finally:
+        daemon.stop()
+    log = assert_clean_log(daemon)
+    assert "timeout after" in log
+    assert len(queued(tmp_path)) == 2
