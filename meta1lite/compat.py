@@ -360,11 +360,20 @@ def is_timeout(exc):
     return isinstance(exc, OSError) and errno_of(exc) == ETIMEDOUT
 
 
+def is_tls_error(exc):
+    """A TLS failure (a peer that left during the handshake, a bad record):
+    mbedtls codes are negative on MicroPython, ssl.SSLError* on CPython."""
+    code = errno_of(exc)
+    return (isinstance(code, int) and code < 0) or type(exc).__name__.startswith("SSL")
+
+
 def is_connection_error(exc):
-    """True when the peer went away or could not be reached."""
+    """True when the peer went away or could not be reached (TLS failures count:
+    the peer broke the session)."""
     if isinstance(exc, EOFError):
         return True
-    return isinstance(exc, OSError) and errno_of(exc) in _CONNECTION_ERRNOS
+    return isinstance(exc, OSError) and (errno_of(exc) in _CONNECTION_ERRNOS or
+                                         is_tls_error(exc))
 
 
 def is_no_space(exc):

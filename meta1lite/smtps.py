@@ -147,13 +147,6 @@ async def _refuse(writer, reply):
     await compat.close_stream(writer)
 
 
-def _tls_error(exc):
-    """A TLS failure (a client that left during the handshake, a bad record):
-    mbedtls codes are negative on MicroPython, ssl.SSLError* on CPython."""
-    code = compat.errno_of(exc)
-    return (isinstance(code, int) and code < 0) or type(exc).__name__.startswith("SSL")
-
-
 def _bound_address(server, host, port):
     sockets = getattr(server, "sockets", None)
     if sockets:
@@ -209,7 +202,7 @@ class Session:
         except MemoryError:
             self.log("out of memory in session with [%s]: closing" % self.ip, "error")
         except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
-            if _tls_error(exc):
+            if compat.is_tls_error(exc):
                 self.log("SSL error from unknown[%s]: %s" % (self.ip, exc))
             elif not (compat.is_connection_error(exc) or self.stopping):
                 self.log("session error: %r" % (exc,), "warning")

@@ -293,6 +293,19 @@ def new_queue_id(now):
     return _base36(int(now) % ID_RANDOM_LIMIT, ID_PART) + _base36(rand, ID_PART), rand
 
 
+def queue_id_of(id_time, tag):
+    """The queue ID whose time part is id_time (as a number) and random part tag."""
+    return _base36(id_time, ID_PART) + _base36(tag, ID_PART)
+
+
+def id_time_of(queue_id):
+    """The time part of a queue ID as a number, or None if it is not one."""
+    try:
+        return int(queue_id[:ID_PART], 36) if len(queue_id) == 2 * ID_PART else None
+    except ValueError:
+        return None
+
+
 def tag_of(queue_id):
     """The frame tag of a queue ID (its random part as a number), or None."""
     try:

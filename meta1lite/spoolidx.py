@@ -1,7 +1,8 @@
-# meta1lite.spoolidx - the spool's in-memory pieces: index entries (Message,
-# Recipient), the body writer (MessageWriter), segment bookkeeping, errors.
+# meta1lite.spoolidx - the spool's in-memory pieces: the Message and Recipient
+# objects handed out (built on demand, see spoolindex.py), the body writer
+# (MessageWriter), segment bookkeeping, errors.
 #
-# Owns: what one queued message or one segment looks like in RAM, and streaming a
+# Owns: what one queued message or one segment looks like to callers, and streaming a
 # body into chunk frames. Must never: hold a body beyond one chunk buffer, or write
 # to disk except through the Spool's journal (MessageWriter -> Spool._write_chunk).
 # Shared code: MicroPython and CPython.
@@ -25,7 +26,7 @@ class CorruptMessage(Exception):
 
 
 class Recipient:
-    """One recipient of a queued message and its delivery state."""
+    """One recipient of a queued message and its delivery state (a snapshot)."""
 
     def __init__(self, addr, status="queued"):
         self.addr = addr
@@ -33,11 +34,16 @@ class Recipient:
         self.reply = None
         self.attempts = 0
         self.next_try = None
-        self.seg = None         # segment of the newest state record
+        self.seg = 0            # segment key of the newest state record (0: none)
+        self.pos = 0            # its offset there
 
 
 class Message:
-    """An index entry: what the queue manager needs, never the body."""
+    """A queued message as read back from the spool, never the body.
+
+    Spool.get() and Spool.messages() build a FRESH Message from the compact index and
+    the records on disk each time: changing its attributes changes nothing in the
+    queue (use record_attempt/hold/release/delete), and two calls return two objects."""
 
     def __init__(self, queue_id, tag, sender, recipients, arrival, size, info):
         self.id = queue_id
@@ -51,10 +57,10 @@ class Message:
         self.nchunks = 0
         self.segs = []          # segment keys holding the chunks, in order
         self.first = 0          # offset of chunk 0 in segs[0]
-        self.env_seg = None
+        self.env_seg = 0        # segment key of the envelope
+        self.env_pos = 0        # offset of the envelope frame
         self.env_end = 0        # end offset of the envelope frame
-        self.ctl_seg = None     # segment of the newest hold/release record
-        self.refs = set()       # segment keys this message keeps alive
+        self.ctl_seg = 0        # segment of the newest hold/release record
 
     def done(self):
         """True when every recipient has a final status."""
@@ -63,27 +69,21 @@ class Message:
                 return False
         return True
 
-    def needed(self):
-        keys = set(self.segs)
-        for key in [self.env_seg, self.ctl_seg] + [r.seg for r in self.recipients]:
-            if key is not None:
-                keys.add(key)
-        return keys
-
 
 class Segment:
-    """One segment file: a journal segment (int key) or an incoming file."""
+    """One segment file: a journal segment (key = its number > 0) or an incoming
+    file (key < 0, numbered as adopted)."""
 
     def __init__(self, key, path, gen, seq, kind):
-        self.key = key          # journal: int number; incoming: "i:" + file name
+        self.key = key
         self.path = path
         self.gen = gen
         self.seq = seq
         self.kind = kind        # "j" journal | "i" incoming
         self.start = 0          # end of the header frame
         self.end = 0            # end of valid data = append position
-        self.live = set()       # ids of messages/writers with needed frames here
-        self.needs = []         # (key, seq) of segments that must be freed first
+        self.refs = 0           # live messages and open writers with needed frames here
+        self.needs = {}         # key -> seq of segments that must be freed first
         self.skips = {}         # damaged regions found at replay: start -> stop
         self.f = None           # open r+b handle while current or unsynced
         self.unsynced = False

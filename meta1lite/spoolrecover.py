@@ -62,15 +62,15 @@ class Recovery:
             self._replay(seg)
         self._chunk_counts = {}
         if readonly:
-            return len(self._index)
+            return self._index.count
         self._start_journal(journal)
         self._settle_damaged()
         self._try_reserve()
         self._collect()
         self._sync_now()
         self._log("info", "recovered %d messages (%d bytes) from %s" % (
-            len(self._index), self._live_bytes, self.path))
-        return len(self._index)
+            self._index.count, self._live_bytes, self.path))
+        return self._index.count
 
     def _listdir(self, path):
         try:
@@ -107,7 +107,7 @@ class Recovery:
         return None
 
     def _open_segment(self, path, key, kind):
-        """A _Segment for a file, or None if it is retired/unreadable (handled)."""
+        """A Segment for a file, or None if it is retired/unreadable (handled)."""
         try:
             f = open(path, "rb")
         except OSError as exc:
@@ -152,7 +152,7 @@ class Recovery:
         start, stop, ftype, tag = damage
         if stop < seg.end or seg.end == seg.start:
             seg.skips[start] = stop
-        base = ("seg-%08d" % seg.key) if seg.kind == "j" else ("in-" + seg.key[2:])
+        base = ("seg-%08d" % seg.key) if seg.kind == "j" else ("in-" + seg.path.rsplit("/", 1)[1])
         name = "%s-%d-%d" % (base, seg.gen, start)
         if self._readonly or not self._copy_range(f, start, stop, name):
             return
@@ -161,18 +161,19 @@ class Recovery:
             seg.path, start, stop - start, ftype or 0, known, name))
 
     def _adopt(self, name):
-        seg = self._open_segment(self.incoming_dir + "/" + name, "i:" + name, "i")
+        seg = self._open_segment(self.incoming_dir + "/" + name, self._in_key - 1, "i")
         if seg is None:
             return 0
-        before = len(self._index)
+        self._in_key -= 1
+        before = self._index.count
         self._segs[seg.key] = seg
         self._replay(seg)
         self._chunk_counts = {}
-        if not seg.live:
+        if not seg.refs:
             del self._segs[seg.key]
             if not self._readonly:
                 self._quarantine(seg.path, "in-" + name, "no loadable message in incoming file")
-        return len(self._index) - before
+        return self._index.count - before
 
     def _apply(self, seg, ftype, tag, pos, length, payload):
         if ftype == fmt.T_CHUNK:
@@ -187,16 +188,14 @@ class Recovery:
             return
         if ftype == fmt.T_ENVELOPE:
             self._apply_envelope(seg, tag, pos, length, rec)
-        elif ftype in (fmt.T_STATE, fmt.T_HOLD, fmt.T_DONE):
-            msg = self._index.get(rec.get("id"))
-            if ftype == fmt.T_DONE:
-                self._finish(rec.get("id"), seg)
-            elif msg is not None and ftype == fmt.T_STATE:
-                self._apply_state(msg, rec, seg)
-            elif msg is not None:
-                msg.held = bool(rec.get("h"))
-                msg.ctl_seg = seg.key
-                self._retain(msg)
+        elif ftype == fmt.T_DONE:
+            self._finish(rec.get("id"), seg)
+        elif ftype in (fmt.T_STATE, fmt.T_HOLD):
+            found = self._find(rec.get("id"))
+            if found is not None and ftype == fmt.T_STATE:
+                self._set_state(found, rec, seg, pos)
+            elif found is not None:
+                self._set_held(found, bool(rec.get("h")), seg)
 
     def _count_chunk(self, tag, number):
         count = self._chunk_counts.get(tag)
@@ -212,28 +211,20 @@ class Recovery:
         if msg is None:
             self._log("warning", "%s: malformed envelope at offset %d ignored" % (seg.path, pos))
             return
-        msg.env_seg = seg.key
+        msg.env_seg, msg.env_pos = seg.key, pos
         msg.env_end = pos + fmt.HEAD_SIZE + length
-        if msg.id in self._index or msg.id in self._damaged:
+        if self._find(msg.id) is not None or msg.id in self._damaged:
             self._log("error", "%s: duplicate queue ID in %s ignored" % (msg.id, seg.path))
             return
         if self._chunk_counts.pop(tag, 0) != msg.nchunks:
             self._damaged[msg.id] = msg
-            self._tags.add(tag)
             return
-        self._index_add(msg)
-
-    def _message_from(self, rec, tag, seg):
         try:
-            rcpts = [Recipient(str(a), str(s)) for a, s in zip(rec["rcpt"], rec["st"])]
-            msg = Message(str(rec["id"]), tag, str(rec["from"]), rcpts, rec["t"],
-                          int(rec["size"]), rec.get("info"))
-            msg.nchunks = int(rec["chunks"])
-            msg.segs = [seg.key if s == 0 else s for s in rec["segs"]]
-            msg.first = int(rec["off"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        return msg
+            added = self._index_add(msg)
+        except (ValueError, TypeError, OverflowError):
+            added = False
+        if not added:
+            self._log("error", "%s: envelope in %s cannot be indexed; ignored" % (msg.id, seg.path))
 
     def _settle_damaged(self):
         for queue_id in list(self._damaged):
@@ -306,7 +297,8 @@ class Recovery:
         """Adopt new files in incoming/; returns the number of messages adopted."""
         self._ready()
         adopted = 0
+        known = [seg.path for seg in self._segs.values() if seg.kind == "i"]
         for name in sorted(self._listdir(self.incoming_dir)):
-            if ("i:" + name) not in self._segs:
+            if (self.incoming_dir + "/" + name) not in known:
                 adopted += self._adopt(name)
         return adopted

@@ -177,3 +177,9 @@ def test_logger_writes_postfix_shaped_lines_and_keeps_a_ring():
     for _ in range(compat.RING_LINES + 5):
         logger.log("info", "qmgr", "x")
     assert len(logger.ring) == compat.RING_LINES
+
+
+def test_tls_failures_are_connection_errors():
+    eof = OSError(-29312, "MBEDTLS_ERR_SSL_CONN_EOF")     # MicroPython's mbedtls
+    assert compat.is_tls_error(eof) and compat.is_connection_error(eof)
+    assert not compat.is_tls_error(OSError(2, "ENOENT"))
