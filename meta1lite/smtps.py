@@ -16,6 +16,7 @@ from meta1lite.spool import SpoolFull
 
 asyncio = compat.asyncio
 LOG = "smtps"
+LISTEN_BACKLOG_MIN = 16         # pending connections the kernel may queue per listener
 AUTH_FAILURE_DELAY_S = 2        # pause before answering a failed AUTH (slows guessing)
 STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
 STOP_POLLS = 100
@@ -77,11 +78,17 @@ class SmtpServer:
         async def accept(reader, writer):
             await self._accept(reader, writer, implicit)
         if ctx is None:
-            server = await asyncio.start_server(accept, host, port)
+            server = await asyncio.start_server(accept, host, port, backlog=self._backlog())
         else:
-            server = await asyncio.start_server(accept, host, port, ssl=ctx)
+            server = await asyncio.start_server(accept, host, port, backlog=self._backlog(),
+                                                ssl=ctx)
         self.servers.append(server)
         self.bound.append(_bound_address(server, host, port))
+
+    def _backlog(self):
+        # MicroPython's default listen backlog is 5: with more clients the kernel
+        # drops SYNs and they retry seconds later. Queue as many as we serve.
+        return max(LISTEN_BACKLOG_MIN, self.opts["max_connections"])
 
     def endpoints(self):
         """(host, port) of every listener, with the real port where 0 was asked."""
