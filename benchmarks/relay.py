@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""End-to-end relay throughput, meta1lite and Postfix side by side in one run.
+
+    .venv/bin/python benchmarks/relay.py [-m 2000] [-s 20] [-l 2048] [--warmup 100]
+                     [--smtpc "max_connections = 10; max_per_destination = 4;"]
+                     [--upy-heap 2M] [--upy-msgs 500] [--no-upy] [--no-postfix]
+
+Client: Postfix's smtp-source (else the built-in asyncio client, benchmarks/_loadtools.py),
+M messages of L bytes, S concurrent sessions, one session per message.
+Next hop: Postfix's smtp-sink on loopback (else an aiosmtpd sink), shared by all runs;
+its message counter says when the last message arrived.
+Runs, one after the other, each after a warm-up batch of --warmup messages:
+  sink       smtp-source straight into the sink (the harness ceiling)
+  postfix    a throwaway Postfix instance (own config_directory and queue_directory under
+             /var/tmp, smtpd on a loopback port, relayhost = [127.0.0.1]:SINKPORT); needs root
+  meta1lite  `meta1lite run` on CPython, route "*" { via = "[127.0.0.1]:SINKPORT"; }
+  meta1lite  the same under the MicroPython unix port from the .mpy bundle (--upy-heap)
+Figures: accept msg/s (M / client time) and end-to-end msg/s (M / time until the sink
+counted M), and meta1lite / Postfix ratios of the same run. Figures only, no assertions.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+MASTER_CF = """127.0.0.1:%(port)d inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+MAIN_CF = """compatibility_level = 3.6
+queue_directory = %(base)s/queue
+data_directory = %(base)s/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = pfbench.test
+mydomain = pfbench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:%(sink)d
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = %(base)s/maillog
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+smtp_dns_support_level = disabled
+"""
+
+
+class PostfixInstance:
+    """A private Postfix: its own config_directory, queue and log, loopback only."""
+
+    def __init__(self, sink_port):
+        self.port = C.free_port()
+        self.base = tempfile.mkdtemp(prefix="m1l-pf-", dir="/var/tmp")
+        os.chmod(self.base, 0o755)
+        self.etc = os.path.join(self.base, "etc")
+        for d in ("etc", "queue", "data"):
+            os.makedirs(os.path.join(self.base, d))
+        shutil.chown(os.path.join(self.base, "data"), "postfix")
+        vals = {"base": self.base, "sink": sink_port, "port": self.port}
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write(MAIN_CF % vals)
+        with open(os.path.join(self.etc, "master.cf"), "w") as f:
+            f.write(MASTER_CF % vals)
+
+    def start(self):
+        out = subprocess.run([C.tool("postfix"), "-c", self.etc, "start"], capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode:
+            raise RuntimeError("postfix start failed: %s %s" % (out.stderr[-500:], self.log()[-500:]))
+        C.wait_port(self.port, 20)
+        return self
+
+    def log(self):
+        try:
+            with open(os.path.join(self.base, "maillog")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, keep=False):
+        subprocess.run([C.tool("postfix"), "-c", self.etc, "stop"], capture_output=True, timeout=60)
+        time.sleep(0.5)
+        if not keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def measure(name, port, sink, args, msgs=None, sessions=None):
+    """Warm up, then push msgs; returns a row of figures."""
+    msgs = msgs or args.msgs
+    sessions = sessions or args.sessions
+    use_pf = not args.builtin_client
+    if args.warmup:
+        base = sink.count
+        _dt, _c, wdet = C.run_source(port, args.warmup, sessions, args.size, use_postfix=use_pf,
+                                     timeout=args.timeout)
+        if not wdet.get("rc"):
+            sink.wait_count(base + args.warmup, args.timeout)
+        time.sleep(0.3)
+    base = sink.count
+    t0 = time.perf_counter()
+    dt, client, det = C.run_source(port, msgs, sessions, args.size, use_postfix=use_pf, timeout=args.timeout)
+    t_end = sink.wait_count(base + msgs, args.timeout)
+    got = sink.count - base
+    e2e = (t_end - t0) if t_end else None
+    note = "delivered %d/%d" % (got, msgs) + ("" if t_end else " (stalled or timed out)")
+    if det.get("rc"):
+        note += ", client rc %s" % det["rc"]
+    if det.get("stderr"):
+        note += ", client: %s" % det["stderr"].splitlines()[-1][:70]
+    if "ok" in det:
+        note += ", acked %d" % det["ok"]
+    return {"name": name, "msgs": msgs, "sessions": sessions, "accept_s": dt, "e2e_s": e2e,
+            "accept": msgs / dt, "e2e": (msgs / e2e) if e2e else None, "note": note}
+
+
+def relay_conf(work, port, sink_port, smtpc):
+    return C.bench_config(os.path.join(work, "spool"), port,
+                          smar='route "*" { via = "[127.0.0.1]:%d"; }' % sink_port,
+                          smtpc=smtpc, top='control = "127.0.0.1:%d";' % C.free_port())
+
+
+def run_meta1lite(runtime, sink, args, heap="1M", msgs=None, sessions=None):
+    if not os.path.exists(os.path.join(C.ROOT, "meta1lite", "qmgr.py")):
+        return None
+    work = tempfile.mkdtemp(prefix="m1l-relay-")
+    port = C.free_port()
+    d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, args.smtpc), port, heap=heap)
+    d.start()
+    try:
+        r = measure("meta1lite (%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else ""),
+                    port, sink, args, msgs, sessions)
+    finally:
+        d.stop()
+    log = d.log()
+    if "Traceback" in log or "MemoryError" in log:
+        r["note"] += ", DAEMON ERROR (see %s/daemon.log)" % work
+    r["note"] += ", sent lines %d" % log.count("status=sent")
+    return r
+
+
+def fmt(x, f="%.0f"):
+    return "-" if x is None else f % x
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--msgs", type=int, default=2000)
+    ap.add_argument("-s", "--sessions", type=int, default=20)
+    ap.add_argument("-l", "--size", type=int, default=2048)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--smtpc", default="", help="extra smtpc options for meta1lite (default: its defaults)")
+    ap.add_argument("--upy-heap", default="2M")
+    ap.add_argument("--upy-msgs", type=int, default=500)
+    ap.add_argument("--upy-sessions", type=int, default=4)
+    ap.add_argument("--no-upy", action="store_true")
+    ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix instance")
+    ap.add_argument("--builtin-client", action="store_true")
+    ap.add_argument("--builtin-sink", action="store_true")
+    ap.add_argument("--timeout", type=float, default=300, help="bound of each client run and drain (s)")
+    args = ap.parse_args()
+
+    have_pf = C.tool("smtp-source") and C.tool("postfix") and os.path.isdir("/usr/lib/postfix/sbin")
+    print("relay.py: %s" % C.machine())
+    sink = C.Sink(use_postfix=not args.builtin_sink)
+    client = "smtp-source" if (C.tool("smtp-source") and not args.builtin_client) else "asyncio client"
+    print("parameters: msgs=%d sessions=%d size=%d warmup=%d client=%s next hop=%s 127.0.0.1:%d; "
+          "meta1lite smtpc extra: %r" % (args.msgs, args.sessions, args.size, args.warmup, client,
+                                         sink.name, sink.port, args.smtpc or "(defaults)"))
+    rows = []
+    try:
+        rows.append(measure("%s -> %s (no relay)" % (client, sink.name), sink.port, sink, args))
+        pf = None
+        if not have_pf or args.no_postfix:
+            print("postfix: not installed" if not have_pf else "postfix: skipped")
+        elif os.geteuid() != 0:
+            print("postfix: needs root for a private instance; skipped")
+        else:
+            inst = PostfixInstance(sink.port)
+            try:
+                inst.start()
+                pf = measure("postfix %s" % C.postfix_version(), inst.port, sink, args)
+                rows.append(pf)
+            except Exception as exc:  # noqa: BLE001
+                print("postfix: failed: %s" % exc)
+            finally:
+                inst.stop()
+        m1 = run_meta1lite("cpython", sink, args)
+        if m1 is None:
+            print("meta1lite delivery: not available")
+        else:
+            rows.append(m1)
+            if not args.no_upy and C.find_micropython():
+                rows.append(run_meta1lite("micropython", sink, args, heap=args.upy_heap, msgs=args.upy_msgs,
+                                          sessions=args.upy_sessions))
+    finally:
+        sink.stop()
+    out = []
+    for r in rows:
+        ratio = "-"
+        if pf and r is not pf and r.get("e2e") and pf.get("e2e") and not r["name"].startswith(client):
+            ratio = "%.2fx" % (r["e2e"] / pf["e2e"])
+        out.append([r["name"], r["msgs"], r["sessions"], "%.2f" % r["accept_s"], fmt(r["accept"]),
+                    fmt(r["e2e_s"], "%.2f"), fmt(r["e2e"]), ratio, r["note"]])
+    C.table("end-to-end relay throughput (e2e = msgs / time until the sink counted them all)",
+            ["run", "msgs", "sessions", "accept s", "accept msg/s", "e2e s", "e2e msg/s", "vs postfix", "check"],
+            out)
+
+
+if __name__ == "__main__":
+    main()

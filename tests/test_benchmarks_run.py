@@ -1,0 +1,49 @@
+# Smoke test of the benchmark scripts (benchmarks/*.py): each runs with tiny parameters
+# and prints its table of figures. Never a timed assertion: the figures are not checked,
+# only that they are printed (and that the messages arrived). CPython-only driver side;
+# the built-in client and sink are used so that Postfix need not be installed.
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, find_micropython
+
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def run(script, *args, timeout=300):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script)] + list(args),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_accept_prints_figures():
+    out = run("accept.py", "-m", "20", "-s", "4", "--fsync-msgs", "10", "--upy-msgs", "10",
+              "--upy-sessions", "2", "--builtin-client")
+    assert "parameters: msgs=20 sessions=4" in out
+    assert re.search(r"^\s+cpython\s+-\s+4\s+20\s+[\d.]+\s+\d+\s+queued 20/20", out, re.M), out
+    assert "fsyncs per message" in out or "skipped" in out
+    if find_micropython():
+        assert re.search(r"^\s+micropython\s+\S+\s+2\s+10\s+[\d.]+\s+\d+\s+queued 10/10", out, re.M), out
+
+
+@pytest.mark.skipif(find_micropython() is None, reason="micropython binary not installed")
+def test_heap_prints_figures():
+    out = run("heap.py", "--big", "64K", "--sessions", "2", "--no-bisect", "--no-imports")
+    assert "heap during SMTP" in out
+    assert re.search(r"one session, one 2 KB message\s+[\d.]+K", out), out
+    assert re.search(r"one 64K message\s+[\d.]+K.*ok", out), out
+
+
+def test_relay_prints_figures():
+    out = run("relay.py", "-m", "20", "-s", "4", "--warmup", "0", "--upy-msgs", "5", "--upy-sessions", "2",
+              "--no-postfix", "--builtin-client", "--builtin-sink")
+    assert "end-to-end relay throughput" in out
+    assert re.search(r"no relay\)\s+20\s+4\s+[\d.]+\s+\d+", out), out
+    if os.path.exists(os.path.join(ROOT, "meta1lite", "qmgr.py")):
+        assert re.search(r"meta1lite \(cpython\)\s+20\s+4\s+.*delivered 20/20", out), out
+    else:
+        assert "meta1lite delivery: not available" in out
