@@ -19,8 +19,8 @@ for _p in (TESTS, os.path.join(TESTS, "core"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from daemon import Daemon, bundle, config_text, free_port  # noqa: E402,F401
 from conftest import find_micropython, micropython_env  # noqa: E402,F401
+from daemon import Daemon, bundle, config_text, free_port  # noqa: E402,F401
 
 LOADTOOLS = os.path.join(HERE, "_loadtools.py")
 ENTRY = os.path.join(HERE, "_entry.py")

@@ -186,7 +186,7 @@ class Spool(Recovery, Journal, IndexMethods):
         if self._writers.pop(writer.queue_id, None) is None:
             return
         self._inflight_bytes -= writer.flushed
-        self._refs(writer.segs, -1)
+        self._refs(writer.segs, ())
         writer.closed = True
         writer._buf = None
 
