@@ -78,6 +78,14 @@ except ImportError:     # unit tests with a fake smtpc
             self.eightbit, self.body, self.rewrite_from = eightbit, body, rewrite_from
 
 
+def _batch_room(plan):
+    for dest in plan:
+        entry = plan[dest]
+        if len(entry[2]) < entry[3] * BATCH:
+            return True
+    return False
+
+
 def _is_unknown(exc):
     return type(exc).__name__ == "UnknownAddress"
 
@@ -108,6 +116,8 @@ class QueueManager:
         self._tasks = {}        # number -> running delivery task
         self._task_no = 0
         self._active = 0
+        self._hint = {}         # queue id -> its one destination key, when it has one
+        self._arrived = []      # queue ids committed since the last pass
         self._rescan = True
         self._stopping = False
         self._event = asyncio.Event()
@@ -115,9 +125,12 @@ class QueueManager:
 
     # --- public control ---------------------------------------------------------
 
-    def wake(self):
-        """New mail in the spool: look for it at the next pass."""
-        self._rescan = True
+    def wake(self, queue_id=None):
+        """New mail in the spool: `queue_id`, or anything (None: rescan the spool)."""
+        if queue_id is None:
+            self._rescan = True
+        else:
+            self._arrived.append(queue_id)
         self._event.set()
 
     def flush(self):
@@ -167,6 +180,7 @@ class QueueManager:
             self._event.clear()
             if self._rescan:
                 self._scan()
+            self._take_arrivals()
             self._pass()
             await self._wait(self._next_wait())
 
@@ -192,6 +206,13 @@ class QueueManager:
             if queue_id not in seen and not self._busy.get(queue_id):
                 self._forget(queue_id)
 
+    def _take_arrivals(self):
+        arrived, self._arrived = self._arrived, []
+        for queue_id in arrived:
+            msg = self.spool.get(queue_id)
+            if msg is not None and queue_id not in self._due:
+                self._track(msg)
+
     def _track(self, msg):
         now = self._now()
         wall = compat.wall_time()
@@ -209,6 +230,7 @@ class QueueManager:
 
     def _forget(self, queue_id):
         self._due.pop(queue_id, None)
+        self._hint.pop(queue_id, None)
         self._born.pop(queue_id, None)
         self._busy.pop(queue_id, None)
 
@@ -238,9 +260,13 @@ class QueueManager:
         now = self._now()
         plan = {}
         state = [self.max_connections - self._active]     # global slots left
+        full = set()            # destinations with no room left in this pass
         examined = 0
         for queue_id in list(self._due):
-            if self._due.get(queue_id, now + 1) > now or self._busy.get(queue_id):
+            if state[0] <= 0 and not _batch_room(plan):
+                break           # every slot taken and every batch full: nothing to plan
+            if self._due.get(queue_id, now + 1) > now or self._busy.get(queue_id) \
+                    or self._hint.get(queue_id) in full:
                 continue
             msg = self.spool.get(queue_id)
             if msg is None:
@@ -251,16 +277,18 @@ class QueueManager:
             examined += 1
             if examined > SCAN_LIMIT:
                 break
-            self._plan_message(msg, plan, state)
+            self._plan_message(msg, plan, state, full)
         self._launch(plan)
 
-    def _plan_message(self, msg, plan, state):
+    def _plan_message(self, msg, plan, state, full):
         groups, special = self._groups(msg)
         if special:
             self._start(self._prepare(msg, special), None, [msg.id])
             return
+        self._hint[msg.id] = next(iter(groups)) if len(groups) == 1 else None
         for dest in groups:
             if not self._room(plan.get(dest), dest, state):
+                full.add(dest)
                 return
         for dest in groups:
             route, domain, rcpts = groups[dest]
@@ -461,7 +489,7 @@ class QueueManager:
             return False
         self.counts["dsn"] += 1
         compat.log.log("info", "bounce", "%s: %s non-delivery notification: %s" % (msg.id, target[1], dsn_id))
-        self.wake()
+        self.wake(dsn_id)
         return True
 
     async def _prepare(self, msg, special):
@@ -498,5 +526,5 @@ class QueueManager:
         new_id = await self.spool.commit(writer, msg.sender, rcpts, info)
         compat.log.log("info", LOG, "%s: alias expansion queued as %s (%d recipients)" % (
             msg.id, new_id, len(rcpts)))
-        self.wake()
+        self.wake(new_id)
         return new_id

@@ -394,7 +394,7 @@ class Session:
         if self.scanner.message_id:
             self.log("%s: message-id=%s" % (queue_id, self.scanner.message_id))
         if self.server.qmgr is not None:
-            self.server.qmgr.wake()
+            self.server.qmgr.wake(queue_id)
 
     def _abort_message(self):
         if self.msg is not None:
