@@ -13,10 +13,11 @@
 # (replay, quarantine, incoming, inject), this file (accepting mail, limits,
 # delivery state, the public API).
 #
-# Memory: a queued message costs one small record in RAM (spoolindex.py: IDs,
-# times, size, where its frames are, recipient statuses), ~100-130 bytes on
-# MicroPython; senders, addresses, replies and info stay on disk, and get() /
-# messages() read them back into a fresh Message each time.
+# Memory: a queued message costs one packed record in RAM (spoolindex.py: IDs,
+# times, size, where its frames are, recipient statuses and attempts), ~75 bytes
+# on MicroPython with 1-2 recipients; senders, addresses, replies and info stay on
+# disk, and get() / messages() read them back into a fresh Message each time
+# (the envelope frame plus the newest state frame of each recipient).
 #
 # Layout under the spool directory:
 #   seg/NNNNNNNN   journal segments (8-digit number), created AHEAD of need (when the
@@ -64,7 +65,7 @@ from meta1lite.spoolidx import (  # noqa: F401 - public API
     open_rw,
     write_all,
 )
-from meta1lite.spoolindex import Index, IndexMethods, head, rcpt_at, rec_done
+from meta1lite.spoolindex import Index, IndexMethods, head, rcpt_at
 from meta1lite.spooljournal import Journal
 from meta1lite.spoolrecover import Recovery
 
@@ -104,6 +105,7 @@ class Spool(Recovery, Journal, IndexMethods):
         self._index = Index()
         self._damaged = {}
         self._writers = {}
+        self._pending = {}          # queue ID -> [(rcpt, status, attempts)] being synced
         self._chunk_counts = {}
         self._in_key = 0
         self._live_bytes = 0
@@ -283,28 +285,60 @@ class Spool(Recovery, Journal, IndexMethods):
 
     async def record_attempt(self, queue_id, results):
         """Record delivery results [(rcpt_index, status, reply, next_try_wall_or_None)];
-        appends a done record when every recipient is final. Durable when it returns.
-        Returns False if the message is not in the queue."""
+        appends a done record when every recipient is final. Durable when it returns,
+        and visible (get, messages) only then. False if the message is not queued."""
         handle = self._find(queue_id)
         if handle is None:
             return False
-        buf, off = handle            # no await and no removal until the done check
+        buf, off = handle
         h = head(buf, off)
-        for index, status, reply, next_try in results:
+        codes, tries = [], []
+        for i in range(h[9]):
+            at = rcpt_at(buf, off, i)
+            codes.append(buf[at])
+            tries.append(buf[at + 1] * 256 + buf[at + 2])
+        for index, status, _, _ in results:
             if status not in STATUSES:
                 raise ValueError("bad recipient status %r" % (status,))
             if not 0 <= index < h[9]:
                 raise IndexError("recipient index %r out of range" % (index,))
-            attempts = buf[rcpt_at(buf, off, index) + 1] * 256 + buf[rcpt_at(buf, off, index) + 2]
-            data = {"id": queue_id, "i": index, "s": status, "r": reply[:MAX_REPLY] if reply else None,
-                    "a": attempts + 1, "n": next_try, "t": int(compat.wall_time())}
-            seg, pos = self._append(fmt.T_STATE, h[2], (fmt.record(data),))
-            self._set_state(handle, data, seg, pos)
-        if rec_done(buf, off):
-            self._append_done(handle, "done")
-        await self.sync()
+        pending = self._pending.setdefault(queue_id, [])
+        for index, code, count in pending:      # written by a call still syncing
+            codes[index], tries[index] = code, count
+        written = []                # (state record or None for done, segment, offset)
+        mine = []                   # our entries in pending
+        try:
+            for index, status, reply, next_try in results:
+                codes[index] = STATUSES.index(status)
+                tries[index] += 1
+                pending.append((index, codes[index], tries[index]))
+                mine.append(pending[-1])
+                data = {"id": queue_id, "i": index, "s": status, "r": reply[:MAX_REPLY] if reply else None,
+                        "a": tries[index], "n": next_try, "t": int(compat.wall_time())}
+                self._written(written, data, self._append(fmt.T_STATE, h[2], (fmt.record(data),)))
+            if not [c for c in codes if STATUSES[c] not in FINAL]:
+                done = fmt.record({"id": queue_id, "why": "done"})
+                self._written(written, None, self._append(fmt.T_DONE, h[2], (done,)))
+            await self.sync()
+        finally:
+            for _, seg, _ in written:
+                seg.refs -= 1
+            for entry in mine:
+                pending.remove(entry)
+            if not pending and self._pending.get(queue_id) is pending:
+                del self._pending[queue_id]
+        handle = self._find(queue_id)       # handles do not survive an await
+        for data, seg, pos in written:
+            if handle is not None and data is None:
+                self._finish(queue_id, seg)
+            elif handle is not None:
+                self._set_state(handle, data, seg, pos)
         self._collect()
         return True
+
+    def _written(self, written, data, where):
+        where[0].refs += 1          # kept until the record is applied
+        written.append((data, where[0], where[1]))
 
     def _append_done(self, handle, why):
         h = head(handle[0], handle[1])

@@ -9,6 +9,10 @@ from meta1lite import spoolfmt as fmt
 from meta1lite.spool import CorruptMessage, Spool, SpoolFull
 
 BIG = 10 * 1024 * 1024
+# Compiled from source with the test module, the spool modules cross a qstr-pool
+# growth step (+7.7K) on the default 192K heap; the board figures come from the .mpy
+# bundle in tests/test_spool_memory.py (1,000 messages recovered in a 256K heap).
+UPY_HEAP = "224K"
 
 
 def _open(path, **kw):
@@ -397,3 +401,98 @@ def test_read_body_of_damaged_message_raises():
     _flip(d + "/seg/00000001", sp.get(qid).first + fmt.HEAD_SIZE + 20)
     raises(CorruptMessage, _read, sp, qid)
     sp.close()
+
+
+def test_listing_is_lazy_oldest_first_and_copies():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    ids = [_commit_sync(sp, b"m%d" % i, rcpts=("a@x", "b@x")) for i in range(5)]
+    listing = sp.messages()
+    assert len(listing) == 5 and listing and sp.count() == 5
+    got = [m.id for m in listing]
+    assert sorted(got) == sorted(ids)
+    arrivals = [m.arrival for m in listing]
+    assert arrivals == sorted(arrivals)
+    assert listing[0].id == got[0]
+    m = sp.get(ids[2])
+    m.recipients[0].status = "sent"         # a copy: changes nothing in the queue
+    m.held = True
+    assert sp.get(ids[2]).recipients[0].status == "queued" and not sp.get(ids[2]).held
+    assert sp.get(ids[2]) is not sp.get(ids[2])
+    assert sp.exists(ids[2]) and not sp.exists("NOSUCHID0000") and not sp.exists(ids[2].lower())
+    assert sp.hold(ids[3]) and sp.is_held(ids[3]) and not sp.is_held(ids[2])
+    compat.asyncio.run(sp.record_attempt(ids[0], [(0, "sent", "250 ok", None), (1, "sent", "250 ok", None)]))
+    assert ids[0] not in [m.id for m in listing]     # finished meanwhile: skipped
+    assert not sp.messages() == [] and len(sp.messages()) == 4
+    sp.close()
+
+
+def test_concurrent_attempts_on_one_message_finish_it():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d)
+    qid = _commit_sync(sp, b"body", rcpts=("a@x", "b@y"))
+
+    async def one(i, status):
+        assert await sp.record_attempt(qid, [(i, status, "reply %d" % i, None)])
+
+    async def both():
+        await compat.asyncio.gather(one(0, "sent"), one(1, "bounced"))
+    compat.asyncio.run(both())
+    assert sp.get(qid) is None and not sp.messages()
+    sp.close()
+    sp = _open(d)
+    assert sp.get(qid) is None and sp.count() == 0
+    sp.close()
+
+
+def test_long_replies_stay_on_disk_and_read_back():
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, segment_size=4096, chunk_size=512)
+    reply = "451 4.7.1 " + "x" * 400
+    qid = _commit_pat(sp, 900, 3, rcpts=("a@x", "b@x", "c@x"))
+    others = [_commit_pat(sp, 900, 10 + i) for i in range(6)]   # the states land in later segments
+
+    async def attempts():
+        await sp.record_attempt(qid, [(1, "deferred", reply, 1900000000)])
+        for q in others:
+            await sp.record_attempt(q, [(0, "sent", "250 ok", None)])
+        await sp.record_attempt(qid, [(0, "sent", "250 2.0.0 ok", None), (1, "deferred", "452 full", 5)])
+    compat.asyncio.run(attempts())
+    for sp2 in (sp, None):
+        if sp2 is None:
+            sp.close()
+            sp2 = sp = _open(d, segment_size=4096, chunk_size=512)
+        r = sp2.get(qid).recipients
+        assert [x.status for x in r] == ["sent", "deferred", "queued"]
+        assert [x.attempts for x in r] == [1, 2, 0]
+        assert r[1].reply == "452 full" and r[1].next_try == 5 and r[0].reply == "250 2.0.0 ok"
+        assert r[2].reply is None and r[2].next_try is None and _same(sp2, qid, 900, 3)
+    sp.close()
+
+
+def test_index_keeps_messages_sharing_a_tag_apart():
+    from meta1lite.spoolidx import Message, Recipient
+    from meta1lite.spoolindex import Index, head, pack
+    index = Index()
+    recs = []
+    for t in (5, 6, 7):
+        m = Message(fmt.queue_id_of(t, 1234), 1234, "s", [Recipient("a")], 100 + t, 10 * t, None)
+        recs.append(pack(m, {}))
+        assert index.add(recs[-1])
+    assert not index.add(recs[1]) and index.count == 3
+    assert head(*index.find(1234, 6))[5] == 60
+    index.remove(index.find(1234, 5))
+    assert index.find(1234, 5) is None and head(*index.find(1234, 7))[5] == 70
+    assert sorted(index) == sorted([fmt.queue_id_of(6, 1234), fmt.queue_id_of(7, 1234)])
+    base, runs = index.order()
+    assert base == 106 and [[k >> 32 for k in run] for run in runs] == [[0, 1]]
+    for t in range(8, 60):                  # grow, then shrink the bucket
+        m = Message(fmt.queue_id_of(t, 1234), 1234, "s", [Recipient("a")], 100 + t, 10 * t, None)
+        assert index.add(pack(m, {}))
+    for t in range(6, 59):
+        index.remove(index.find(1234, t))
+    assert index.count == 1 and head(*index.find(1234, 59))[5] == 590
+    assert index.used[1234 % len(index.used)] == len(pack(m, {}))
