@@ -79,7 +79,7 @@ class Control:
         if self.qmgr is not None:
             reply.update(self.qmgr.status())
         else:
-            reply["messages"] = len(self.spool.messages())
+            reply["messages"] = self.spool.count()
         return reply
 
 

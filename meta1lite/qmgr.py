@@ -268,11 +268,11 @@ class QueueManager:
             if self._due.get(queue_id, now + 1) > now or self._busy.get(queue_id) \
                     or self._hint.get(queue_id) in full:
                 continue
+            if self.spool.is_held(queue_id):
+                continue
             msg = self.spool.get(queue_id)
             if msg is None:
                 self._forget(queue_id)
-                continue
-            if msg.held:
                 continue
             examined += 1
             if examined > SCAN_LIMIT:
@@ -383,7 +383,7 @@ class QueueManager:
                 self._busy[queue_id] = self._busy.get(queue_id, 1) - 1
                 if self._busy[queue_id] <= 0:
                     self._busy.pop(queue_id, None)
-                    if self.spool.get(queue_id) is None:
+                    if not self.spool.exists(queue_id):
                         self._forget(queue_id)
             self._event.set()
 
@@ -456,7 +456,7 @@ class QueueManager:
             reply = str(res.text)
             records.append((res.index, res.status, reply, next_wall if res.status == "deferred" else None))
         await self.spool.record_attempt(msg.id, records)
-        if self.spool.get(msg.id) is None:
+        if not self.spool.exists(msg.id):
             compat.log.log("info", LOG, "%s: removed" % msg.id)
         elif msg.id in self._due:
             self._due[msg.id] = max(self._due[msg.id], self._now() + delay)

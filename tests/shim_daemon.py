@@ -91,11 +91,11 @@ def _wrap_spool(trace, spool, fmt):
         return queue_id
 
     def traced_scan(self):
-        before = set(self._index)
+        before = set(m.id for m in self.messages())
         adopted = scan(self)
-        for queue_id in self._index:
-            if queue_id not in before:
-                trace.event("ADOPT %s" % queue_id)
+        for msg in self.messages():
+            if msg.id not in before:
+                trace.event("ADOPT %s" % msg.id)
         return adopted
 
     cls._append = traced_append

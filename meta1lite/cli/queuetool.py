@@ -286,7 +286,7 @@ def status_main(cfg, argv):
     except DaemonDown:
         reply = {"ok": False, "running": False, "error": "not running (nobody answers on %s)" % _where(cfg)}
         try:
-            reply["messages"] = len(open_spool(cfg, True).messages())
+            reply["messages"] = open_spool(cfg, True).count()
         except OSError:
             pass
     if as_json_flag:
