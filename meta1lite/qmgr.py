@@ -11,12 +11,14 @@
 # before SANE_EPOCH (a board that boots at 1970 must neither expire nor storm).
 # Shared code: MicroPython and CPython.
 from meta1lite import bounce, compat, dnsresolve
+from meta1lite.bucketmap import BucketMap
 
 asyncio = compat.asyncio
 SANE_EPOCH = 1577836800         # 2020-01-01: wall times before this are "unknown"
 BATCH = 20                      # messages per delivery (one connection, reused)
 SCAN_LIMIT = 400                # due messages examined per scheduling pass
 MAX_WAIT_S = 86400              # longest idle sleep of the scheduler (simulated s)
+RECOVER_S = 5                   # pause after a scheduler error (e.g. out of memory)
 PENDING = ("queued", "deferred")
 LOG = "qmgr"
 LOG_SMTPC = "smtpc"
@@ -109,14 +111,14 @@ class QueueManager:
         self.lifetime = q["max_queue_lifetime"]
         self.max_connections = c["max_connections"]
         self.max_per_destination = c["max_per_destination"]
-        self._due = {}          # queue id -> monotonic second it is due
-        self._born = {}         # queue id -> monotonic second it arrived (may be < 0)
-        self._busy = {}         # queue id -> deliveries running
+        self._due = BucketMap()     # queue id -> monotonic second it is due
+        self._born = BucketMap()    # queue id -> monotonic second it arrived (may be < 0)
+        self._busy = BucketMap()    # queue id -> deliveries running
         self._dests = {}        # destination key -> deliveries running
         self._tasks = {}        # number -> running delivery task
         self._task_no = 0
         self._active = 0
-        self._hint = {}         # queue id -> its one destination key, when it has one
+        self._hint = BucketMap()    # queue id -> its one destination key, when it has one
         self._arrived = []      # queue ids committed since the last pass
         self._rescan = True
         self._stopping = False
@@ -178,11 +180,17 @@ class QueueManager:
         self._rescan = True
         while not self._stopping:
             self._event.clear()
-            if self._rescan:
-                self._scan()
-            self._take_arrivals()
-            self._pass()
-            await self._wait(self._next_wait())
+            try:
+                if self._rescan:
+                    self._scan()
+                self._take_arrivals()
+                self._pass()
+                wait = self._next_wait()
+            except Exception as exc:  # noqa: BLE001 - the scheduler must never die silently
+                compat.log.log("error", LOG, "scheduler: %r; retrying in %ds" % (exc, RECOVER_S))
+                self._rescan = True
+                wait = RECOVER_S
+            await self._wait(wait)
 
     # --- the index -----------------------------------------------------------------
 

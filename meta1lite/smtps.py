@@ -183,7 +183,8 @@ class Session:
             max_bad_commands=self.opts["max_bad_commands"],
             tls_available=server.tls_ctx is not None and not implicit_tls,
             tls_active=implicit_tls, auth_available=server.users is not None,
-            auth_requires_tls=not netaddr.match_any(LOOPBACK, ip), bare_lf=self.opts["bare_lf"])
+            auth_requires_tls=not netaddr.match_any(LOOPBACK, ip), bare_lf=self.opts["bare_lf"],
+            data_chunk=compat.IO_CHUNK)
         self.stopping = False
 
     def log(self, text, level="info"):

@@ -70,7 +70,7 @@ from meta1lite.spooljournal import Journal
 from meta1lite.spoolrecover import Recovery
 
 SEGMENT_SIZE = 256 * 1024       # bytes per journal segment
-CHUNK_SIZE = 4096               # body bytes per chunk frame
+CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
 FREE_SEGMENTS = 2               # freed segments kept for reuse; more are removed
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
 LOG = "spool"

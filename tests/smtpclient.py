@@ -5,6 +5,8 @@
 import socket
 import ssl
 
+from daemon import UPY_HEAP
+
 READ_TIMEOUT_S = 60          # generous: the daemon may run on a loaded machine
 MAX_REPLY_LINES = 100
 
@@ -121,12 +123,10 @@ def client_context(ca):
 
 
 # --- the daemon and its spool, as the smtps tests use them ------------------------
-# The relay with qmgr, smar and smtpc loaded needs ~400K of heap on the unix port
-# (bytecode lives in the heap; measured: with 352K the first session is refused
-# "out of memory", with 384K a session or a 5 MB DATA runs out, with 400K every
-# test here passes), so these tests run with 512K rather than daemon.UPY_HEAP
-# (320K, sized before qmgr/smtpc/smar were loaded by `meta1lite run`).
-SMTPS_HEAP = "512K"
+# The relay needs ~400K of heap on the unix port (bytecode lives in the heap;
+# measured: with 352K the first session is refused "out of memory", with 384K a
+# session or a 5 MB DATA runs out, with 400K every test here passes).
+SMTPS_HEAP = UPY_HEAP
 STREAM_HEAP = "448K"        # the 5 MB message: only ~48K above the minimum
 BIG_QUEUE = 64 * 1024 * 1024
 

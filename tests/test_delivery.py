@@ -13,11 +13,10 @@ import threading
 import time
 
 import pytest
-from daemon import RUNTIMES, Daemon, config_text, free_port
+from daemon import ROUTER_HEAP, RUNTIMES, UPY_HEAP, Daemon, config_text, free_port
 from nexthop import NextHop
 
-UPY_HEAP = "768K"               # the relay with qmgr+smtpc+smar loaded (bytecode in the heap on the unix port)
-BULK_HEAP = "2M"
+BULK_HEAP = ROUTER_HEAP         # 500 messages arrive faster than they leave: the index grows
 HOUR_SCALE = "3600"             # META1LITE_CLOCK_SCALE: one real second = one simulated hour
 DEADLINE_S = 60
 

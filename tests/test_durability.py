@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import ROOT, find_micropython, micropython_env, run_micropython
-from daemon import RUNTIMES, Daemon, config_text, free_port
+from daemon import ROUTER_HEAP, RUNTIMES, UPY_HEAP, Daemon, config_text, free_port
 
 from meta1lite import spoolfmt as fmt
 from meta1lite.spool import Spool
@@ -21,15 +21,10 @@ from meta1lite.spool import Spool
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM = os.path.join(HERE, "shim_daemon.py")
 TRACE_ENV = "META1LITE_SHIM_TRACE"
-# The MicroPython daemon gets a router's heap (design.md: 1 MiB GC heap on OpenWrt).
-HEAP = "1M"
-# kill -9 rounds queue a few hundred messages per round under 8 clients. Measured:
-# with 1M the daemon runs out of heap near 300 queued 2 KB messages; with 4M it
-# recovers 384 messages (650 KB live) but the heap is then so fragmented (largest
-# free block ~3 KB) that importing smar fails at start. This test is about
-# durability, not capacity, so it gives the daemon room; so does the order proof
-# (with 1M, 20 concurrent sessions end in "out of memory in session ...: closing").
-LOAD_HEAP = "8M"
+# The MicroPython daemon: a board-equivalent heap (daemon.UPY_HEAP); the load tests
+# (8 or 20 concurrent sessions, hundreds of queued messages) get a router's (1M).
+HEAP = UPY_HEAP
+LOAD_HEAP = ROUTER_HEAP
 KILL_ROUNDS = int(os.environ.get("META1LITE_KILL_ROUNDS", "15"))
 KILL_CLIENTS = 8
 MAX_QUEUE_SIZE = 500 * 1024 * 1024
