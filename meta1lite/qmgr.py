@@ -210,7 +210,7 @@ class QueueManager:
             seen.add(msg.id)
             if msg.id not in self._due:
                 self._track(msg)
-        for queue_id in list(self._due):
+        for queue_id in self._due:         # BucketMap iterates over a snapshot per bucket
             if queue_id not in seen and not self._busy.get(queue_id):
                 self._forget(queue_id)
 
@@ -270,7 +270,7 @@ class QueueManager:
         state = [self.max_connections - self._active]     # global slots left
         full = set()            # destinations with no room left in this pass
         examined = 0
-        for queue_id in list(self._due):
+        for queue_id in self._due:         # (no list of every queue id: no big block)
             if state[0] <= 0 and not _batch_room(plan):
                 break           # every slot taken and every batch full: nothing to plan
             if self._due.get(queue_id, now + 1) > now or self._busy.get(queue_id) \
