@@ -33,6 +33,13 @@ class BucketMap:
             for key in list(bucket):
                 yield key
 
+    def items(self):
+        """(key, value) pairs, over a snapshot of each bucket."""
+        for bucket in self.buckets:
+            for key in list(bucket):
+                if key in bucket:
+                    yield key, bucket[key]
+
     def get(self, key, default=None):
         """The value of key, or default."""
         return self._bucket(key).get(key, default)

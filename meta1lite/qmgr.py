@@ -184,8 +184,7 @@ class QueueManager:
                 if self._rescan:
                     self._scan()
                 self._take_arrivals()
-                self._pass()
-                wait = self._next_wait()
+                wait = self._pass()
             except Exception as exc:  # noqa: BLE001 - the scheduler must never die silently
                 compat.log.log("error", LOG, "scheduler: %r; retrying in %ds" % (exc, RECOVER_S))
                 self._rescan = True
@@ -242,17 +241,6 @@ class QueueManager:
         self._born.pop(queue_id, None)
         self._busy.pop(queue_id, None)
 
-    def _next_wait(self):
-        now = self._now()
-        soonest = None
-        for queue_id in self._due:      # due now but not started: waits for a free slot
-            due = self._due[queue_id]
-            if due > now and not self._busy.get(queue_id):
-                soonest = due if soonest is None else min(soonest, due)
-        if soonest is None:
-            return None
-        return max(1, min(MAX_WAIT_S, soonest - now))
-
     async def _wait(self, seconds):
         if seconds is None:
             await self._event.wait()
@@ -265,28 +253,32 @@ class QueueManager:
     # --- planning deliveries ---------------------------------------------------------
 
     def _pass(self):
+        """Plan and launch what is due; returns how long to sleep (None: until woken).
+        One walk over the table serves both, with no list of every queue id."""
         now = self._now()
         plan = {}
         state = [self.max_connections - self._active]     # global slots left
         full = set()            # destinations with no room left in this pass
-        examined = 0
-        for queue_id in self._due:         # (no list of every queue id: no big block)
-            if state[0] <= 0 and not _batch_room(plan):
-                break           # every slot taken and every batch full: nothing to plan
-            if self._due.get(queue_id, now + 1) > now or self._busy.get(queue_id) \
-                    or self._hint.get(queue_id) in full:
+        examined, soonest = 0, None
+        for queue_id, due in self._due.items():
+            if state[0] <= 0 and not _batch_room(plan) or examined > SCAN_LIMIT:
+                self._launch(plan)
+                return None if state[0] <= 0 else 1     # a finished delivery wakes us
+            if queue_id in self._busy:
                 continue
-            if self.spool.is_held(queue_id):
+            if due > now:
+                soonest = due if soonest is None or due < soonest else soonest
+                continue
+            if self._hint.get(queue_id) in full or self.spool.is_held(queue_id):
                 continue
             msg = self.spool.get(queue_id)
             if msg is None:
                 self._forget(queue_id)
                 continue
             examined += 1
-            if examined > SCAN_LIMIT:
-                break
             self._plan_message(msg, plan, state, full)
         self._launch(plan)
+        return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
 
     def _plan_message(self, msg, plan, state, full):
         groups, special = self._groups(msg)
