@@ -1,6 +1,7 @@
 # pytest fixtures shared by the suite. Owns: finding the MicroPython binary and
 # running code under it. CPython-only.
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,3 +42,35 @@ def run_micropython(args, heap=DEFAULT_HEAP, paths=(), timeout=120, cwd=None, in
 @pytest.fixture
 def micropython():
     return run_micropython
+
+
+# --- CI: the MicroPython runs may not be fewer than the CPython ones ---------------
+# (design.md "How it is tested"). CPython runs: tests/core/* and tests parametrized
+# with runtime=cpython; MicroPython runs: test_core_on_micropython and runtime=micropython.
+_RUNTIME_ID = re.compile(r"[\[-](cpython|micropython)[\]-]")
+_RUNS = {"cpython": 0, "micropython": 0}
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" or not report.passed:
+        return
+    if report.nodeid.startswith("tests/core/"):
+        _RUNS["cpython"] += 1
+    elif "test_core_on_micropython.py" in report.nodeid:
+        _RUNS["micropython"] += 1
+    else:
+        found = _RUNTIME_ID.search(report.nodeid)
+        if found:
+            _RUNS[found.group(1)] += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    terminalreporter.write_line("runs: %d on CPython, %d on MicroPython (shared code and daemon)"
+                                % (_RUNS["cpython"], _RUNS["micropython"]))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CI") and _RUNS["micropython"] < _RUNS["cpython"]:
+        sys.stderr.write("CI: %d MicroPython runs < %d CPython runs\n"
+                         % (_RUNS["micropython"], _RUNS["cpython"]))
+        session.exitstatus = 1
