@@ -12,6 +12,7 @@
 # Shared code: MicroPython and CPython.
 from meta1lite import bounce, compat, dnsresolve
 from meta1lite.bucketmap import BucketMap
+from meta1lite.smtpc import Job, Result
 
 asyncio = compat.asyncio
 SANE_EPOCH = 1577836800         # 2020-01-01: wall times before this are "unknown"
@@ -22,18 +23,6 @@ RECOVER_S = 5                   # pause after a scheduler error (e.g. out of mem
 PENDING = ("queued", "deferred")
 LOG = "qmgr"
 LOG_SMTPC = "smtpc"
-
-
-class Outcome:
-    """One recipient's result (the shape of smtpc.Result)."""
-
-    def __init__(self, index, status, code, enhanced, text, relay="none"):
-        self.index = index
-        self.status = status
-        self.code = code
-        self.enhanced = enhanced
-        self.text = text
-        self.relay = relay
 
 
 def sane(wall):
@@ -69,15 +58,6 @@ def fmt_delay(seconds):
     if seconds < 10:
         return ("%.2f" % seconds).rstrip("0").rstrip(".")
     return "%d" % seconds
-
-
-try:
-    from meta1lite.smtpc import Job
-except ImportError:     # unit tests with a fake smtpc
-    class Job:
-        def __init__(self, queue_id, sender, rcpts, size, eightbit, body, rewrite_from=None):
-            self.queue_id, self.sender, self.rcpts, self.size = queue_id, sender, rcpts, size
-            self.eightbit, self.body, self.rewrite_from = eightbit, body, rewrite_from
 
 
 def _batch_room(plan):
@@ -414,7 +394,7 @@ class QueueManager:
         status = "bounced" if reply[0] >= 500 else "deferred"
         out = {}
         for job in jobs:
-            out[job.queue_id] = [Outcome(i, status, reply[0], reply[1], reply[2])
+            out[job.queue_id] = [Result(i, status, reply[0], reply[1], reply[2], "none")
                                  for i, _ in job.rcpts]
         return out
 
@@ -429,7 +409,7 @@ class QueueManager:
         for index, addr in job.rcpts:
             addrs[index] = addr
             if index not in by_index:
-                by_index[index] = Outcome(index, "deferred", 451, "4.3.0", "no result from smtpc")
+                by_index[index] = Result(index, "deferred", 451, "4.3.0", "no result from smtpc", "none")
         await self._record(msg, [by_index[i] for i in by_index], addrs, started)
 
     async def _record(self, msg, outcomes, addrs, started):
@@ -500,13 +480,13 @@ class QueueManager:
             if expanded:
                 fanout.append((index, expanded))
             else:
-                outcomes.append(Outcome(index, "bounced", 550, "5.1.1",
-                                        "unknown local address <%s>" % msg.recipients[index].addr))
+                outcomes.append(Result(index, "bounced", 550, "5.1.1", "unknown local address <%s>"
+                                       % msg.recipients[index].addr, "none"))
         if fanout:
             new_id = await self._fan_out(msg, fanout)
             for index, expanded in fanout:
-                outcomes.append(Outcome(index, "sent", 250, "2.0.0",
-                                        "expanded to %d addresses in %s" % (len(expanded), new_id)))
+                outcomes.append(Result(index, "sent", 250, "2.0.0", "expanded to %d addresses in %s"
+                                       % (len(expanded), new_id), "none"))
         await self._record(msg, outcomes, addrs, compat.monotonic())
         if msg.id in self._due:
             self._due[msg.id] = self._now()
