@@ -184,17 +184,6 @@ class StateChange(Event):
         self.cause = cause
 
 
-def build_received(by_host, helo, client_ip, protocol, queue_id, date, client_name=None,
-                   recipient=None):
-    """The bytes of a Received: header (RFC 5321 section 4.4), CRLF-terminated."""
-    peer = "[%s]" % client_ip if client_name is None else "%s [%s]" % (client_name, client_ip)
-    head = "Received: from %s (%s)\r\n\tby %s (meta1lite) with %s id %s" % (
-        helo or "unknown", peer, by_host, protocol, queue_id)
-    if recipient:
-        head += "\r\n\tfor <%s>" % recipient
-    return (head + ";\r\n\t%s\r\n" % date).encode("utf-8")
-
-
 class ServerConnection:
     """One SMTP session's protocol state, sans I/O (see the module header)."""
 
