@@ -14,16 +14,6 @@ asyncio = compat.asyncio
 INCOMING_POLL_S = 5          # how often new `meta1lite sendmail` submissions are adopted
 
 
-def open_spool(cfg):
-    """The spool of a configuration, recovered (bad files moved aside, never fatal)."""
-    from meta1lite.spool import Spool
-    q = cfg["qmgr"]
-    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
-                  hostname=cfg["hostname"])
-    spool.recover()
-    return spool
-
-
 class Daemon:
     """The running relay: the spool and the modules around it."""
 
@@ -45,8 +35,9 @@ class Daemon:
         from meta1lite.qmgr import QueueManager
         from meta1lite.smar import AddressResolver
         from meta1lite.smtps import SmtpServer
+        from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
-        self.spool = open_spool(self.cfg)
+        self.spool = open_configured(self.cfg)
         self.smar = AddressResolver(self.cfg)
         self.qmgr = QueueManager(self.cfg, self.spool, self.smar)
         self.tasks.append(asyncio.create_task(self.qmgr.run()))

@@ -385,3 +385,13 @@ class Spool(Recovery, Journal, IndexMethods):
                 seg.f = None
         self._dirty = []
         self._cur = None
+
+
+def open_configured(cfg, readonly=False):
+    """The spool a configuration names, recovered (readonly: nothing is written, for
+    tools while the daemon runs); bad files are moved aside, never fatal."""
+    q = cfg["qmgr"]
+    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
+                  hostname=cfg["hostname"])
+    spool.recover(readonly=readonly)
+    return spool

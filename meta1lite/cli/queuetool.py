@@ -73,12 +73,8 @@ def daemon_running(cfg):
 
 def open_spool(cfg, readonly):
     """The spool of cfg, recovered (readonly: nothing is written)."""
-    from meta1lite.spool import Spool
-    q = cfg["qmgr"]
-    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
-                  hostname=cfg["hostname"])
-    spool.recover(readonly=readonly)
-    return spool
+    from meta1lite.spool import open_configured
+    return open_configured(cfg, readonly)
 
 
 def queue_name(msg):

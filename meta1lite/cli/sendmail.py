@@ -18,7 +18,7 @@ import sys
 
 from meta1lite import compat, headers
 from meta1lite.proto import address
-from meta1lite.spool import Spool, SpoolFull
+from meta1lite.spool import SpoolFull, open_configured
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 0, 64, 65, 75
 MAX_LINE = 1000                       # octets incl. CRLF (RFC 5321 4.5.3.1.6)
@@ -257,15 +257,6 @@ def chunks_of(lines, size=INJECT_CHUNK):
         yield b"".join(piece)
 
 
-def open_spool(cfg):
-    """The configured spool, its index loaded read-only (the daemon may be running)."""
-    q = cfg["qmgr"]
-    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
-                  hostname=cfg["hostname"])
-    spool.recover(readonly=True)
-    return spool
-
-
 def submit(cfg, opts, args, stream):
     """Queue one message; returns its queue ID. Raises UsageError/DataError/SpoolFull."""
     smtps = cfg["smtps"]
@@ -275,7 +266,7 @@ def submit(cfg, opts, args, stream):
     size = sum(len(line) for line in message)
     if size > smtps["max_message_size"]:
         raise DataError("message size %d exceeds max_message_size %d" % (size, smtps["max_message_size"]))
-    spool = open_spool(cfg)
+    spool = open_configured(cfg, readonly=True)    # the daemon may be running
     reason = spool.check_accept(size)
     if reason:
         raise SpoolFull(reason)
