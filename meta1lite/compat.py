@@ -243,6 +243,10 @@ async def read_some(reader, buf):
 
 async def write_all(writer, data):
     """Write data in WRITE_CHUNK pieces, draining after each (bounded buffering)."""
+    if len(data) <= WRITE_CHUNK:            # replies: no memoryview, no copy
+        writer.write(data)
+        await writer.drain()
+        return
     mv = memoryview(data)
     for start in range(0, len(mv), WRITE_CHUNK):
         writer.write(bytes(mv[start:start + WRITE_CHUNK]))
