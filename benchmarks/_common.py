@@ -19,8 +19,8 @@ for _p in (TESTS, os.path.join(TESTS, "core"), ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from conftest import find_micropython, micropython_env  # noqa: E402,F401
-from daemon import Daemon, bundle, config_text, free_port  # noqa: E402,F401
+from helpers.daemon import Daemon, bundle, config_text, free_port  # noqa: E402,F401
+from helpers.upy import find_micropython, micropython_env  # noqa: E402,F401
 
 LOADTOOLS = os.path.join(HERE, "_loadtools.py")
 ENTRY = os.path.join(HERE, "_entry.py")
@@ -148,7 +148,7 @@ def wait_port(port, timeout, host="127.0.0.1"):
 def start_daemon(runtime, workdir, conf, port, heap="320K", qmgr=True, env=None, trace=None,
                  profile=None):
     """`meta1lite run` through benchmarks/_entry.py (which can switch the queue manager
-    off, install tests/shim_daemon.py's counters, or run cProfile)."""
+    off, install tests/helpers/shim_daemon.py's counters, or run cProfile)."""
     env = dict(env or {})
     if not qmgr:
         env["META1LITE_BENCH_NO_QMGR"] = "1"

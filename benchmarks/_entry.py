@@ -5,7 +5,7 @@
 # Environment switches (all optional; without them this is exactly `meta1lite run`):
 #   META1LITE_BENCH_NO_QMGR=1     the queue manager never delivers: smtps + spool only (accept)
 #   META1LITE_BENCH_BACKLOG=N     listen backlog N for the listeners (an experiment)
-#   META1LITE_SHIM_TRACE=FILE     tests/shim_daemon.py's counters on the commit primitives
+#   META1LITE_SHIM_TRACE=FILE     tests/helpers/shim_daemon.py's counters on the commit primitives
 #   META1LITE_BENCH_PROFILE=FILE  CPython: cProfile the daemon, stats dumped to FILE at stop
 import os
 import sys
@@ -18,7 +18,8 @@ def _dir_of(path):
 def _idle_qmgr():
     """The queue manager is built as usual (same modules, same heap) but never
     schedules a delivery: smtps + spool alone are measured."""
-    from meta1lite import compat, qmgr
+    from meta1lite import compat
+    from meta1lite.qmgr import manager as qmgr
 
     class IdleQueueManager(qmgr.QueueManager):
         async def run(self):
@@ -55,7 +56,7 @@ def main():
     if os.getenv("META1LITE_BENCH_BACKLOG"):
         _listen_backlog(int(os.getenv("META1LITE_BENCH_BACKLOG")))
     if os.getenv("META1LITE_SHIM_TRACE"):
-        import shim_daemon
+        from helpers import shim_daemon
         shim_daemon.install()
     from meta1lite import __main__ as entry
     prof_path = os.getenv("META1LITE_BENCH_PROFILE")

@@ -20,7 +20,7 @@ try:
 except ImportError:
     import uasyncio as asyncio
 
-CONFIG_MODULES = ("meta1lite.conf", "meta1lite.confschema", "meta1lite.confcheck")
+CONFIG_MODULES = ("meta1lite.conf.hints", "meta1lite.conf.schema", "meta1lite.conf")  # as __main__
 
 
 def used():

@@ -12,7 +12,7 @@ What it runs (one after the other, each against a fresh spool, every server on l
      asyncio client (benchmarks/_loadtools.py). msg/s = M / wall time of the client.
      Afterwards the queue is counted with `meta1lite queue list --json` (acknowledged
      must equal queued).
-  2. fsyncs per message: the same daemon under tests/shim_daemon.py (which counts every
+  2. fsyncs per message: the same daemon under tests/helpers/shim_daemon.py (which counts every
      compat.fsync_file / compat.sync_dir) with S sessions and with 1 session; with
      --strace (or when the shim is missing) also the fsync/fdatasync syscalls via strace -f -c.
   3. The daemon under the MicroPython unix port from the .mpy bundle (-X heapsize=HEAP),
@@ -209,7 +209,7 @@ def main():
     if not upy:
         print("micropython: not installed")
 
-    shim = os.path.exists(os.path.join(C.TESTS, "shim_daemon.py"))
+    shim = os.path.exists(os.path.join(C.TESTS, "helpers", "shim_daemon.py"))
     use_strace = (args.strace or not shim) and C.strace_available()
     frows = []
     for runtime in ("cpython", "micropython"):
@@ -235,7 +235,7 @@ def main():
                 ["runtime", "heap", "sessions", "msgs", "counter", "syncs", "file", "dir", "acks",
                  "syncs/msg", "msg/s (slowed)"], frows)
     else:
-        print("fsyncs per message: skipped (neither tests/shim_daemon.py nor strace)")
+        print("fsyncs per message: skipped (neither tests/helpers/shim_daemon.py nor strace)")
 
     if args.profile:
         n = max(args.msgs, int(args.profile * 600))

@@ -32,10 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 DRIVER = os.path.join(C.HERE, "_upy_heap_driver.py")
-MODULES = ["compat", "cbor", "netaddr", "conf", "confschema", "proto.replies", "proto.address",
-           "proto.smtp_server", "headers", "spoolfmt", "spoolidx", "spoolrecover", "spool",
-           "authdb", "smtps", "proto.dns", "dnsresolve", "aliases", "smar", "proto.smtp_client",
-           "smtpc", "bounce", "qmgr", "control", "mcp"]
+MODULES = ["compat", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
+           "proto.smtp_server", "headers", "spool.format", "spool.message", "spool.journal",
+           "spool.index", "spool.recovery",
+           "spool", "smtps.authdb", "smtps.policy", "smtps.server", "proto.dns", "smar.dnsresolve",
+           "smar.aliases", "smar.resolver", "proto.smtp_client", "smtpc", "qmgr.bounce",
+           "qmgr.bucketmap", "qmgr.manager", "qmgr.control", "mcp"]
 
 
 def parse_size(text):
@@ -53,9 +55,10 @@ def bundle_modules():
     found = []
     for folder, _d, files in os.walk(root):
         for name in files:
-            if name.endswith(".mpy") and not name.startswith("__"):
-                rel = os.path.relpath(os.path.join(folder, name), root)[:-4].replace(os.sep, ".")
-                found.append(rel)
+            if not name.endswith(".mpy") or name == "__main__.mpy" or folder == root and name == "__init__.mpy":
+                continue
+            rel = os.path.relpath(os.path.join(folder, name), root)[:-4].replace(os.sep, ".")
+            found.append(rel[:-len(".__init__")] if rel.endswith(".__init__") else rel)
     order = [m for m in MODULES if m in found] + sorted(m for m in found if m not in MODULES)
     return ["meta1lite." + m for m in order], root
 

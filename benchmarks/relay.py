@@ -153,8 +153,6 @@ def relay_conf(work, port, sink_port, smtpc):
 
 
 def run_meta1lite(runtime, sink, args, heap="1M", msgs=None, sessions=None):
-    if not os.path.exists(os.path.join(C.ROOT, "meta1lite", "qmgr.py")):
-        return None
     work = tempfile.mkdtemp(prefix="m1l-relay-")
     port = C.free_port()
     d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, args.smtpc), port, heap=heap)
@@ -217,14 +215,10 @@ def main():
                 print("postfix: failed: %s" % exc)
             finally:
                 inst.stop()
-        m1 = run_meta1lite("cpython", sink, args)
-        if m1 is None:
-            print("meta1lite delivery: not available")
-        else:
-            rows.append(m1)
-            if not args.no_upy and C.find_micropython():
-                rows.append(run_meta1lite("micropython", sink, args, heap=args.upy_heap, msgs=args.upy_msgs,
-                                          sessions=args.upy_sessions))
+        rows.append(run_meta1lite("cpython", sink, args))
+        if not args.no_upy and C.find_micropython():
+            rows.append(run_meta1lite("micropython", sink, args, heap=args.upy_heap, msgs=args.upy_msgs,
+                                      sessions=args.upy_sessions))
     finally:
         sink.stop()
     out = []

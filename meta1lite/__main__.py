@@ -6,7 +6,7 @@
 import sys
 
 RUN_USAGE = "usage: micropython -m meta1lite [-c FILE] run [-c FILE]"
-CONFIG_MODULES = ("meta1lite.conf", "meta1lite.confschema", "meta1lite.confcheck")
+CONFIG_MODULES = ("meta1lite.conf.hints", "meta1lite.conf.schema", "meta1lite.conf")
 
 
 def _parse_run(argv):

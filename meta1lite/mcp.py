@@ -31,10 +31,10 @@ class Daemon:
         # Every module is imported before the queue index is built, so that the
         # long-lived bytecode is not scattered among index entries (a fragmented
         # MicroPython heap has no room for a module later).
-        from meta1lite.control import start_control
-        from meta1lite.qmgr import QueueManager
-        from meta1lite.smar import AddressResolver
-        from meta1lite.smtps import SmtpServer
+        from meta1lite.qmgr.control import start_control
+        from meta1lite.qmgr.manager import QueueManager
+        from meta1lite.smar.resolver import AddressResolver
+        from meta1lite.smtps.server import SmtpServer
         from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
         self.spool = open_configured(self.cfg)

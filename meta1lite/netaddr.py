@@ -12,7 +12,8 @@ _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 
 
-def _only(text, alphabet):
+def only(text, alphabet):
+    """True if every character of text is in alphabet."""
     for ch in text:
         if ch not in alphabet:
             return False
@@ -25,7 +26,7 @@ def _parse_v4(text):
         raise ValueError("not an IPv4 address: %r" % text)
     value = 0
     for part in parts:
-        if not part or len(part) > 3 or not _only(part, _DIGITS) or (len(part) > 1 and part[0] == "0"):
+        if not part or len(part) > 3 or not only(part, _DIGITS) or (len(part) > 1 and part[0] == "0"):
             raise ValueError("not an IPv4 address: %r" % text)
         number = int(part)
         if number > 255:
@@ -39,7 +40,7 @@ def _hex_groups(text, whole):
         return []
     groups = []
     for part in text.split(":"):
-        if not part or len(part) > 4 or not _only(part, _HEX):
+        if not part or len(part) > 4 or not only(part, _HEX):
             raise ValueError("not an IPv6 address: %r" % whole)
         groups.append(int(part, 16))
     return groups
@@ -128,7 +129,7 @@ class Network:
         width = _bits(self.family)
         if not slash:
             prefix = str(width)
-        if not prefix or len(prefix) > 3 or not _only(prefix, _DIGITS) or int(prefix) > width:
+        if not prefix or len(prefix) > 3 or not only(prefix, _DIGITS) or int(prefix) > width:
             raise ValueError("bad prefix length in %r (0..%d)" % (text, width))
         self.prefix = int(prefix)
         full = (1 << width) - 1

@@ -17,6 +17,7 @@
 # route.rewrite_from_header is set. A Job may carry them already; both are idempotent.
 from meta1lite import compat, headers
 from meta1lite.proto import smtp_client as core
+from meta1lite.status import DEFERRED, SENT
 
 asyncio = compat.asyncio
 LOG = "smtpc"
@@ -24,7 +25,7 @@ IMPLICIT_TLS_PORT = 465
 CONNECT_TIMEOUT_S = 30          # Postfix's smtp_connect_timeout
 TLS_HANDSHAKE_TIMEOUT_S = 60    # Postfix's smtp_starttls_timeout is 300; a handshake is small
 NO_RELAY = "none"
-SENT, DEFERRED, BOUNCED = core.SENT, core.DEFERRED, core.BOUNCED
+DEBUG = compat.LEVELS["debug"]  # the log level of state changes (not made above it)
 _IO_ERRORS = (OSError, ValueError, EOFError) + compat.TIMEOUT_ERRORS
 
 
@@ -176,7 +177,8 @@ class _Session:
         try:
             self.conn = core.ClientConnection(self.client.helo, tls=self.tls_mode,
                                               tls_active=implicit,
-                                              credentials=self.route.credentials)
+                                              credentials=self.route.credentials,
+                                              state_events=compat.log.threshold <= DEBUG)
             await self._converse()
         finally:
             await compat.close_stream(self.writer)
@@ -229,6 +231,8 @@ class _Session:
             self._failed(ev.code, ev.enhanced, ev.text)
         elif isinstance(ev, core.ProtocolError):
             self._log("warning", "protocol error from %s: %s" % (self.relay, ev.text))
+        elif isinstance(ev, core.StateChange):
+            self._log("debug", "%s: %s -> %s (%s)" % (self.relay, ev.old, ev.new, ev.cause))
 
     # --- I/O ---
     def _timeout(self, phase_timeout=None):
@@ -328,10 +332,10 @@ class _Session:
         job = self.current
         self.current = None
         out = []
-        for i, item in enumerate(ev.results):
-            code, enhanced, status = item[1], item[2] or _default_enhanced(item[1]), item[4]
-            out.append(Result(job.rcpts[i][0], status, code, enhanced,
-                              self._text(code, enhanced, item[3], status), self.relay))
+        for i, rcpt in enumerate(ev.results):
+            enhanced = rcpt.enhanced or _default_enhanced(rcpt.code)
+            text = self._text(rcpt.code, enhanced, rcpt.text, rcpt.status)
+            out.append(Result(job.rcpts[i][0], rcpt.status, rcpt.code, enhanced, text, self.relay))
         self.results[job.queue_id] = out
 
     def _failed(self, code, enhanced, text):

@@ -4,7 +4,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meta1lite import authdb
+from meta1lite.smtps import authdb
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, find_micropython, run_micropython
+from helpers.upy import ROOT, find_micropython, run_micropython
 
 BUILD = os.path.join(ROOT, "firmware", "build_bundle.py")
 

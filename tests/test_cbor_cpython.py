@@ -10,7 +10,7 @@ import tempfile
 
 import cbor2
 import pytest
-from conftest import ROOT, find_micropython, run_micropython
+from helpers.upy import ROOT, find_micropython, run_micropython
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 

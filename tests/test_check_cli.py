@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_micropython
+from helpers.upy import ROOT, run_micropython
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -131,7 +131,7 @@ def _bundle(tmp_path):
     out = str(tmp_path / "bundle")
     subprocess.run([sys.executable, os.path.join(ROOT, "firmware", "build_bundle.py"), "--out", out],
                    check=True, capture_output=True, timeout=300)
-    assert os.path.exists(os.path.join(out, "meta1lite", "conf.mpy"))
+    assert os.path.exists(os.path.join(out, "meta1lite", "conf", "__init__.mpy"))
     return out
 
 
@@ -147,7 +147,7 @@ except ImportError:
 gc.collect(); print("import", gc.mem_alloc() - before)
 cfg = conf.load("conf/meta1lite.conf")
 assert cfg["config_file"] == "conf/meta1lite.conf"
-assert "meta1lite.confcheck" not in sys.modules    # error-only code stays out of the heap
+assert "meta1lite.conf.hints" not in sys.modules    # error-only code stays out of the heap
 print("from", conf.__file__)
 print("ok", cfg["smtps"]["listen"][0][1])
 """
@@ -162,11 +162,11 @@ def _run_heap(tmp_path, heap, paths):
 def test_micropython_small_heap_imports_conf_and_parses_default_source(tmp_path):
     proc = _run_heap(tmp_path, SMALL_HEAP_SOURCE, (ROOT,))
     assert proc.returncode == 0 and b"ok 2525" in proc.stdout, proc.stdout + proc.stderr
-    assert b"meta1lite/conf.py" in proc.stdout
+    assert b"meta1lite/conf/__init__.py" in proc.stdout
 
 
 def test_micropython_64k_heap_imports_conf_and_cbor_and_parses_default_mpy(tmp_path):
     bundle = _bundle(tmp_path)
     proc = _run_heap(tmp_path, TARGET_HEAP, (bundle,))
     assert proc.returncode == 0 and b"ok 2525" in proc.stdout, proc.stdout + proc.stderr
-    assert b"conf.mpy" in proc.stdout       # the bundle, not the source tree
+    assert b"conf/__init__.mpy" in proc.stdout       # the bundle, not the source tree

@@ -2,7 +2,7 @@
 # point (meta1lite.__main__ under the real micropython binary). CPython-only.
 import os
 
-from conftest import ROOT, run_micropython
+from helpers.upy import ROOT, run_micropython
 
 from meta1lite import __main__ as entry
 from meta1lite import cli

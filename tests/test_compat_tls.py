@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 import trustme
-from conftest import run_micropython
+from helpers.upy import run_micropython
 
 from meta1lite import compat
 
@@ -107,7 +107,7 @@ def test_cpython_client_upgrades_to_tls_against_micropython_server(certs):
     import subprocess
     import time
 
-    from conftest import find_micropython, micropython_env
+    from helpers.upy import find_micropython, micropython_env
     exe = find_micropython()
     if exe is None:
         run_micropython(["-c", "pass"])     # fails in CI, skips elsewhere

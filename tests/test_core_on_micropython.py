@@ -5,7 +5,7 @@ import ast
 import os
 
 import pytest
-from conftest import CORE, DEFAULT_HEAP, ROOT, run_micropython
+from helpers.upy import CORE, DEFAULT_HEAP, ROOT, run_micropython
 
 
 def _core_tests():
@@ -23,7 +23,7 @@ def _core_tests():
 
 @pytest.mark.parametrize("module,function,heap", list(_core_tests()))
 def test_core_under_micropython(module, function, heap):
-    runner = os.path.join(ROOT, "tests", "upy_runner.py")
+    runner = os.path.join(ROOT, "tests", "helpers", "upy_runner.py")
     proc = run_micropython([runner, module + ":" + function], heap=heap, paths=(CORE,))
     out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
     assert proc.returncode == 0 and "PASS " in out, out

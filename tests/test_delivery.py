@@ -13,8 +13,8 @@ import threading
 import time
 
 import pytest
-from daemon import ROUTER_HEAP, RUNTIMES, UPY_HEAP, Daemon, config_text, free_port
-from nexthop import NextHop
+from helpers.daemon import ROUTER_HEAP, RUNTIMES, UPY_HEAP, Daemon, config_text, free_port
+from helpers.nexthop import NextHop
 
 BULK_HEAP = ROUTER_HEAP         # 500 messages arrive faster than they leave: the index grows
 HOUR_SCALE = "3600"             # META1LITE_CLOCK_SCALE: one real second = one simulated hour

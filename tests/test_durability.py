@@ -12,14 +12,14 @@ import threading
 import time
 
 import pytest
-from conftest import ROOT, find_micropython, micropython_env, run_micropython
-from daemon import ROUTER_HEAP, RUNTIMES, UPY_HEAP, Daemon, config_text, free_port
+from helpers.daemon import ROUTER_HEAP, RUNTIMES, UPY_HEAP, Daemon, config_text, free_port
+from helpers.upy import ROOT, find_micropython, micropython_env, run_micropython
 
-from meta1lite import spoolfmt as fmt
 from meta1lite.spool import Spool
+from meta1lite.spool import format as fmt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHIM = os.path.join(HERE, "shim_daemon.py")
+SHIM = os.path.join(HERE, "helpers", "shim_daemon.py")
 TRACE_ENV = "META1LITE_SHIM_TRACE"
 # The MicroPython daemon: a board-equivalent heap (daemon.UPY_HEAP); the load tests
 # (8 or 20 concurrent sessions, hundreds of queued messages) get a router's (1M).
@@ -39,7 +39,7 @@ _private_bundle = []
 
 
 def private_bundle():
-    """A .mpy bundle of this test run only. tests/daemon.py rebuilds one shared folder
+    """A .mpy bundle of this test run only. tests/helpers/daemon.py rebuilds one shared folder
     in every pytest process, so parallel runs can swap modules under a starting
     daemon ("no module named meta1lite.confschema"); this one nobody else touches."""
     if not _private_bundle:

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers.upy import ROOT
 
 
 def test_ruff_check_is_clean():

@@ -5,9 +5,9 @@ import stat
 import subprocess
 import sys
 
-from daemon import config_text
+from helpers.daemon import config_text
 
-from meta1lite import authdb
+from meta1lite.smtps import authdb
 
 METALITE = os.path.join(os.path.dirname(sys.executable), "meta1lite")
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from daemon import RUNTIMES, free_port
+from helpers.daemon import RUNTIMES, free_port
 from test_delivery import message, relay_conf, send, start_relay, via, wait_for
 
 

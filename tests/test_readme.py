@@ -2,8 +2,8 @@
 # second one verbatim.
 import os
 
-from conftest import ROOT
-from readme_commands import setup_commands
+from helpers.readme_commands import setup_commands
+from helpers.upy import ROOT
 
 
 def test_readme_opens_with_the_two_setup_commands():

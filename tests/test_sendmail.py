@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from daemon import RUNTIMES, config_text, free_port
+from helpers.daemon import RUNTIMES, config_text, free_port
 from test_durability import HEAP, SHIM, TRACE_ENV, LocalDaemon, load_spool, read_trace
 
 from meta1lite import conf

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_micropython
-from dnszone import DNSZone
+from helpers.dnszone import DNSZone
+from helpers.upy import ROOT, run_micropython
 
 RUNTIMES = ("cpython", "micropython")
 UPY_HEAP = "512K"
@@ -25,7 +25,9 @@ ALIASES = "root: admin@example.test\npostmaster: root\nteam: root,\n  ops@nomx.t
 
 DRIVER = r"""
 import sys
-from meta1lite import compat, conf, dnsresolve, smar
+from meta1lite import compat, conf
+from meta1lite.smar import dnsresolve
+from meta1lite.smar import resolver as smar
 
 async def run(argv):
     ar = smar.AddressResolver(conf.load(argv[1]))

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import trustme
-from conftest import ROOT, run_micropython
-from dnszone import DNSZone
-from nexthop import NextHop, free_port
+from helpers.dnszone import DNSZone
+from helpers.nexthop import NextHop, free_port
+from helpers.upy import ROOT, run_micropython
 
 RUNTIMES = ("cpython", "micropython")
 UPY_HEAP = "1M"            # the driver imports conf, smar, smtpc and the cores from source
@@ -26,7 +26,9 @@ ZONE = {
 
 DRIVER = r"""
 import os, sys
-from meta1lite import compat, conf, dnsresolve, smar, smtpc
+from meta1lite import compat, conf, smtpc
+from meta1lite.smar import dnsresolve
+from meta1lite.smar import resolver as smar
 
 if os.getenv("M1L_TEST_IMPLICIT_PORT"):
     smtpc.IMPLICIT_TLS_PORT = int(os.getenv("M1L_TEST_IMPLICIT_PORT"))

@@ -6,8 +6,8 @@
 import re
 
 import pytest
-from daemon import RUNTIMES
-from smtpclient import Client, assert_clean_log, queued, start_smtps
+from helpers.daemon import RUNTIMES
+from helpers.smtpclient import Client, assert_clean_log, queued, start_smtps
 
 D, SRV, IP = "example.org", "relay.test", "127.0.0.1"
 OUTSIDER = "127.0.0.2"

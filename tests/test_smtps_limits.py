@@ -6,8 +6,8 @@
 import time
 
 import pytest
-from daemon import RUNTIMES
-from smtpclient import Client, assert_clean_log, queued, start_smtps, wait_sessions_ended
+from helpers.daemon import RUNTIMES
+from helpers.smtpclient import Client, assert_clean_log, queued, start_smtps, wait_sessions_ended
 
 MAX_SIZE = 64 * 1024
 SESSION_LIMITS = "max_recipients = 3; max_message_size = 64K; max_bad_commands = 8;"

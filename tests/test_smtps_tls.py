@@ -11,8 +11,8 @@ import time
 
 import pytest
 import trustme
-from daemon import RUNTIMES, free_port
-from smtpclient import (
+from helpers.daemon import RUNTIMES, free_port
+from helpers.smtpclient import (
     STREAM_HEAP,
     Client,
     assert_clean_log,
@@ -22,7 +22,7 @@ from smtpclient import (
     wait_sessions_ended,
 )
 
-from meta1lite import authdb
+from meta1lite.smtps import authdb
 
 OUTSIDER = "127.0.0.2"
 USER, PASSWORD = "dev", "s3cret pass"

@@ -69,7 +69,7 @@ async def _commit(sp, body, rcpts=("r@x.example",)):
 
 
 def _seg_path(sp, key):
-    return sp._segs[key].path
+    return sp.journal.segs[key].path
 
 
 def test_commit_acknowledges_only_after_covering_fsync(tmp_path, monkeypatch):
@@ -91,7 +91,7 @@ def test_commit_acknowledges_only_after_covering_fsync(tmp_path, monkeypatch):
         for key in msg.segs:
             # chunks before the envelope's segment: that segment was rolled away (its
             # end final) before the envelope was appended, and must be synced to its end
-            seg = sp._segs[key]
+            seg = sp.journal.segs[key]
             end = msg.env_end if key == msg.env_seg else seg.end
             assert rec.covered(seg.path, end, upto), (qid, key)
     assert any(len(sp.get(q).segs) > 1 for q, _ in acks)
@@ -104,7 +104,7 @@ def test_new_segment_directory_synced_before_use(tmp_path, monkeypatch):
     asyncio.run(_commit(sp, b"x" * 30000))
     seg_dir = os.path.realpath(str(tmp_path / "seg"))
     # every segment file was fsynced and its directory synced when it was created
-    for key in sp._segs:
+    for key in sp.journal.segs:
         path = os.path.realpath(_seg_path(sp, key))
         first_fsync = next(i for i, e in enumerate(rec.events) if e[0] == "fsync" and e[1] == path)
         assert any(e == ("sync_dir", seg_dir, 0) for e in rec.events[first_fsync:]), path
@@ -149,7 +149,8 @@ def test_enospc_mid_data_is_spoolfull_and_leaves_nothing(tmp_path, monkeypatch):
     import errno
 
     from meta1lite import spool as spool_mod
-    real = spool_mod.write_all
+    from meta1lite.spool import journal as journal_mod
+    real = journal_mod.write_all
     calls = [0]
 
     def failing(f, data):
@@ -157,7 +158,7 @@ def test_enospc_mid_data_is_spoolfull_and_leaves_nothing(tmp_path, monkeypatch):
         if calls[0] == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(f, data)
-    monkeypatch.setattr(spool_mod, "write_all", failing)
+    monkeypatch.setattr(journal_mod, "write_all", failing)
     w = sp.new_message()
     w.write(b"z" * 5000)
     assert w.error is not None
@@ -166,7 +167,7 @@ def test_enospc_mid_data_is_spoolfull_and_leaves_nothing(tmp_path, monkeypatch):
         raise AssertionError("commit succeeded")
     except spool_mod.SpoolFull as exc:
         assert "space" in exc.reason
-    monkeypatch.setattr(spool_mod, "write_all", real)
+    monkeypatch.setattr(journal_mod, "write_all", real)
     ok2 = asyncio.run(_commit(sp, b"q" * 3000))
     sp.close()
     sp = _open(tmp_path, chunk_size=512)

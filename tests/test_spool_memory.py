@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, find_micropython
+from helpers.upy import ROOT, find_micropython
 
 from meta1lite import compat
 from meta1lite.spool import Spool

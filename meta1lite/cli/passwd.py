@@ -10,7 +10,8 @@ import getpass
 import os
 import sys
 
-from meta1lite import authdb, compat
+from meta1lite import compat
+from meta1lite.smtps import authdb
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 USAGE = "usage: meta1lite passwd USER   (the password from the terminal, or one line on stdin)"

@@ -1,12 +1,18 @@
-# meta1lite/proto/replies.py - the SMTP reply table shared by the server core (and
-# later the client): every reply meta1lite makes, as (code, enhanced, text), and
-# the one function that formats replies into bytes.
-# Owns: reply wording and RFC 3463 enhanced codes (design.md's replies table).
-# Must never: decide policy (which reply applies is the caller's business), or emit
-# a line without CRLF, or a bare CR/LF inside a line.
+# meta1lite/proto/replies.py - SMTP replies both ways: the table of every reply
+# meta1lite makes, as (code, enhanced, text), and the one function that formats
+# replies into bytes (the server core); ReplyReader, which gathers what a server
+# says into whole replies, bounded, with RFC 3463 enhanced codes split off (the
+# client core).
+# Owns: reply wording and RFC 3463 enhanced codes (docs/design.md's replies table), and
+# the reply syntax of RFC 5321 section 4.2. Must never: decide policy or what a
+# reply means for a session (the caller's business), emit a line without CRLF or
+# a bare CR/LF inside a line, raise on anything a server sends, or hold more than
+# MAX_REPLY_LINE octets of an unfinished line.
 # Enhanced codes are left out only where RFC 2034 section 3 / RFC 4954 say so: the
 # greeting, the EHLO/HELO replies and 334 challenges (enhanced=None).
 # Runs on MicroPython and CPython.
+MAX_REPLY_LINE = 1024          # octets per reply line (RFC 5321 says 512; be lenient)
+MAX_REPLY_LINES = 64           # lines per multi-line reply (EHLO lists ~15)
 
 # --- success -----------------------------------------------------------------
 OK = (250, "2.0.0", "OK")
@@ -66,7 +72,6 @@ NEED_SMTPUTF8 = (553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 paramete
 BAD_UTF8 = (553, "5.6.7", "Address is not valid UTF-8")
 RELAY_DENIED = (554, "5.7.1", "Relay access denied")
 UNKNOWN_USER = (550, "5.1.1", "User unknown")
-ROUTE_REFUSED = (554, "5.7.1", "Source routes are not accepted")
 
 # --- permanent failures: DATA --------------------------------------------------
 DATA_LINE_TOO_LONG = (500, "5.5.2", "Line in message exceeds 1000 octets")
@@ -79,7 +84,6 @@ AUTH_UNKNOWN_MECHANISM = (504, "5.5.4", "Unrecognized authentication mechanism")
 AUTH_CANCELLED = (501, "5.0.0", "Authentication cancelled")
 AUTH_BAD_BASE64 = (501, "5.5.2", "Cannot decode response")
 AUTH_ALREADY = (503, "5.5.1", "Already authenticated")
-AUTH_FAILED = (535, "5.7.8", "Authentication credentials invalid")
 
 CRLF = b"\r\n"
 
@@ -113,3 +117,114 @@ def reply_bytes(reply, text=None):
     with other text."""
     code, enhanced, default = reply
     return format_reply(code, enhanced, default if text is None else text)
+
+
+# --- reading a server's replies (the client core) ------------------------------
+class Reply:
+    def __init__(self, code, enhanced, lines):
+        self.code = code
+        self.enhanced = enhanced
+        self.lines = lines
+
+    @property
+    def text(self):
+        return " ".join(self.lines)
+
+    def __repr__(self):
+        return "Reply(%d, %r, %r)" % (self.code, self.enhanced, self.lines)
+
+
+class ReplyReader:
+    """Bytes from the server in, whole replies out (next_reply). After garbage,
+    .error says what was wrong and no reply comes any more."""
+
+    def __init__(self):
+        self._rx = b""
+        self._pos = 0
+        self._lines = []                 # lines of a multi-line reply so far
+        self._code = 0
+        self.error = None
+
+    def feed(self, data):
+        """Add bytes read from the server."""
+        if self._pos:
+            self._rx = self._rx[self._pos:] + bytes(data)
+            self._pos = 0
+        else:
+            self._rx += bytes(data)
+
+    def discard(self):
+        """Forget everything received and not yet taken (STARTTLS response injection)."""
+        self._rx = b""
+        self._pos = 0
+        self._lines = []
+
+    def next_reply(self):
+        """The next complete Reply, or None (more bytes are due, or .error is set)."""
+        while self.error is None:
+            end = self._rx.find(b"\n", self._pos)
+            if end < 0:
+                if len(self._rx) - self._pos > MAX_REPLY_LINE:
+                    self.error = "reply line longer than %d octets" % MAX_REPLY_LINE
+                return None
+            raw = self._rx[self._pos:end]
+            self._pos = end + 1
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if self._add_line(raw):
+                return self._finish()
+        return None
+
+    def _add_line(self, raw):
+        """True when `raw` was the last line of a reply; sets .error on garbage."""
+        parsed = parse_reply_line(raw) if len(raw) <= MAX_REPLY_LINE else None
+        if parsed is None:
+            self.error = "malformed reply line %r" % raw[:80]
+        elif self._lines and parsed[0] != self._code:
+            self.error = "reply code changed from %d to %d" % (self._code, parsed[0])
+        elif len(self._lines) >= MAX_REPLY_LINES:
+            self.error = "reply longer than %d lines" % MAX_REPLY_LINES
+        else:
+            self._code = parsed[0]
+            self._lines.append(parsed[2])
+            return parsed[1]
+        return False
+
+    def _finish(self):
+        code, lines, enhanced = self._code, [], None
+        for line in self._lines:
+            enh, rest = split_enhanced(code, line)
+            if enh is not None and enhanced is None:
+                enhanced = enh
+            lines.append(rest if enh is not None else line)
+        self._lines = []
+        return Reply(code, enhanced, lines)
+
+
+def _text(raw):
+    try:
+        return raw.decode()
+    except UnicodeError:
+        return "".join(chr(b) if b < 128 else "?" for b in raw)
+
+
+def split_enhanced(code, text):
+    """Split 'X.Y.Z rest' into ('X.Y.Z', 'rest') when X is code's class, else (None, text)."""
+    word, _, rest = text.partition(" ")
+    parts = word.split(".")
+    if len(parts) != 3 or parts[0] != str(code // 100):
+        return None, text
+    for part in parts[1:]:
+        if not (part.isdigit() and len(part) <= 3):
+            return None, text
+    return word, rest
+
+
+def parse_reply_line(raw):
+    """Parse one reply line (no line end) into (code, is_last, text) or None if garbage."""
+    if len(raw) < 3 or (len(raw) > 3 and raw[3:4] not in (b" ", b"-")):
+        return None
+    head = raw[:3]
+    if not (head[0:1] in b"2345" and head[1:2] in b"012345" and head[2:3] in b"0123456789"):
+        return None
+    return int(head), raw[3:4] != b"-", _text(raw[4:])

@@ -2,10 +2,15 @@
 # PIPELINING RFC 2920, SIZE RFC 1870, 8BITMIME RFC 6152, ENHANCEDSTATUSCODES RFC
 # 2034/3463, STARTTLS RFC 3207, AUTH PLAIN/LOGIN RFC 4954, SMTPUTF8 RFC 6531).
 #
-# Owns: command-line framing (bounded; over-long lines are drained, never held),
-# the session state machine (one command table of (check, act) pairs; ONE method,
-# _set_state, changes state and records a StateChange event), DATA framing and
-# dot-unstuffing, the replies the protocol alone decides, and the EHLO list.
+# Owns: the session (ServerConnection): the input buffer, command-line framing
+# (bounded; over-long lines are drained, never held), the event queue, the
+# decision methods of the I/O layer, the replies the protocol alone decides, and
+# the EHLO list. The states, their transition table, the command table of
+# (check, act) pairs and the AUTH exchange are in server_states; DATA framing in
+# server_data; the events in events; this module re-exports what the I/O layer
+# uses. ONE method, _set_state (events.StateMachine), changes the state: it checks
+# the move against server_states.TRANSITIONS and, with state_events, records a
+# StateChange event.
 # Must never: touch sockets, files, clocks, the spool or configuration objects;
 # decide policy (relay, queue space, credentials: the I/O layer answers the
 # MailFrom/RcptTo/DataStart/DataEnd/AuthRequest events with the decision methods);
@@ -41,13 +46,45 @@
 #                     not ok: discard the file (the core's Reply with the 5xx follows)
 #       AuthRequest-> check; write conn.accept_auth() or conn.reject_auth(...)
 #       StartTLS   -> write the pending 220 first, upgrade the socket, conn.tls_started()
-#       Helo, Rset -> drop any transaction in progress; Quit, StateChange -> log
+#       Helo, Rset -> drop any transaction in progress; Quit -> log
+#       StateChange-> log (only with state_events=True, the default)
 #       Close      -> close the socket (after writing what was collected)
 # The I/O layer may end a session itself with conn.shutdown(421, "4.4.2", ...).
-import binascii
-
-from meta1lite.proto import address, replies
+from meta1lite.proto import replies
+from meta1lite.proto.events import (  # noqa: F401 - re-exported: the core's API
+    NEED_DATA,
+    PAUSED,
+    AuthRequest,
+    Close,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Helo,
+    MailFrom,
+    Quit,
+    RcptTo,
+    Reply,
+    Rset,
+    StartTLS,
+    StateChange,
+    StateMachine,
+)
 from meta1lite.proto.replies import format_reply, reply_bytes
+from meta1lite.proto.server_data import BARE_LF_MODES, BARE_LF_REJECT, DataReader
+from meta1lite.proto.server_states import (  # noqa: F401 - the states re-exported
+    AUTH,
+    CLOSED,
+    COMMANDS,
+    CONNECTED,
+    DATA,
+    GREETED,
+    MAIL,
+    RCPT,
+    STARTTLS,
+    TRANSITIONS,
+    UNIMPLEMENTED,
+    auth_line,
+)
 
 # --- limits -------------------------------------------------------------------
 MAX_COMMAND_LINE = 512         # octets incl. CRLF, RFC 5321 section 4.5.3.1.4
@@ -56,144 +93,29 @@ DATA_CHUNK = 4096              # octets of message per DataChunk event
 MAX_BUFFER = 16384             # unprocessed input octets; read at most READ_MAX at a time
 READ_MAX = MAX_BUFFER - MAX_COMMAND_LINE
 MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
-MAX_HELO_NAME = 255
-MAX_SIZE_DIGITS = 20
-
-# --- states -------------------------------------------------------------------
-CONNECTED = "connected"        # greeting sent, no EHLO/HELO yet
-GREETED = "greeted"            # EHLO/HELO done, no transaction
-MAIL = "mail"                  # MAIL accepted
-RCPT = "rcpt"                  # at least one RCPT accepted
-DATA = "data"                  # 354 sent, reading the message
-AUTH = "auth"                  # 334 sent, waiting for the client's response line
-STARTTLS = "starttls"          # 220 sent, waiting for tls_started()
-CLOSED = "closed"
-
-BARE_LF_REJECT = "reject"
-BARE_LF_NORMALIZE = "normalize"
-
-_CR, _LF, _DOT = 13, 10, 46
-_PROMPT_USER = "VXNlcm5hbWU6"      # base64 "Username:"
-_PROMPT_PASSWORD = "UGFzc3dvcmQ6"  # base64 "Password:"
-_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
 class UsageError(Exception):
     """The I/O layer called the core out of turn (a bug, never the client's doing)."""
 
 
-class _Sentinel:
-    def __init__(self, name):
-        self.name = name
+class ServerConnection(StateMachine):
+    """One SMTP session's protocol state, sans I/O (see the module header).
 
-    def __repr__(self):
-        return self.name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")   # feed receive_data()
-PAUSED = _Sentinel("PAUSED")         # a decision method (or tls_started) is due
-
-
-# --- events -------------------------------------------------------------------
-class Event:
-    def __repr__(self):
-        return "%s(%s)" % (type(self).__name__, self._fields())
-
-    def _fields(self):
-        return ", ".join(["%s=%r" % (k, v) for k, v in sorted(self.__dict__.items())])
-
-
-class Reply(Event):
-    """A reply the core decided; write `data`. `code`/`enhanced` for logging."""
-
-    def __init__(self, code, enhanced, data):
-        self.code = code
-        self.enhanced = enhanced
-        self.data = data
-
-
-class Helo(Event):
-    def __init__(self, name, esmtp):
-        self.name = name
-        self.esmtp = esmtp
-
-
-class MailFrom(Event):
-    def __init__(self, mailbox, params, size, body, smtputf8):
-        self.mailbox = mailbox
-        self.params = params
-        self.size = size
-        self.body = body
-        self.smtputf8 = smtputf8
-
-
-class RcptTo(Event):
-    def __init__(self, mailbox, params):
-        self.mailbox = mailbox
-        self.params = params
-
-
-class DataStart(Event):
-    pass
-
-
-class DataChunk(Event):
-    def __init__(self, data):
-        self.data = data
-
-
-class DataEnd(Event):
-    def __init__(self, ok, reply_if_rejected, size):
-        self.ok = ok
-        self.reply_if_rejected = reply_if_rejected
-        self.size = size
-
-
-class StartTLS(Event):
-    pass
-
-
-class AuthRequest(Event):
-    def __init__(self, mechanism, user, password, authzid=""):
-        self.mechanism = mechanism
-        self.user = user
-        self.password = password
-        self.authzid = authzid
-
-    def _fields(self):
-        return "%s, user=%r" % (self.mechanism, self.user)
-
-
-class Rset(Event):
-    pass
-
-
-class Quit(Event):
-    pass
-
-
-class Close(Event):
-    def __init__(self, reason):
-        self.reason = reason
-
-
-class StateChange(Event):
-    def __init__(self, old, new, cause):
-        self.old = old
-        self.new = new
-        self.cause = cause
-
-
-class ServerConnection:
-    """One SMTP session's protocol state, sans I/O (see the module header)."""
+    state_events: queue a StateChange event at every change of state (the I/O
+    layer turns it off unless it logs them)."""
+    TRANSITIONS = TRANSITIONS
+    STATE_ERROR = UsageError
 
     def __init__(self, hostname, max_message_size=0, max_recipients=100,
                  max_line=MAX_DATA_LINE, max_command_line=MAX_COMMAND_LINE,
                  max_bad_commands=MAX_BAD_COMMANDS, tls_available=False, tls_active=False,
                  auth_available=False, auth_requires_tls=True, bare_lf=BARE_LF_REJECT,
-                 smtputf8=True, max_buffer=MAX_BUFFER, data_chunk=DATA_CHUNK):
-        if bare_lf not in (BARE_LF_REJECT, BARE_LF_NORMALIZE):
+                 smtputf8=True, max_buffer=MAX_BUFFER, data_chunk=DATA_CHUNK,
+                 state_events=True):
+        if bare_lf not in BARE_LF_MODES:
             raise ValueError("bare_lf must be 'reject' or 'normalize'")
+        StateMachine.__init__(self, CONNECTED, state_events)
         self.hostname = hostname
         self.max_message_size = max_message_size
         self.max_recipients = max_recipients
@@ -208,7 +130,6 @@ class ServerConnection:
         self.max_buffer = max_buffer
         self.data_chunk = data_chunk
         self.tls = tls_active
-        self.state = CONNECTED
         self.helo_name = None
         self.esmtp = False
         self.authenticated = None
@@ -216,11 +137,12 @@ class ServerConnection:
         self._buf = b""
         self._pos = 0
         self._eof = False
-        self._draining = False
-        self._events = []
+        self._draining = False          # an over-long command line is being skipped
+        self._data = None               # the DataReader of the message being read
         self._pending = None
         self._closed_event = None
         self._auth = None
+        self._auth_progress = None      # (mechanism, user so far) of an AUTH exchange
         self._reset_transaction()
 
     # --- bookkeeping ---------------------------------------------------------
@@ -228,16 +150,6 @@ class ServerConnection:
         self.mail = None
         self.recipients = 0
         self._offered = None
-
-    def _set_state(self, new, cause):
-        """The one place where the session state changes (and is recorded)."""
-        old = self.state
-        if old != new:
-            self.state = new
-            self._events.append(StateChange(old, new, cause))
-
-    def _emit(self, event):
-        self._events.append(event)
 
     def _reply(self, reply, text=None):
         code, enhanced, default = reply
@@ -266,10 +178,6 @@ class ServerConnection:
     def greeting(self):
         """Bytes of the 220 greeting (no enhanced code, RFC 2034 section 3)."""
         return format_reply(220, None, "%s ESMTP meta1lite" % self.hostname)
-
-    def send_reply(self, code, enhanced, text):
-        """Bytes of any reply (text: str or list of lines for a multi-line reply)."""
-        return format_reply(code, enhanced, text)
 
     def receive_data(self, data):
         """Feed bytes from the client; b"" means end of file. Call only after
@@ -348,7 +256,8 @@ class ServerConnection:
     def accept_data(self):
         """Start reading the message; bytes of the 354."""
         self._decide("data")
-        self._start_data()
+        self._data = DataReader(self.max_line, self.max_message_size, self.bare_lf,
+                                self.data_chunk)
         self._set_state(DATA, "DATA")
         return reply_bytes(replies.START_DATA)
 
@@ -357,10 +266,10 @@ class ServerConnection:
         self._decide("data")
         return format_reply(code, enhanced, text)
 
-    def accept_message(self, text="OK: queued"):
+    def accept_message(self, text=None):
         """The message is durable: bytes of the 250 to the final dot."""
         self._decide("message")
-        return format_reply(250, "2.0.0", text)
+        return reply_bytes(replies.MESSAGE_OK, text)
 
     def reject_message(self, code=452, enhanced="4.3.1", text="Insufficient system storage"):
         """The message could not be kept: bytes of the reply to the final dot."""
@@ -427,7 +336,7 @@ class ServerConnection:
                     continue
                 return
             if self.state == AUTH:
-                self._auth_line(line)
+                auth_line(self, line)
             else:
                 self._command(line)
 
@@ -461,400 +370,23 @@ class ServerConnection:
             words.append("AUTH PLAIN LOGIN")
         return words
 
-    # --- AUTH --------------------------------------------------------------------
-    def _auth_line(self, line):
-        mechanism, user = self._auth_progress
-        if line == b"*":
-            return self._auth_abort(replies.AUTH_CANCELLED)
-        data = _b64decode(line)
-        if data is None:
-            return self._auth_abort(replies.AUTH_BAD_BASE64)
-        self._auth_response(mechanism, user, data)
-
-    def _auth_abort(self, reply):
-        self._set_state(GREETED, "AUTH")
-        self._error(reply)
-
-    def _auth_response(self, mechanism, user, data):
-        if mechanism == "PLAIN":
-            return self._auth_plain(data)
-        if user is None:
-            name = _utf8(data)
-            if name is None:
-                return self._auth_abort(replies.AUTH_BAD_BASE64)
-            return self._auth_prompt("LOGIN", name, _PROMPT_PASSWORD)
-        password = _utf8(data)
-        if password is None:
-            return self._auth_abort(replies.AUTH_BAD_BASE64)
-        self._auth_request("LOGIN", user, password, "")
-
-    def _auth_plain(self, data):
-        parts = data.split(b"\x00")
-        fields = [_utf8(part) for part in parts]
-        if len(parts) != 3 or None in fields:
-            return self._auth_abort(replies.AUTH_BAD_BASE64)
-        self._auth_request("PLAIN", fields[1], fields[2], fields[0])
-
-    def _auth_prompt(self, mechanism, user, prompt):
-        self._auth_progress = (mechanism, user)
-        self._set_state(AUTH, "AUTH")
-        self._emit(Reply(334, None, format_reply(334, None, prompt)))
-
-    def _auth_request(self, mechanism, user, password, authzid):
-        self._set_state(GREETED, "AUTH")
-        self._auth = user
-        self._pending = "auth"
-        self._emit(AuthRequest(mechanism, user, password, authzid))
-
     # --- DATA --------------------------------------------------------------------
-    def _start_data(self):
-        self._line_start = True
-        self._line_len = 0
-        self._size = 0
-        self._data_error = None
-
-    def _data_fault(self, reply):
-        if self._data_error is None:
-            self._data_error = reply
-
-    def _content(self, out, buf, start, end):
-        count = end - start
-        if count <= 0:
-            return
-        self._line_len += count
-        if self._line_len + 2 > self.max_line:
-            self._data_fault(replies.DATA_LINE_TOO_LONG)
-        self._count(count)
-        if self._data_error is None:
-            out.append(buf[start:end])
-
-    def _count(self, count):
-        self._size += count
-        if self.max_message_size and self._size > self.max_message_size:
-            self._data_fault(replies.MESSAGE_TOO_BIG)
-
-    def _newline(self, out, bare):
-        self._line_len = 0
-        if bare and self.bare_lf == BARE_LF_REJECT:
-            self._data_fault(replies.BARE_NEWLINE)
-            return
-        self._line_start = not bare
-        self._count(2)
-        if self._data_error is None:
-            out.append(b"\r\n")
-
-    def _dot_at_line_start(self, buf, pos, end):
-        """At a line start with '.': returns (new pos, finished), or None to wait."""
-        if end - pos < 3 and b".\r\n".startswith(buf[pos:end]):
-            return None
-        if buf[pos + 1] == _CR and buf[pos + 2] == _LF:
-            return pos + 3, True
-        self._line_len += 1          # the stuffing dot counts towards the line length
-        return pos + 1, False
-
     def _data_step(self):
-        buf, pos, end = self._buf, self._pos, len(self._buf)
-        out = []
-        room = self.data_chunk
-        next_cr = next_lf = -2
-        finished = False
-        while pos < end and room > 0:
-            if self._line_start:
-                self._line_start = False
-                if buf[pos] == _DOT:
-                    step = self._dot_at_line_start(buf, pos, end)
-                    if step is None:
-                        self._line_start = True
-                        break
-                    pos, finished = step
-                    if finished:
-                        break
-                    continue
-            if -1 < next_cr < pos or next_cr == -2:
-                next_cr = buf.find(b"\r", pos)
-            if -1 < next_lf < pos or next_lf == -2:
-                next_lf = buf.find(b"\n", pos)
-            stop = _first(next_cr, next_lf)
-            if stop < 0 or stop - pos >= room:
-                take = min(end, pos + room)
-                self._content(out, buf, pos, take)
-                room -= take - pos
-                pos = take
-                continue
-            self._content(out, buf, pos, stop)
-            room -= stop - pos + 2
-            if buf[stop] == _LF:
-                pos = stop + 1
-                self._newline(out, True)
-            elif stop + 1 >= end:
-                pos = stop
-                break
-            elif buf[stop + 1] == _LF:
-                pos = stop + 2
-                self._newline(out, False)
-            else:
-                pos = stop + 1
-                self._newline(out, True)
-        self._pos = pos
-        if out:
-            self._emit(DataChunk(b"".join(out)))
-        if finished:
+        reader = self._data
+        chunk = reader.read(self._buf, self._pos)
+        self._pos = reader.pos
+        if chunk:
+            self._emit(DataChunk(chunk))
+        if reader.finished:
             self._finish_data()
 
     def _finish_data(self):
+        reader, self._data = self._data, None
         self._set_state(GREETED, "end of data")
-        error = self._data_error
-        self._emit(DataEnd(error is None, error, self._size))
+        error = reader.error
+        self._emit(DataEnd(error is None, error, reader.size))
         self._reset_transaction()
         if error is None:
             self._pending = "message"
         else:
             self._reply(error)
-
-
-def _first(a, b):
-    if a < 0:
-        return b
-    if b < 0:
-        return a
-    return a if a < b else b
-
-
-def _utf8(data):
-    try:
-        return data.decode("utf-8")
-    except UnicodeError:
-        return None
-
-
-def _b64decode(text):
-    """Strict base64 (RFC 4954: "=" alone is the empty response) -> bytes or None."""
-    if text == b"=":
-        return b""
-    if not text or len(text) % 4:
-        return None
-    for byte in text:
-        if byte not in _B64:
-            return None
-    try:
-        return binascii.a2b_base64(text)
-    except ValueError:
-        return None
-
-
-# --- checks: None when the command may run now, else the refusal -----------------
-def _anytime(conn, arg):
-    return None
-
-
-def _no_argument(conn, arg):
-    return replies.NO_ARGUMENTS if arg.strip() else None
-
-
-def _check_mail(conn, arg):
-    if conn.state == CONNECTED:
-        return replies.NEED_HELO
-    if conn.state in (MAIL, RCPT):
-        return replies.NESTED_MAIL
-    return None
-
-
-def _check_rcpt(conn, arg):
-    if conn.state == CONNECTED:
-        return replies.NEED_HELO
-    return None if conn.state in (MAIL, RCPT) else replies.NEED_MAIL
-
-
-def _check_data(conn, arg):
-    if conn.state == MAIL:
-        return replies.NO_VALID_RECIPIENTS
-    if conn.state != RCPT:
-        return replies.NEED_RCPT
-    return _no_argument(conn, arg)
-
-
-def _check_starttls(conn, arg):
-    if not conn.tls_available:
-        return replies.NOT_IMPLEMENTED
-    if conn.tls:
-        return replies.ALREADY_TLS
-    if conn.state != GREETED or not conn.esmtp:
-        return replies.BAD_SEQUENCE
-    return _no_argument(conn, arg)
-
-
-def _check_auth(conn, arg):
-    if not conn.auth_available:
-        return replies.AUTH_NOT_AVAILABLE
-    if conn.authenticated is not None:
-        return replies.AUTH_ALREADY
-    if conn.state != GREETED or not conn.esmtp:
-        return replies.BAD_SEQUENCE
-    if conn.auth_requires_tls and not conn.tls:
-        return replies.AUTH_NEEDS_TLS
-    return None
-
-
-# --- actions -------------------------------------------------------------------
-def _helo_name(arg):
-    name = arg.strip(b" ")
-    if not name or len(name) > MAX_HELO_NAME:
-        return None
-    for byte in name:
-        if byte <= 32 or byte >= 127:
-            return None
-    return name.decode()
-
-
-def _do_helo(conn, verb, arg):
-    name = _helo_name(arg)
-    if name is None:
-        return conn._error(replies.HELO_SYNTAX)
-    conn._reset_transaction()
-    conn.helo_name = name
-    conn.esmtp = verb == "EHLO"
-    conn._set_state(GREETED, verb)
-    conn._emit(Helo(name, conn.esmtp))
-    if conn.esmtp:
-        data = format_reply(250, None, [conn.hostname] + conn.ehlo_keywords())
-    else:
-        data = format_reply(250, None, conn.hostname)
-    conn._emit(Reply(250, None, data))
-
-
-def _prefixed(arg, prefix):
-    """The part of `arg` after the case-insensitive `prefix` (FROM:/TO:), or None."""
-    if arg[:len(prefix)].upper() != prefix:
-        return None
-    return arg[len(prefix):]
-
-
-def _mail_params(params, smtputf8_offered):
-    """Validate MAIL parameters -> (size, body, smtputf8); raises AddressError."""
-    size = body = None
-    for key in params:
-        value = params[key]
-        if key == "SIZE":
-            if not value or len(value) > MAX_SIZE_DIGITS or not value.isdigit():
-                raise address.AddressError(replies.BAD_PARAMETER, "Bad SIZE value")
-            size = int(value)
-        elif key == "BODY":
-            if value is None or value.upper() not in ("7BIT", "8BITMIME"):
-                raise address.AddressError(replies.BAD_PARAMETER, "Bad BODY value")
-            body = value.upper()
-        elif key == "SMTPUTF8" and smtputf8_offered:
-            if value is not None:
-                raise address.AddressError(replies.BAD_PARAMETER, "SMTPUTF8 takes no value")
-        elif key != "AUTH":
-            raise address.AddressError(replies.UNKNOWN_PARAMETER, "Unsupported parameter %s" % key)
-    return size, body, "SMTPUTF8" in params
-
-
-def _do_mail(conn, verb, arg):
-    rest = _prefixed(arg, b"FROM:")
-    if rest is None:
-        return conn._error(replies.MAIL_SYNTAX)
-    try:
-        path, raw_params = address.split_path(rest)
-        params = address.parse_params(raw_params)
-        size, body, utf8 = _mail_params(params, conn.smtputf8)
-        mailbox = address.parse_path(path, sender=True, smtputf8=utf8)
-    except address.AddressError as exc:
-        return conn._error(exc.reply, exc.detail)
-    if size is not None and conn.max_message_size and size > conn.max_message_size:
-        return conn._reply(replies.MESSAGE_TOO_BIG)
-    conn._offered = MailFrom(mailbox, params, size, body, utf8)
-    conn._pending = "mail"
-    conn._emit(conn._offered)
-
-
-def _do_rcpt(conn, verb, arg):
-    rest = _prefixed(arg, b"TO:")
-    if rest is None:
-        return conn._error(replies.RCPT_SYNTAX)
-    try:
-        path, raw_params = address.split_path(rest)
-        params = address.parse_params(raw_params)
-        if params:
-            raise address.AddressError(replies.UNKNOWN_PARAMETER)
-        mailbox = address.parse_path(path, smtputf8=conn.mail.smtputf8, allow_postmaster=True)
-    except address.AddressError as exc:
-        return conn._error(exc.reply, exc.detail)
-    if conn.max_recipients and conn.recipients >= conn.max_recipients:
-        return conn._reply(replies.TOO_MANY_RECIPIENTS)
-    conn._pending = "rcpt"
-    conn._emit(RcptTo(mailbox, params))
-
-
-def _do_data(conn, verb, arg):
-    conn._pending = "data"
-    conn._emit(DataStart())
-
-
-def _do_rset(conn, verb, arg):
-    conn._reset_transaction()
-    if conn.state != CONNECTED:
-        conn._set_state(GREETED, verb)
-    conn._emit(Rset())
-    conn._reply(replies.RESET_OK)
-
-
-def _do_noop(conn, verb, arg):
-    conn._reply(replies.OK)
-
-
-def _do_help(conn, verb, arg):
-    conn._reply(replies.HELP)
-
-
-def _do_vrfy(conn, verb, arg):
-    if not arg.strip():
-        return conn._error(replies.VRFY_SYNTAX)
-    conn._reply(replies.VRFY_CANNOT)
-
-
-def _do_quit(conn, verb, arg):
-    conn._emit(Quit())
-    conn._reply(replies.BYE)
-    conn._close("quit")
-
-
-def _do_starttls(conn, verb, arg):
-    conn._reply(replies.READY_TLS)
-    conn._discard_input()            # plaintext pipelined after STARTTLS: never a command
-    conn._set_state(STARTTLS, verb)
-    conn._emit(StartTLS())
-
-
-def _do_auth(conn, verb, arg):
-    words = arg.split()
-    if not words or len(words) > 2:
-        return conn._error(replies.SYNTAX_ERROR)
-    mechanism = words[0].upper().decode()
-    if mechanism not in ("PLAIN", "LOGIN"):
-        return conn._error(replies.AUTH_UNKNOWN_MECHANISM)
-    if len(words) == 1:
-        prompt = "" if mechanism == "PLAIN" else _PROMPT_USER
-        return conn._auth_prompt(mechanism, None, prompt)
-    conn._auth_progress = (mechanism, None)
-    conn._auth_line(words[1])
-
-
-COMMANDS = {
-    b"EHLO": (_anytime, _do_helo),
-    b"HELO": (_anytime, _do_helo),
-    b"MAIL": (_check_mail, _do_mail),
-    b"RCPT": (_check_rcpt, _do_rcpt),
-    b"DATA": (_check_data, _do_data),
-    b"RSET": (_no_argument, _do_rset),
-    b"NOOP": (_anytime, _do_noop),
-    b"QUIT": (_no_argument, _do_quit),
-    b"VRFY": (_anytime, _do_vrfy),
-    b"HELP": (_anytime, _do_help),
-    b"STARTTLS": (_check_starttls, _do_starttls),
-    b"AUTH": (_check_auth, _do_auth),
-}
-
-# known, deliberately not implemented: 502 5.5.1 rather than 500 5.5.2
-UNIMPLEMENTED = (b"EXPN", b"TURN", b"ETRN", b"ATRN", b"BDAT", b"SEND", b"SOML", b"SAML",
-                 b"VERB", b"ONEX")

@@ -1,5 +1,5 @@
 # Helpers for the shared-code unit tests that run under CPython (pytest) and under
-# the MicroPython unix port (tests/upy_runner.py). Must stay in the shared subset:
+# the MicroPython unix port (tests/helpers/upy_runner.py). Must stay in the shared subset:
 # no pytest, no f-strings, no typing.
 import os
 

@@ -3,7 +3,8 @@ import binascii
 
 from support import raises
 
-from meta1lite import authdb, compat
+from meta1lite import compat
+from meta1lite.smtps import authdb
 
 
 def test_pbkdf2_sha256_matches_published_vectors():

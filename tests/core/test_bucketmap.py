@@ -1,5 +1,5 @@
 # BucketMap behaves like the dict it replaces in the queue manager.
-from meta1lite.bucketmap import BucketMap
+from meta1lite.qmgr.bucketmap import BucketMap
 
 
 def test_bucketmap_is_a_small_dict():

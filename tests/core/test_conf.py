@@ -216,13 +216,14 @@ def test_file_lines_across_read_chunks():
 
 
 def test_every_schema_option_has_a_doc():
-    from meta1lite import confcheck, confschema
+    from meta1lite.conf import hints as confhints
+    from meta1lite.conf import schema as confschema
     for table in confschema.TABLES:
         names = [entry[0] for entry in confschema.entries(table)]
-        documented = [line.split("|")[0] for line in confcheck.DOCS[table].split("\n") if line]
+        documented = [line.split("|")[0] for line in confhints.DOCS[table].split("\n") if line]
         assert sorted(names) == sorted(documented), table
         for name in names:
-            assert confcheck.doc(table, name), (table, name)
-    assert sorted(confcheck.DOCS) == sorted(confschema.TABLES)
-    assert confcheck.doc("qmgr", "retry_min") == "first retry after a temporary failure"
-    assert confcheck.doc("qmgr", "nonsense") is None
+            assert confhints.doc(table, name), (table, name)
+    assert sorted(confhints.DOCS) == sorted(confschema.TABLES)
+    assert confhints.doc("qmgr", "retry_min") == "first retry after a temporary failure"
+    assert confhints.doc("qmgr", "nonsense") is None

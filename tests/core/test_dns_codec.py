@@ -5,8 +5,8 @@ import struct
 
 from support import raises
 
-from meta1lite import dnsresolve
 from meta1lite.proto import dns
+from meta1lite.smar import dnsresolve
 
 QID = 0x1234
 RESPONSE_FLAGS = 0x8180   # QR, RD, RA
@@ -269,14 +269,15 @@ def test_order_mx_sorts_and_shuffles_equals():
 
 
 def test_address_literals():
-    assert dnsresolve._ipv4_literal("192.0.2.1") == "192.0.2.1"
-    assert dnsresolve._ipv4_literal("192.0.2.256") is None
-    assert dnsresolve._ipv4_literal("mx.example") is None
-    assert dnsresolve._ipv6_literal("2001:DB8:0:0::1") == "2001:db8::1"
-    assert dnsresolve._ipv6_literal("1:2:3:4:5:6:7:8") == "1:2:3:4:5:6:7:8"
-    assert dnsresolve._ipv6_literal("1:2:3") is None
-    assert dnsresolve._ipv6_literal("1::2::3") is None
-    assert dnsresolve._ipv6_literal("12345::") is None
+    v4, v6 = dnsresolve.FAMILY_INET, dnsresolve.FAMILY_INET6
+    assert dnsresolve.ip_literal("192.0.2.1") == (v4, "192.0.2.1")
+    assert dnsresolve.ip_literal("192.0.2.256") is None
+    assert dnsresolve.ip_literal("mx.example") is None
+    assert dnsresolve.ip_literal("2001:DB8:0:0::1") == (v6, "2001:db8::1")
+    assert dnsresolve.ip_literal("1:2:3:4:5:6:7:8") == (v6, "1:2:3:4:5:6:7:8")
+    assert dnsresolve.ip_literal("1:2:3") is None
+    assert dnsresolve.ip_literal("1::2::3") is None
+    assert dnsresolve.ip_literal("12345::") is None
 
 
 def test_read_resolv_conf():

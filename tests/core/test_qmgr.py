@@ -3,7 +3,8 @@
 # under the MicroPython unix port. Shared subset: no pytest, no f-strings.
 from support import fresh_dir
 
-from meta1lite import compat, qmgr
+from meta1lite import compat
+from meta1lite.qmgr import manager as qmgr
 from meta1lite.spool import Spool
 
 UPY_HEAP = "640K"
@@ -390,11 +391,11 @@ def test_boot_at_1970_neither_expires_nor_storms():
             await rig.sp.record_attempt(qid, [(0, "deferred", "451 4.3.0 later", SANE + 600)])
         rig.clock.wall = 1000       # reboot: the clock says 1970, NTP comes later
         rig.clock.mono = 5
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "still later")
         rig.start()
         await rig.settle(None, 20)
         tried = sum(1 for q in ids if rig.sp.get(q).recipients[0].attempts > 1)
         assert tried <= 6, tried    # spread over retry_min (~7% due in 20 s), never all 20
-        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "still later")
         rig.clock.wall = SANE + 10 ** 6             # NTP: years later
         await rig.advance(HOUR // 2)
         assert all(rig.sp.get(q) is not None for q in ids)     # nothing expired

@@ -1,6 +1,6 @@
 # The per-client message rate of smtps (max_messages_per_client_per_minute).
 from meta1lite import compat
-from meta1lite.relaypolicy import RATE_WINDOW_S, RateLimiter
+from meta1lite.smtps.policy import RATE_WINDOW_S, RateLimiter
 
 
 def test_rate_limit_over_a_sliding_minute():
@@ -20,7 +20,7 @@ def test_rate_limit_over_a_sliding_minute():
 
 
 def test_rate_table_stays_bounded():
-    from meta1lite import relaypolicy
+    from meta1lite.smtps import policy as relaypolicy
     rate = RateLimiter(5)
     for i in range(relaypolicy.MAX_TRACKED_CLIENTS * 2):
         rate.allow("10.0.%d.%d" % (i // 256, i % 256))

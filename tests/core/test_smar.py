@@ -1,10 +1,12 @@
 # Unit tests of smar's shared logic (aliases, routes, next hops over a fake
 # resolver) and of smtpc's From: rewrite filter. Shared subset: runs under
-# CPython (pytest) and the MicroPython unix port (tests/upy_runner.py).
+# CPython (pytest) and the MicroPython unix port (tests/helpers/upy_runner.py).
 from support import fresh_dir, raises
 
-from meta1lite import compat, conf, dnsresolve, headers, smar, smtpc
-from meta1lite.aliases import AliasError, Aliases, UnknownAddress, parse
+from meta1lite import compat, conf, headers, smtpc
+from meta1lite.smar import dnsresolve, routes
+from meta1lite.smar import resolver as smar
+from meta1lite.smar.aliases import AliasError, Aliases, UnknownAddress, parse
 
 UPY_HEAP = "384K"   # conf + smar + smtpc + the client core compiled from source
 
@@ -198,16 +200,16 @@ def test_relay_hops_direct_and_lookup():
 
 
 def test_a_missing_relay_is_temporary_never_a_bounce():
-    route = smar.Route("x", "direct", "nx.relay.test", 25)
+    route = routes.Route("x", "direct", "nx.relay.test", 25)
     exc = raises(dnsresolve.DNSLookupError, _hops, _resolver(), route, "x.test")
     assert isinstance(exc, dnsresolve.TemporaryDNSError)
 
 
 def test_parse_via():
-    assert smar.parse_via("mx") == ("mx", None, None)
-    assert smar.parse_via("[::1]:2525") == ("direct", "::1", 2525)
-    assert smar.parse_via("[smtp.x]") == ("direct", "smtp.x", 25)
-    assert smar.parse_via("smtp.x:587") == ("lookup", "smtp.x", 587)
+    assert routes.parse_via("mx") == ("mx", None, None)
+    assert routes.parse_via("[::1]:2525") == ("direct", "::1", 2525)
+    assert routes.parse_via("[smtp.x]") == ("direct", "smtp.x", 25)
+    assert routes.parse_via("smtp.x:587") == ("lookup", "smtp.x", 587)
 
 
 # --- smtpc's From: header rewrite (a streaming filter) ---
@@ -232,7 +234,7 @@ def test_from_rewrite_plain_address_and_no_header_end():
 
 
 def test_rewrites_follow_the_route():
-    route = smar.Route("r", "direct", "h", 25, rewrite_sender="me@isp.test",
+    route = routes.Route("r", "direct", "h", 25, rewrite_sender="me@isp.test",
                        rewrite_from_header=True)
     job = smtpc.Job("Q1", "root@router", [(0, "a@b")])
     assert smtpc.envelope_sender(route, job) == "me@isp.test"

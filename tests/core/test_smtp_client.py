@@ -1,6 +1,6 @@
 # Unit tests of the sans-I/O SMTP client core (meta1lite/proto/smtp_client.py)
 # against scripted server replies. Shared subset: runs under CPython (pytest) and
-# MicroPython (tests/upy_runner.py); no pytest, no f-strings.
+# MicroPython (tests/helpers/upy_runner.py); no pytest, no f-strings.
 import binascii
 
 from support import raises

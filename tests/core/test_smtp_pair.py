@@ -1,6 +1,6 @@
 # Pairing tests: the sans-I/O SMTP client core (proto/smtp_client.py) talking to the
 # server core (proto/smtp_server.py), bytes shuttled in memory, no sockets.
-# Shared subset: runs under CPython (pytest) and MicroPython (tests/upy_runner.py).
+# Shared subset: runs under CPython (pytest) and MicroPython (tests/helpers/upy_runner.py).
 from meta1lite.proto import smtp_server as ss
 from meta1lite.proto.smtp_client import (
     NEED_DATA,

@@ -5,8 +5,8 @@ import os
 from support import fresh_dir, raises, rmtree
 
 from meta1lite import compat
-from meta1lite import spoolfmt as fmt
 from meta1lite.spool import CorruptMessage, Spool, SpoolFull
+from meta1lite.spool import format as fmt
 
 BIG = 10 * 1024 * 1024
 # Compiled from source with the test module, the spool modules cross a qstr-pool
@@ -474,8 +474,8 @@ def test_long_replies_stay_on_disk_and_read_back():
 
 
 def test_index_keeps_messages_sharing_a_tag_apart():
-    from meta1lite.spoolidx import Message, Recipient
-    from meta1lite.spoolindex import Index, head, pack
+    from meta1lite.spool.index import Index, head, pack
+    from meta1lite.spool.message import Message, Recipient
     index = Index()
     recs = []
     for t in (5, 6, 7):

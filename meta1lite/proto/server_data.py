@@ -1,0 +1,129 @@
+# meta1lite/proto/server_data.py - the DATA stream of the SMTP server core
+# (DataReader): end of data, dot-unstuffing, bare CR/LF, line and size limits.
+# The rules are in smtp_server's header (DATA framing, SMTP smuggling).
+# Owns: where the message ends and the bytes of each DataChunk. Must never:
+# change the session state, emit events or replies (it returns what it found and
+# ServerConnection acts on it), hold more than one chunk of the message, or copy
+# input it does not hand on.
+# Runs on MicroPython and CPython.
+from meta1lite.proto import replies
+
+BARE_LF_REJECT = "reject"
+BARE_LF_NORMALIZE = "normalize"
+BARE_LF_MODES = (BARE_LF_REJECT, BARE_LF_NORMALIZE)
+
+_CR, _LF, _DOT = 13, 10, 46
+
+
+class DataReader:
+    """One message's DATA stream -> unstuffed, CRLF-only chunks, up to the end dot.
+
+    After read(): reading goes on at .pos; .finished is True once the final dot
+    was read; .error is the first fault (a replies tuple: the message is refused
+    after the dot); .size counts the message after unstuffing."""
+
+    def __init__(self, max_line, max_size, bare_lf, chunk):
+        self.max_line = max_line
+        self.max_size = max_size
+        self.reject_bare = bare_lf == BARE_LF_REJECT
+        self.chunk = chunk
+        self.pos = 0
+        self.finished = False
+        self.error = None
+        self.size = 0
+        self._line_start = True
+        self._line_len = 0
+
+    def read(self, buf, pos):
+        """Frame buf[pos:]: the message bytes found, at most chunk + 2 octets (maybe b"")."""
+        end = len(buf)
+        out = []
+        room = self.chunk
+        cr = lf = -2                      # the next CR and LF found (-1: none, -2: not looked)
+        while pos < end and room > 0 and not self.finished:
+            if self._line_start and buf[pos] == _DOT:
+                start, pos = pos, self._dot(buf, pos, end)
+                if pos == start:
+                    break
+                continue
+            self._line_start = False
+            if -1 < cr < pos or cr == -2:
+                cr = buf.find(b"\r", pos)
+            if -1 < lf < pos or lf == -2:
+                lf = buf.find(b"\n", pos)
+            stop = _first(cr, lf)
+            if stop < 0 or stop - pos >= room:
+                take = min(end, pos + room)
+                self._content(out, buf, pos, take)
+                room -= take - pos
+                pos = take
+                continue
+            self._content(out, buf, pos, stop)
+            room -= stop - pos + 2
+            pos = self._line_end(out, buf, stop, end)
+            if pos == stop:
+                break
+        self.pos = pos
+        return b"".join(out) if out else b""
+
+    def _dot(self, buf, pos, end):
+        """At a line start with '.': the position after it (pos itself: wait for more)."""
+        if end - pos < 3 and b".\r\n".startswith(buf[pos:end]):
+            return pos
+        self._line_start = False
+        if buf[pos + 1] == _CR and buf[pos + 2] == _LF:
+            self.finished = True
+            return pos + 3
+        self._line_len += 1          # the stuffing dot counts towards the line length
+        return pos + 1
+
+    def _line_end(self, out, buf, stop, end):
+        """At the CR or LF at `stop`: the position after the line end (stop: wait)."""
+        if buf[stop] == _LF:
+            self._newline(out, True)
+            return stop + 1
+        if stop + 1 >= end:
+            return stop
+        if buf[stop + 1] == _LF:
+            self._newline(out, False)
+            return stop + 2
+        self._newline(out, True)
+        return stop + 1
+
+    def _fault(self, reply):
+        if self.error is None:
+            self.error = reply
+
+    def _content(self, out, buf, start, end):
+        count = end - start
+        if count <= 0:
+            return
+        self._line_len += count
+        if self._line_len + 2 > self.max_line:
+            self._fault(replies.DATA_LINE_TOO_LONG)
+        self._count(count)
+        if self.error is None:
+            out.append(buf[start:end])
+
+    def _count(self, count):
+        self.size += count
+        if self.max_size and self.size > self.max_size:
+            self._fault(replies.MESSAGE_TOO_BIG)
+
+    def _newline(self, out, bare):
+        self._line_len = 0
+        if bare and self.reject_bare:
+            self._fault(replies.BARE_NEWLINE)
+            return
+        self._line_start = not bare
+        self._count(2)
+        if self.error is None:
+            out.append(b"\r\n")
+
+
+def _first(a, b):
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return a if a < b else b

@@ -1,0 +1,141 @@
+# meta1lite.qmgr.control - the daemon's control channel for the queue tools.
+#
+# Owns: a small server on cfg["control"] (a unix socket path, or a loopback
+# (host, port) where there are no unix sockets) that takes one-line requests
+#   flush | hold ID | release ID | delete ID | status | ping
+# and answers each with one line of JSON ({"ok": true, ...} or {"ok": false,
+# "error": "..."}). Must never: listen on anything but loopback or a socket file,
+# accept a request line longer than MAX_REQUEST, or block the event loop (every
+# request is a quick call on the spool or the queue manager).
+# Shared code: MicroPython and CPython.
+import gc
+import json
+
+from meta1lite import compat
+
+asyncio = compat.asyncio
+MAX_REQUEST = 512               # bytes of one request line
+MAX_REQUESTS = 100              # requests per connection
+IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
+LOG_LINES = 10                  # recent log lines in a status reply
+LOG = "control"
+
+
+def describe(endpoint):
+    """The control endpoint as text ('path' or 'host:port')."""
+    if isinstance(endpoint, (tuple, list)):
+        return "%s:%d" % (endpoint[0], endpoint[1])
+    return str(endpoint)
+
+
+class Control:
+    """The request handlers: one line in, one dict out."""
+
+    def __init__(self, spool, qmgr):
+        self.spool = spool
+        self.qmgr = qmgr
+        self.started = compat.monotonic()
+
+    def handle(self, line):
+        """The reply (dict) to one request line (str)."""
+        words = line.split()
+        if not words:
+            return {"ok": False, "error": "empty request"}
+        verb, args = words[0].lower(), words[1:]
+        if verb == "ping":
+            return {"ok": True}
+        if verb == "status":
+            return self.status()
+        if verb == "flush":
+            return self.flush()
+        if verb in ("hold", "release", "delete"):
+            if len(args) != 1:
+                return {"ok": False, "error": "usage: %s QUEUEID" % verb}
+            return self.change(verb, args[0])
+        return {"ok": False, "error": "unknown request %r" % verb[:40]}
+
+    def flush(self):
+        if self.qmgr is None:
+            return {"ok": False, "error": "no queue manager in this daemon"}
+        n = self.qmgr.flush()
+        compat.log.log("info", LOG, "flush requested: %d deferred messages due now" % n)
+        return {"ok": True, "flushed": n}
+
+    def change(self, verb, queue_id):
+        done = getattr(self.spool, verb)(queue_id)
+        if not done:
+            return {"ok": False, "error": "%s: no such message in the queue" % queue_id}
+        if verb == "release" and self.qmgr is not None:
+            self.qmgr.release(queue_id)
+        elif self.qmgr is not None:
+            self.qmgr.wake()
+        return {"ok": True, "queue_id": queue_id}
+
+    def status(self):
+        gc.collect()            # the heap figure counts live data, not garbage
+        reply = {"ok": True, "running": True, "pid": compat.getpid(),
+                 "uptime": int(compat.monotonic() - self.started),
+                 "heap": compat.heap_used(), "log": compat.log.ring[-LOG_LINES:]}
+        if self.qmgr is not None:
+            reply.update(self.qmgr.status())
+        else:
+            reply["messages"] = self.spool.count()
+        return reply
+
+
+class ControlServer:
+    """The listening control channel; close() stops it (and removes a socket file)."""
+
+    def __init__(self, server, endpoint):
+        self.server = server
+        self.endpoint = endpoint
+
+    def close(self):
+        if self.server is not None:
+            self.server.close()
+        if isinstance(self.endpoint, str):
+            compat.remove(self.endpoint)
+
+    async def wait_closed(self):
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+async def _serve(control, reader, writer):
+    lines = compat.LineReader(reader, MAX_REQUEST)
+    try:
+        for _ in range(MAX_REQUESTS):
+            raw = await compat.wait_for(lines.readline(), IO_TIMEOUT_S)
+            if not raw:
+                break
+            try:
+                reply = control.handle(raw.decode("utf-8", "replace").strip())
+            except Exception as exc:  # noqa: BLE001 - a bad request must not kill the daemon
+                reply = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+            await compat.write_all(writer, (json.dumps(reply) + "\n").encode())
+    except Exception as exc:  # noqa: BLE001 - a peer gone, a timeout, a long line
+        if not (compat.is_timeout(exc) or compat.is_connection_error(exc) or isinstance(exc, ValueError)):
+            compat.log.log("warning", LOG, "request failed: %r" % (exc,))
+    finally:
+        await compat.close_stream(writer)
+
+
+async def start_control(cfg, spool, qmgr):
+    """Start the control channel on cfg["control"]; returns a ControlServer (its
+    .server is None when this runtime cannot listen on a socket path)."""
+    control = Control(spool, qmgr)
+    endpoint = cfg.get("control")
+
+    def handler(reader, writer):
+        return _serve(control, reader, writer)
+
+    if isinstance(endpoint, (tuple, list)):
+        server = await asyncio.start_server(handler, endpoint[0], endpoint[1])
+    else:
+        server = await compat.start_unix_server(handler, endpoint)
+    if server is None:
+        compat.log.log("warning", LOG, "this runtime has no unix socket server: the queue tools "
+                       "cannot reach the daemon; set control = 127.0.0.1:PORT")
+        return ControlServer(None, None)
+    compat.log.log("info", LOG, "control channel on %s" % describe(endpoint))
+    return ControlServer(server, endpoint)

@@ -1,0 +1,384 @@
+# meta1lite.qmgr.manager - the queue manager (MeTA1's qmgr): the flow of mail from
+# the spool to smtpc.
+#
+# Owns: the schedule (which message is due when, on the monotonic clock), grouping
+# due recipients into deliveries per destination, the concurrency bounds (per
+# destination and global), launching each delivery as its own task, and when a
+# message is tried next (attempts.py records what an attempt did).
+# Must never: hold a message body or a copy of a Message (the index holds IDs and
+# times only), let one destination's outage stall another (every delivery is its
+# own task), or trust a wall clock before SANE_EPOCH (a board that boots at 1970
+# must neither expire nor storm).
+# Shared code: MicroPython and CPython.
+from meta1lite import compat, status
+from meta1lite.qmgr.attempts import SANE_EPOCH, Attempts, backoff, dns_failure, fmt_delay, sane  # noqa: F401
+from meta1lite.qmgr.bucketmap import BucketMap
+from meta1lite.smar import dnsresolve
+from meta1lite.smtpc import Job
+
+asyncio = compat.asyncio
+BATCH = 20                      # messages per delivery (one connection, reused)
+SCAN_LIMIT = 400                # due messages examined per scheduling pass
+MAX_WAIT_S = 86400              # longest idle sleep of the scheduler (simulated s)
+RECOVER_S = 5                   # pause after a scheduler error (e.g. out of memory)
+LOG = "qmgr"
+
+
+def age_at(arrival, wall_now):
+    """Seconds a message has been queued judged by wall clocks; 0 when unknown."""
+    if not (sane(arrival) and sane(wall_now)):
+        return 0
+    return max(0, int(wall_now - arrival))
+
+
+class _Planned:
+    """The deliveries planned for one destination in one pass."""
+
+    def __init__(self, route, domain):
+        self.route = route
+        self.domain = domain
+        self.jobs = []
+        self.slots = 0          # connections it will use
+
+    def has_room(self):
+        """True while its connections can carry another message."""
+        return len(self.jobs) < self.slots * BATCH
+
+
+def _batch_room(plan):
+    for dest in plan:
+        if plan[dest].has_room():
+            return True
+    return False
+
+
+def _is_unknown(exc):
+    return type(exc).__name__ == "UnknownAddress"
+
+
+class QueueManager:
+    """Schedules deliveries of the spool's messages through smar and smtpc."""
+
+    def __init__(self, cfg, spool, smar=None, smtpc=None):
+        self.cfg = cfg
+        self.spool = spool
+        if smar is None:
+            from meta1lite.smar.resolver import AddressResolver
+            smar = AddressResolver(cfg)
+        if smtpc is None:
+            from meta1lite.smtpc import SmtpClient
+            smtpc = SmtpClient(cfg)
+        self.smar = smar
+        self.smtpc = smtpc
+        q, c = cfg["qmgr"], cfg["smtpc"]
+        self.retry_min = q["retry_min"]
+        self.retry_max = max(q["retry_min"], q["retry_max"])
+        self.max_connections = c["max_connections"]
+        self.max_per_destination = c["max_per_destination"]
+        self._due = BucketMap()     # queue id -> monotonic second it is due
+        self._born = BucketMap()    # queue id -> monotonic second it arrived (may be < 0)
+        self._busy = BucketMap()    # queue id -> deliveries running
+        self._dests = {}        # destination key -> deliveries running
+        self._tasks = {}        # number -> running delivery task
+        self._task_no = 0
+        self._active = 0
+        self._hint = BucketMap()    # queue id -> its one destination key, when it has one
+        self._arrived = []      # queue ids committed since the last pass
+        self._rescan = True
+        self._stopping = False
+        self._event = asyncio.Event()
+        self.attempts = Attempts(cfg, spool, self.wake)
+        self.counts = self.attempts.counts
+
+    # --- public control ---------------------------------------------------------
+
+    def wake(self, queue_id=None):
+        """New mail in the spool: `queue_id`, or anything (None: rescan the spool)."""
+        if queue_id is None:
+            self._rescan = True
+        else:
+            self._arrived.append(queue_id)
+        self._event.set()
+
+    def flush(self):
+        """Make every deferred (not held) message due now; returns how many."""
+        now = self._now()
+        n = 0
+        for queue_id in self._due:
+            if self._due[queue_id] > now:
+                self._due[queue_id] = now
+                n += 1
+        self.wake()
+        return n
+
+    def release(self, queue_id):
+        """A message left hold: try it now."""
+        if queue_id in self._due:
+            self._due[queue_id] = self._now()
+        self.wake()
+
+    def status(self):
+        """A small dict for `meta1lite status`."""
+        held = deferred = 0
+        for msg in self.spool.messages():
+            if msg.held:
+                held += 1
+            elif self._attempted(msg):
+                deferred += 1
+        return {"messages": len(self._due), "deferred": deferred, "held": held,
+                "deliveries": self._active, "destinations": len(self._dests),
+                "counts": self.counts}
+
+    async def stop(self):
+        """Stop scheduling and cancel running deliveries (their mail stays queued)."""
+        self._stopping = True
+        self._event.set()
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for _ in range(50):
+            if not self._tasks:
+                break
+            await asyncio.sleep(0.01)
+
+    async def run(self):
+        """The scheduler: load the spool's index, then deliver what is due."""
+        self._rescan = True
+        while not self._stopping:
+            self._event.clear()
+            try:
+                if self._rescan:
+                    self._scan()
+                self._take_arrivals()
+                wait = self._pass()
+            except Exception as exc:  # noqa: BLE001 - the scheduler must never die silently
+                compat.log.log("error", LOG, "scheduler: %r; retrying in %ds" % (exc, RECOVER_S))
+                self._rescan = True
+                wait = RECOVER_S
+            await self._wait(wait)
+
+    # --- the index -----------------------------------------------------------------
+
+    def _now(self):
+        return int(compat.monotonic())
+
+    def _attempted(self, msg):
+        for rcpt in msg.recipients:
+            if rcpt.attempts and rcpt.status in status.PENDING:
+                return True
+        return False
+
+    def _scan(self):
+        self._rescan = False
+        seen = set()
+        for msg in self.spool.messages():
+            seen.add(msg.id)
+            if msg.id not in self._due:
+                self._track(msg)
+        for queue_id in self._due:         # BucketMap iterates over a snapshot per bucket
+            if queue_id not in seen and not self._busy.get(queue_id):
+                self._forget(queue_id)
+
+    def _take_arrivals(self):
+        arrived, self._arrived = self._arrived, []
+        for queue_id in arrived:
+            msg = self.spool.get(queue_id)
+            if msg is not None and queue_id not in self._due:
+                self._track(msg)
+
+    def _track(self, msg):
+        now = self._now()
+        wall = compat.wall_time()
+        self._born[msg.id] = now - age_at(msg.arrival, wall)
+        next_try = None
+        for rcpt in msg.recipients:
+            if rcpt.status in status.PENDING and rcpt.next_try is not None:
+                next_try = rcpt.next_try if next_try is None else min(next_try, rcpt.next_try)
+        if not self._attempted(msg):
+            self._due[msg.id] = now
+        elif sane(wall) and sane(next_try):
+            self._due[msg.id] = now + max(0, min(self.retry_max, int(next_try - wall)))
+        else:   # wall clock unknown: spread the retries over retry_min, never a storm
+            self._due[msg.id] = now + compat.urandom(2)[0] * self.retry_min // 256
+
+    def _forget(self, queue_id):
+        self._due.pop(queue_id, None)
+        self._hint.pop(queue_id, None)
+        self._born.pop(queue_id, None)
+        self._busy.pop(queue_id, None)
+
+    async def _wait(self, seconds):
+        if seconds is None:
+            await self._event.wait()
+            return
+        try:
+            await compat.wait_for(self._event.wait(), seconds)
+        except compat.TIMEOUT_ERRORS:
+            pass
+
+    # --- planning deliveries ---------------------------------------------------------
+
+    def _pass(self):
+        """Plan and launch what is due; returns how long to sleep (None: until woken).
+        One walk over the table serves both, with no list of every queue id."""
+        now = self._now()
+        plan = {}
+        state = [self.max_connections - self._active]     # global slots left
+        full = set()            # destinations with no room left in this pass
+        examined, soonest = 0, None
+        for queue_id, due in self._due.items():
+            if state[0] <= 0 and not _batch_room(plan) or examined > SCAN_LIMIT:
+                self._launch(plan)
+                return None if state[0] <= 0 else 1     # a finished delivery wakes us
+            if queue_id in self._busy:
+                continue
+            if due > now:
+                soonest = due if soonest is None or due < soonest else soonest
+                continue
+            if self._hint.get(queue_id) in full or self.spool.is_held(queue_id):
+                continue
+            msg = self.spool.get(queue_id)
+            if msg is None:
+                self._forget(queue_id)
+                continue
+            examined += 1
+            self._plan_message(msg, plan, state, full)
+        self._launch(plan)
+        return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
+
+    def _plan_message(self, msg, plan, state, full):
+        groups, special = self._groups(msg)
+        if special:
+            self._start(self._expand(msg, special), None, [msg.id])
+            return
+        self._hint[msg.id] = next(iter(groups)) if len(groups) == 1 else None
+        for dest in groups:
+            if not self._room(plan.get(dest), dest, state):
+                full.add(dest)
+                return
+        for dest in groups:
+            route, domain, rcpts = groups[dest]
+            entry = plan.get(dest)
+            if entry is None:
+                entry = plan[dest] = _Planned(route, domain)
+            if len(entry.jobs) >= entry.slots:      # spread over connections first
+                self._grow(entry, dest, state)
+            entry.jobs.append(self._job(msg, rcpts))
+
+    def _room(self, entry, dest, state):
+        if entry is not None and entry.has_room():
+            return True
+        used = self._dests.get(dest, 0) + (entry.slots if entry else 0)
+        return used < self.max_per_destination and state[0] > 0
+
+    def _grow(self, entry, dest, state):
+        if self._dests.get(dest, 0) + entry.slots < self.max_per_destination and state[0] > 0:
+            entry.slots += 1
+            state[0] -= 1
+
+    def _groups(self, msg):
+        """{destination: (route, domain, [(index, address)])} of the pending
+        recipients, and a list of recipients needing expansion or a bounce."""
+        groups = {}
+        special = []
+        expand = not (msg.info and msg.info.get("expanded"))
+        for index, rcpt in enumerate(msg.recipients):
+            if rcpt.status not in status.PENDING:
+                continue
+            addr = rcpt.addr
+            if expand:
+                try:
+                    addrs = self.smar.expand(addr)
+                except Exception as exc:  # noqa: BLE001 - smar.UnknownAddress
+                    if not _is_unknown(exc):
+                        raise
+                    addrs = []
+                if len(addrs) != 1:
+                    special.append((index, addrs))
+                    continue
+                addr = addrs[0]
+            route = self.smar.route(msg.sender, addr)
+            domain = addr.rpartition("@")[2].lower()
+            dest = route.key        # via mx: "mx:DOMAIN", one destination per domain
+            if dest not in groups:
+                groups[dest] = (route, domain, [])
+            groups[dest][2].append((index, addr))
+        return groups, special
+
+    def _job(self, msg, rcpts):
+        spool, queue_id = self.spool, msg.id
+        info = msg.info or {}
+        return Job(queue_id, msg.sender, rcpts, msg.size, bool(info.get("eightbit")),
+                   lambda: spool.read_body(queue_id))
+
+    def _launch(self, plan):
+        for dest in plan:
+            entry = plan[dest]
+            jobs = entry.jobs
+            slots = max(1, min(entry.slots, len(jobs)))
+            for k in range(slots if jobs else 0):
+                part = jobs[k::slots]
+                self._start(self._deliver(entry.route, entry.domain, part), dest,
+                            [j.queue_id for j in part])
+
+    def _start(self, coro, dest, ids):
+        self._task_no += 1
+        number = self._task_no
+        self._active += 1
+        if dest is not None:
+            self._dests[dest] = self._dests.get(dest, 0) + 1
+        for queue_id in ids:
+            self._busy[queue_id] = self._busy.get(queue_id, 0) + 1
+        self._tasks[number] = asyncio.create_task(self._guard(coro, number, dest, ids))
+
+    async def _guard(self, coro, number, dest, ids):
+        try:
+            await coro
+        except Exception as exc:  # noqa: BLE001 - a delivery bug must not stop the queue
+            compat.log.log("error", LOG, "%s: delivery failed: %r" % (",".join(ids), exc))
+            for queue_id in ids:
+                self._defer_later(queue_id, 1)
+        finally:
+            self._tasks.pop(number, None)
+            self._active -= 1
+            if dest is not None:
+                self._dests[dest] -= 1
+                if not self._dests[dest]:
+                    del self._dests[dest]
+            for queue_id in ids:
+                self._busy[queue_id] = self._busy.get(queue_id, 1) - 1
+                if self._busy[queue_id] <= 0:
+                    self._busy.pop(queue_id, None)
+                    if not self.spool.exists(queue_id):
+                        self._forget(queue_id)
+            self._event.set()
+
+    def _defer_later(self, queue_id, attempts):
+        if queue_id in self._due:
+            self._due[queue_id] = max(self._due[queue_id],
+                                      self._now() + self.attempts.backoff(attempts))
+
+    # --- running one delivery ------------------------------------------------------------
+
+    async def _deliver(self, route, domain, jobs):
+        started = compat.monotonic()
+        try:
+            hops = await self.smar.next_hops(route, domain)
+            results = await self.smtpc.deliver(route, hops, jobs)
+        except dnsresolve.DNSLookupError as exc:
+            results = dns_failure(exc, jobs)
+        for job in jobs:
+            delay = await self.attempts.settle(job, results.get(job.queue_id) or [], started,
+                                               self._born_at(job.queue_id, started))
+            self._retry_after(job.queue_id, delay)
+
+    def _born_at(self, queue_id, fallback):
+        return self._born.get(queue_id, int(fallback))
+
+    def _retry_after(self, queue_id, delay):
+        if delay is not None and queue_id in self._due and self.spool.exists(queue_id):
+            self._due[queue_id] = max(self._due[queue_id], self._now() + delay)
+
+    async def _expand(self, msg, special):
+        await self.attempts.expand(msg, special, self._born_at(msg.id, compat.monotonic()))
+        if msg.id in self._due:
+            self._due[msg.id] = self._now()

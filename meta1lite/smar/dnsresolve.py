@@ -1,0 +1,472 @@
+# meta1lite.smar.dnsresolve - smar's DNS resolver: MX and address lookups for delivery.
+# Owns: one API (Resolver.resolve_mx, Resolver.resolve_addresses) over two
+# transports - dnspython's async resolver on CPython, and on MicroPython (or on
+# request) the sans-I/O codec in meta1lite.proto.dns over UDP with TCP on
+# truncation - plus CNAME chasing, RFC 5321 section 5 MX ordering, RFC 7505 null MX,
+# the error classes, and a TTL cache bounded in entries.
+# Must never: block the event loop on network I/O, return an answer that does not
+# match its question, grow without bound, or differ in its answers between the two
+# transports for the same DNS server.
+import errno
+import random
+import select
+import socket
+
+from meta1lite import compat
+from meta1lite.proto import dns as codec
+
+try:
+    import dns.asyncresolver as _dnspython_resolver
+    import dns.exception as _dnspython_exception
+    import dns.name as _dnspython_name
+    import dns.nameserver as _dnspython_nameserver
+    import dns.resolver as _dnspython_sync
+except ImportError:
+    _dnspython_resolver = None
+
+RESOLV_CONF = "/etc/resolv.conf"
+DNS_PORT = 53
+DEFAULT_NAMESERVERS = [("127.0.0.1", DNS_PORT)]
+MAX_NAMESERVERS = 3          # as resolv.conf's MAXNS
+DEFAULT_TIMEOUT_S = 2        # per attempt at one nameserver
+DEFAULT_RETRIES = 2          # further rounds over all nameservers after the first
+MAX_CACHE_ENTRIES = 256
+MAX_CACHE_TTL = 86400
+DEFAULT_NEGATIVE_TTL = 60    # NXDOMAIN / no data without an SOA to say otherwise
+MAX_NEGATIVE_TTL = 3600
+MAX_CNAME_HOPS = 8
+MAX_ADDRESSES = 16           # A or AAAA records kept per name, in the server's order
+POLL_MIN_S = 0.001           # UDP receive polling interval, doubled up to POLL_MAX_S
+POLL_MAX_S = 0.02
+UDP_RECEIVE_SIZE = codec.EDNS_PAYLOAD
+
+FAMILY_INET = int(socket.AF_INET)
+FAMILY_INET6 = int(getattr(socket, "AF_INET6", 10))
+BACKENDS = ("codec", "dnspython")
+_AGAIN = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN))
+_NXDOMAIN = "nxdomain"       # cache marker
+_IP_CHARS = "0123456789abcdefABCDEF.:%"
+asyncio = compat.asyncio
+
+
+class DNSLookupError(Exception):
+    """A lookup failed; see PermanentDNSError and TemporaryDNSError."""
+
+
+class PermanentDNSError(DNSLookupError):
+    """The name does not exist or cannot receive mail (bounce)."""
+
+
+class TemporaryDNSError(DNSLookupError):
+    """SERVFAIL, REFUSED, timeout or network error (try again later)."""
+
+
+class NullMX(PermanentDNSError):
+    """The domain publishes a null MX (RFC 7505): it accepts no mail."""
+
+
+# --- configuration ------------------------------------------------------------------
+
+def read_resolv_conf(path=RESOLV_CONF):
+    """Nameservers (host, 53) of a resolv.conf file; DEFAULT_NAMESERVERS if none."""
+    found = []
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    found.append((words[1], DNS_PORT))
+                if len(found) >= MAX_NAMESERVERS:
+                    break
+    except OSError:
+        pass
+    return found or list(DEFAULT_NAMESERVERS)
+
+
+def _check_name(name):
+    if not isinstance(name, str):
+        raise PermanentDNSError("domain name must be text: %r" % (name,))
+    text = codec.normalize_name(name)
+    try:
+        codec.encode_name(text)
+    except codec.DNSError as exc:
+        raise PermanentDNSError("invalid domain name %r: %s" % (name, exc))
+    if text == ".":
+        raise PermanentDNSError("invalid domain name %r" % (name,))
+    return text
+
+
+def ip_literal(host):
+    """(family, canonical text) of an IP address literal (IPv6 as dnspython prints
+    it), or None when host is a name."""
+    for ch in host if isinstance(host, str) else "@":
+        if ch not in _IP_CHARS:
+            return None         # a name: netaddr is not even imported (a small heap)
+    from meta1lite import netaddr
+    try:
+        family, value = netaddr.parse_ip(host)
+    except ValueError:
+        return None
+    if family == 4:
+        return FAMILY_INET, netaddr.format_ip(4, value)
+    raw = bytes([(value >> (8 * (15 - i))) & 0xFF for i in range(16)])
+    return FAMILY_INET6, codec.ipv6_text(raw)
+
+
+# --- ordering -----------------------------------------------------------------------
+
+def _shuffle(items):
+    for i in range(len(items) - 1, 0, -1):
+        j = random.getrandbits(16) % (i + 1)
+        items[i], items[j] = items[j], items[i]
+
+
+def order_mx(records):
+    """(preference, host) sorted by preference, random order among equals (RFC 5321 5.1)."""
+    by_pref = {}
+    for pref, host in records:
+        by_pref.setdefault(pref, []).append((pref, host))
+    ordered = []
+    for pref in sorted(by_pref):
+        group = by_pref[pref]
+        _shuffle(group)
+        ordered.extend(group)
+    return ordered
+
+
+def _unique(items):
+    seen = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+# --- the cache ----------------------------------------------------------------------
+
+class _Cache:
+    """(name, type) -> value until its TTL runs out; the oldest entry goes first when full."""
+
+    def __init__(self, clock, limit):
+        self._clock = clock
+        self._limit = limit
+        self._entries = {}
+        self._seq = 0
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._clock() >= entry[0]:
+            del self._entries[key]
+            return None
+        return entry[2]
+
+    def put(self, key, value, ttl):
+        if ttl <= 0 or self._limit <= 0:
+            return
+        if key not in self._entries and len(self._entries) >= self._limit:
+            oldest = min(self._entries, key=lambda k: self._entries[k][1])
+            del self._entries[oldest]
+        self._seq += 1
+        self._entries[key] = (self._clock() + ttl, self._seq, value)
+
+    def __len__(self):
+        return len(self._entries)
+
+    def clear(self):
+        self._entries = {}
+
+
+# --- the codec transport (MicroPython; CPython on request) -----------------------------
+
+def _random_id():
+    try:
+        raw = compat.urandom(2)
+        return (raw[0] << 8) | raw[1]
+    except (AttributeError, NotImplementedError, OSError):
+        return random.getrandbits(16)
+
+
+class _CodecTransport:
+    """Queries nameservers over UDP (TCP when truncated) with the sans-I/O codec."""
+
+    def __init__(self, nameservers, timeout_s, retries):
+        self.nameservers = nameservers
+        self.timeout_s = timeout_s
+        self.retries = retries
+
+    async def exchange(self, name, qtype):
+        """The first NOERROR/NXDOMAIN Response from the nameservers, else TemporaryDNSError."""
+        failed = []
+        last = "no nameserver configured"
+        for _ in range(self.retries + 1):
+            for server in self.nameservers:
+                if server in failed:
+                    continue
+                try:
+                    reply = await self._ask(server, name, qtype)
+                except (OSError, EOFError, asyncio.TimeoutError, codec.DNSError) as exc:
+                    last = "%s:%d: %s" % (server[0], server[1], _describe(exc))
+                    continue
+                if reply.rcode in (codec.RCODE_NOERROR, codec.RCODE_NXDOMAIN):
+                    return reply
+                failed.append(server)
+                last = "%s:%d answered rcode %d" % (server[0], server[1], reply.rcode)
+        raise TemporaryDNSError("%s %s: %s" % (name, codec.TYPE_NAMES[qtype], last))
+
+    async def _ask(self, server, name, qtype):
+        qid = _random_id()
+        query = codec.build_query(qid, name, qtype)
+        reply = await asyncio.wait_for(self._udp(server, query, qid, name, qtype),
+                                       self.timeout_s)
+        if reply.tc:
+            reply = await asyncio.wait_for(
+                self._tcp(server, query, qid, name, qtype), self.timeout_s)
+        return reply
+
+    async def _udp(self, server, query, qid, name, qtype):
+        info = socket.getaddrinfo(server[0], server[1], 0, socket.SOCK_DGRAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(info[-1])   # the kernel binds port 0: a random source port
+            sock.send(query)
+            return await self._udp_receive(sock, qid, name, qtype)
+        finally:
+            sock.close()
+
+    async def _udp_receive(self, sock, qid, name, qtype):
+        """Poll the non-blocking socket until our answer arrives (the caller times out)."""
+        delay = POLL_MIN_S
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while True:
+            data = _receive_nowait(sock) if poller.poll(0) else None
+            if data is not None:
+                try:
+                    return codec.parse_response(data, qid, name, qtype)
+                except codec.DNSError:
+                    pass             # not our answer or malformed: keep waiting
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX_S)
+
+    async def _tcp(self, server, query, qid, name, qtype):
+        reader, writer = await asyncio.open_connection(server[0], server[1])
+        try:
+            writer.write(codec.frame_tcp(query))
+            await writer.drain()
+            length = codec.tcp_length(await reader.readexactly(2))
+            data = await reader.readexactly(length)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        return codec.parse_response(data, qid, name, qtype)
+
+
+def _receive_nowait(sock):
+    """A datagram when the poller said readable; None if it was gone (EAGAIN)."""
+    try:
+        return sock.recv(UDP_RECEIVE_SIZE)
+    except OSError as exc:
+        if exc.args and exc.args[0] in _AGAIN:
+            return None
+        raise
+
+
+def _describe(exc):
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return "%s %s" % (type(exc).__name__, exc)
+
+
+# --- the dnspython transport (CPython) ---------------------------------------------
+
+def _dnspython_text(name):
+    return name.to_text(omit_final_dot=True)
+
+
+def _dnspython_value(rdata):
+    rtype = rdata.rdtype
+    if rtype in (codec.TYPE_A, codec.TYPE_AAAA):
+        return rdata.address
+    if rtype == codec.TYPE_MX:
+        return (rdata.preference, _dnspython_text(rdata.exchange))
+    return _dnspython_text(rdata.target)
+
+
+def _from_message(message, name, qtype):
+    """A codec.Response with the same shape from a dnspython message."""
+    answers = []
+    for rrset in message.answer:
+        if rrset.rdclass != codec.CLASS_IN or rrset.rdtype not in codec.TYPE_NAMES:
+            continue
+        for rdata in rrset:
+            if len(answers) >= codec.MAX_ANSWERS:
+                break
+            answers.append((_dnspython_text(rrset.name), rrset.rdtype, rrset.ttl,
+                            _dnspython_value(rdata)))
+    negative_ttl = None
+    for rrset in message.authority:
+        if rrset.rdtype == codec.TYPE_SOA and len(rrset):
+            negative_ttl = min(rrset.ttl, rrset[0].minimum)
+    return codec.Response(message.id, message.rcode(), False, False, name, qtype,
+                          answers, negative_ttl)
+
+
+class _DnspythonTransport:
+    """Queries through dns.asyncresolver with the same nameservers, ports and timeouts."""
+
+    def __init__(self, nameservers, timeout_s, retries):
+        resolver = _dnspython_resolver.Resolver(configure=False)
+        resolver.nameservers = [_dnspython_nameserver.Do53Nameserver(host, port)
+                                for host, port in nameservers]
+        resolver.timeout = timeout_s
+        resolver.lifetime = timeout_s * (retries + 1) * max(1, len(nameservers))
+        resolver.use_edns(0, 0, codec.EDNS_PAYLOAD)
+        resolver.retry_servfail = False
+        self._resolver = resolver
+
+    async def exchange(self, name, qtype):
+        """The NOERROR/NXDOMAIN answer as a codec.Response, else TemporaryDNSError."""
+        qname = _dnspython_name.from_text(name)
+        try:
+            answer = await self._resolver.resolve(qname, qtype, raise_on_no_answer=False,
+                                                  search=False)
+            return _from_message(answer.response, name, qtype)
+        except _dnspython_sync.NXDOMAIN as exc:
+            response = exc.responses().get(qname)
+            if response is None:
+                return codec.Response(0, codec.RCODE_NXDOMAIN, False, False, name, qtype,
+                                      [], None)
+            return _from_message(response, name, qtype)
+        except _dnspython_exception.DNSException as exc:
+            raise TemporaryDNSError("%s %s: %s" % (name, codec.TYPE_NAMES[qtype], exc))
+
+
+# --- the resolver -------------------------------------------------------------------
+
+def _follow(answers, name, qtype, ttl, hops):
+    """Chase CNAMEs from name inside one answer; return (values, final name, ttl, hops)."""
+    while True:
+        values = []
+        cname = None
+        for owner, rtype, rttl, value in answers:
+            if (rtype != qtype and rtype != codec.TYPE_CNAME) or \
+                    codec.normalize_name(owner) != name:
+                continue
+            if rtype == qtype:
+                values.append(value)
+                ttl = min(ttl, rttl)
+            elif cname is None:
+                cname = (value, rttl)
+        if values or cname is None:
+            return values, name, ttl, hops
+        hops += 1
+        if hops > MAX_CNAME_HOPS:
+            raise PermanentDNSError("CNAME chain longer than %d at %s" % (MAX_CNAME_HOPS, name))
+        name = codec.normalize_name(cname[0])
+        ttl = min(ttl, cname[1])
+
+
+def _negative_ttl(reply):
+    if reply.negative_ttl is None:
+        return DEFAULT_NEGATIVE_TTL
+    return min(reply.negative_ttl, MAX_NEGATIVE_TTL)
+
+
+class Resolver:
+    """MX and address lookups for smar with one answer shape on both transports.
+
+    nameservers: list of (host, port); empty or None reads /etc/resolv.conf.
+    timeout_s: per attempt at one nameserver (real seconds); retries: further rounds
+    over all of them. clock: seconds for the cache's TTLs (default compat.monotonic,
+    so a simulated clock set through compat ages the cache too).
+    backend: None (dnspython where importable, else the codec), "codec" or "dnspython".
+    """
+
+    def __init__(self, nameservers=None, timeout_s=DEFAULT_TIMEOUT_S, retries=DEFAULT_RETRIES,
+                 clock=None, backend=None, cache_entries=MAX_CACHE_ENTRIES):
+        self.nameservers = list(nameservers) if nameservers else read_resolv_conf()
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backend = self._choose_backend(backend)
+        transport = _DnspythonTransport if self.backend == "dnspython" else _CodecTransport
+        self._transport = transport(self.nameservers, timeout_s, retries)
+        self._cache = _Cache(clock or compat.monotonic, cache_entries)
+        self.queries_sent = 0
+
+    @staticmethod
+    def _choose_backend(backend):
+        if backend is None:
+            return "dnspython" if _dnspython_resolver is not None else "codec"
+        if backend not in BACKENDS:
+            raise ValueError("unknown DNS backend %r" % (backend,))
+        if backend == "dnspython" and _dnspython_resolver is None:
+            raise ValueError("dnspython is not available on this runtime")
+        return backend
+
+    async def resolve_mx(self, domain):
+        """(preference, host) per RFC 5321 5.1; [] if no MX; NullMX, Permanent/TemporaryDNSError."""
+        name = _check_name(domain)
+        records = _unique([(pref, codec.normalize_name(host))
+                           for pref, host in await self._lookup(name, codec.TYPE_MX)])
+        if not records:
+            return []
+        usable = [r for r in records if r[1] != "."]
+        if not usable:
+            raise NullMX("%s publishes a null MX (RFC 7505)" % name)
+        return order_mx(usable)
+
+    async def resolve_addresses(self, host):
+        """(family, ip_text) for AAAA then A records of host (CNAMEs followed); [] if none.
+
+        At most MAX_ADDRESSES per family, in the server's order; an IP literal is
+        returned as it is (IPv6 in canonical form).
+        """
+        literal = ip_literal(host)
+        if literal:
+            return [literal]
+        name = _check_name(host)
+        found = []
+        errors = []
+        for qtype, family in ((codec.TYPE_AAAA, FAMILY_INET6), (codec.TYPE_A, FAMILY_INET)):
+            try:
+                found.extend([(family, ip) for ip in await self._lookup(name, qtype)])
+            except DNSLookupError as exc:
+                errors.append(exc)
+        if found or not errors:
+            return _unique(found)
+        temporary = [e for e in errors if isinstance(e, TemporaryDNSError)]
+        raise (temporary or errors)[0]
+
+    def clear_cache(self):
+        """Forget every cached answer."""
+        self._cache.clear()
+
+    async def _lookup(self, name, qtype):
+        key = (name, qtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached, ttl = await self._chase(name, qtype)
+            self._cache.put(key, cached, min(ttl, MAX_CACHE_TTL))
+        if cached == _NXDOMAIN:
+            raise PermanentDNSError("%s: no such domain (NXDOMAIN)" % name)
+        return cached
+
+    async def _chase(self, name, qtype):
+        """Query name, re-querying a CNAME target the answer left open; (values, ttl)."""
+        current, ttl, hops = name, MAX_CACHE_TTL, 0
+        while True:
+            self.queries_sent += 1
+            reply = await self._transport.exchange(current, qtype)
+            if reply.rcode == codec.RCODE_NXDOMAIN:
+                return _NXDOMAIN, min(ttl, _negative_ttl(reply))
+            values, target, ttl, hops = _follow(reply.answers, current, qtype, ttl, hops)
+            if values:
+                if qtype != codec.TYPE_MX:
+                    values = values[:MAX_ADDRESSES]
+                return values, ttl
+            if target == current:
+                return [], min(ttl, _negative_ttl(reply))
+            current = target

@@ -1,0 +1,171 @@
+# meta1lite.smtps.authdb - the AUTH users file: salted PBKDF2-HMAC-SHA256 password hashes.
+#
+# Owns: the users-file format, hashing (PBKDF2 built on sha256, because MicroPython's
+# hashlib has no pbkdf2_hmac or hmac), verification in constant time, and the
+# per-client failure counter with lockout. Must never: log or keep a password, or
+# tell apart "no such user" from "wrong password" to a client.
+#
+# File format, one user per line ('#' comments and blank lines ignored):
+#     USER:pbkdf2-sha256$ITERATIONS$SALT_BASE64$HASH_BASE64
+import binascii
+import hashlib
+
+from meta1lite import compat
+
+SCHEME = "pbkdf2-sha256"
+DEFAULT_ITERATIONS = 4096        # a Pico W verifies this in well under a second
+SALT_BYTES = 16
+HASH_BYTES = 32
+BLOCK = 64                       # SHA-256 block size
+MAX_USERS = 200                  # a users file longer than this is a configuration error
+MAX_LINE = 512
+
+
+class AuthFileError(ValueError):
+    """A users file that cannot be read, with FILE:LINE in the message."""
+
+
+def _sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def _xor(a, b):
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+class _HmacSha256:
+    """HMAC-SHA256 with the key's inner and outer pads prepared once."""
+
+    def __init__(self, key):
+        if len(key) > BLOCK:
+            key = _sha256(key)
+        key = key + b"\x00" * (BLOCK - len(key))
+        self.ipad = bytes(k ^ 0x36 for k in key)
+        self.opad = bytes(k ^ 0x5C for k in key)
+
+    def digest(self, msg):
+        return _sha256(self.opad + _sha256(self.ipad + msg))
+
+
+def pbkdf2_sha256(password, salt, iterations, length=HASH_BYTES):
+    """PBKDF2-HMAC-SHA256 (RFC 8018); identical to hashlib.pbkdf2_hmac('sha256', ...)."""
+    prf = _HmacSha256(password)
+    out = b""
+    block = 1
+    while len(out) < length:
+        u = prf.digest(salt + block.to_bytes(4, "big"))
+        acc = int.from_bytes(u, "big")
+        for _ in range(iterations - 1):
+            u = prf.digest(u)
+            acc ^= int.from_bytes(u, "big")
+        out += acc.to_bytes(HASH_BYTES, "big")
+        block += 1
+    return out[:length]
+
+
+def _b64(data):
+    return binascii.b2a_base64(data).strip().decode()
+
+
+def hash_password(password, iterations=DEFAULT_ITERATIONS, salt=None):
+    """The stored form of a password: 'pbkdf2-sha256$N$salt$hash'."""
+    if isinstance(password, str):
+        password = password.encode()
+    salt = salt or compat.urandom(SALT_BYTES)
+    digest = pbkdf2_sha256(password, salt, iterations)
+    return "%s$%d$%s$%s" % (SCHEME, iterations, _b64(salt), _b64(digest))
+
+
+def _equal(a, b):
+    diff = len(a) ^ len(b)
+    for x, y in zip(a, b):
+        diff |= x ^ y
+    return diff == 0
+
+
+def verify_password(stored, password):
+    """True if `password` matches the stored hash (constant-time comparison)."""
+    if isinstance(password, str):
+        password = password.encode()
+    parts = stored.split("$")
+    if len(parts) != 4 or parts[0] != SCHEME:
+        return False
+    try:
+        iterations = int(parts[1])
+        salt = binascii.a2b_base64(parts[2])
+        want = binascii.a2b_base64(parts[3])
+    except (ValueError, binascii.Error):
+        return False
+    return _equal(pbkdf2_sha256(password, salt, iterations, len(want)), want)
+
+
+def parse_users(text, filename="<users>"):
+    """{user: stored hash} from a users file's text; AuthFileError on bad lines."""
+    users = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, stored = line.partition(":")
+        if not sep or not user or not stored.startswith(SCHEME + "$") or len(line) > MAX_LINE:
+            raise AuthFileError("%s:%d: expected USER:%s$N$SALT$HASH" % (filename, number, SCHEME))
+        if len(users) >= MAX_USERS:
+            raise AuthFileError("%s:%d: more than %d users" % (filename, number, MAX_USERS))
+        users[user] = stored
+    return users
+
+
+def load_users(path):
+    """Read a users file; AuthFileError with the file name if unreadable."""
+    try:
+        with open(path) as f:
+            return parse_users(f.read(), path)
+    except OSError as exc:
+        raise AuthFileError("%s: cannot read users file: %s" % (path, exc))
+
+
+def set_user(text, user, stored):
+    """The users file's text with `user` added or its hash replaced."""
+    if ":" in user or not user or "\n" in user:
+        raise ValueError("bad user name %r" % user)
+    kept = [line for line in text.splitlines() if line.partition(":")[0].strip() != user]
+    kept.append("%s:%s" % (user, stored))
+    return "\n".join(kept) + "\n"
+
+
+class Lockout:
+    """Failed-AUTH counter per client address: after max_failures, locked for `lockout` s."""
+
+    def __init__(self, max_failures, lockout_s, max_clients=256):
+        self.max_failures = max_failures
+        self.lockout_s = lockout_s
+        self.max_clients = max_clients
+        self.failures = {}          # client -> [count, first failure time]
+
+    def locked(self, client):
+        """True while `client` is locked out."""
+        entry = self.failures.get(client)
+        if entry is None:
+            return False
+        if compat.monotonic() - entry[1] > self.lockout_s:
+            del self.failures[client]
+            return False
+        return entry[0] >= self.max_failures
+
+    def failed(self, client):
+        """Count one failure; returns the number of failures so far."""
+        entry = self.failures.get(client)
+        if entry is None:
+            if len(self.failures) >= self.max_clients:
+                self._forget_oldest()
+            entry = self.failures[client] = [0, compat.monotonic()]
+        entry[0] += 1
+        return entry[0]
+
+    def succeeded(self, client):
+        """Forget the failures of a client that authenticated."""
+        self.failures.pop(client, None)
+
+    def _forget_oldest(self):
+        oldest = min(self.failures, key=lambda c: self.failures[c][1])
+        del self.failures[oldest]

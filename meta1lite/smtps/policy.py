@@ -1,0 +1,84 @@
+# meta1lite.smtps.policy - smtps's decisions about clients and recipients: who may
+# relay (relay_from, AUTH), which recipients an outsider may reach (local domains
+# that the aliases know), and the per-client message rate.
+#
+# Owns: the relay verdict for a parsed RCPT mailbox and the sliding-minute rate
+# table. Must never: let a client outside relay_from (and not authenticated) reach a
+# non-local domain by any path form - source routes, `%`, `!`, a quoted `@`, or an
+# address literal (smar treats no literal as local, so accepting one relays); grow
+# without bound; do I/O.
+from meta1lite import compat, netaddr
+from meta1lite.proto import replies
+
+RATE_WINDOW_S = 60              # max_messages_per_client_per_minute counts over this
+MAX_TRACKED_CLIENTS = 256       # bound of the per-client rate table
+
+
+class RelayPolicy:
+    """The relay decision of one configuration (smtps options; smar knows which
+    domains and addresses are ours)."""
+
+    def __init__(self, opts, smar):
+        self.relay_from = opts["relay_from"]
+        self.smar = smar
+
+    def trusted(self, ip, authenticated):
+        """May this client relay to any domain?"""
+        return bool(authenticated) or netaddr.match_any(self.relay_from, ip)
+
+    def rcpt_verdict(self, mailbox, ip, authenticated):
+        """None to accept the recipient, else the (code, enhanced, text) refusal."""
+        trusted = self.trusted(ip, authenticated)
+        if not trusted and (mailbox.relay_trick or mailbox.is_literal):
+            return replies.RELAY_DENIED
+        if self.smar.is_local(mailbox.domain):
+            return self.local_verdict(mailbox)
+        return None if trusted else replies.RELAY_DENIED
+
+    def local_verdict(self, mailbox):
+        """Local addresses are accepted only where smar's aliases know them."""
+        if not mailbox.relay_trick and self.smar.knows_local(mailbox.address):
+            return None
+        return replies.UNKNOWN_USER
+
+
+class RateLimiter:
+    """Messages per client address in a sliding minute (two fixed windows, the
+    older one weighted by how much of it still overlaps): constant time and three
+    numbers per client, in a bounded table."""
+
+    def __init__(self, per_minute):
+        self.per_minute = per_minute
+        self.windows = {}           # client -> [start of current window, previous, current]
+
+    def allow(self, client):
+        """Count one message for client; False if over the limit."""
+        if not self.per_minute:
+            return True
+        now = compat.monotonic()
+        entry = self.windows.get(client)
+        if entry is None:
+            if len(self.windows) >= MAX_TRACKED_CLIENTS:
+                self._forget_idle(now)
+            entry = self.windows[client] = [now, 0, 0]
+        _advance(entry, now)
+        overlap = 1 - (now - entry[0]) / RATE_WINDOW_S
+        if entry[1] * overlap + entry[2] >= self.per_minute:
+            return False
+        entry[2] += 1
+        return True
+
+    def _forget_idle(self, now):
+        for client in list(self.windows):
+            if now - self.windows[client][0] >= 2 * RATE_WINDOW_S:
+                del self.windows[client]
+        while len(self.windows) >= MAX_TRACKED_CLIENTS:
+            del self.windows[next(iter(self.windows))]
+
+
+def _advance(entry, now):
+    passed = int((now - entry[0]) // RATE_WINDOW_S)
+    if passed >= 1:
+        entry[1] = entry[2] if passed == 1 else 0
+        entry[2] = 0
+        entry[0] += passed * RATE_WINDOW_S

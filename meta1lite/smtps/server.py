@@ -1,0 +1,156 @@
+# meta1lite.smtps.server - MeTA1's SMTP server module: the listeners of
+# smtps.listen and smtps.listen_tls, admission, and an orderly stop.
+#
+# Owns: opening the listeners (implicit TLS on listen_tls), the connection limits
+# (max_connections, max_connections_per_client: 421 4.7.0), the per-configuration
+# policy objects every session consults (relay policy, message rate, TLS context,
+# AUTH users and lockout), and the stop (sessions end before the loop does).
+# Must never: speak SMTP itself (session.py does), or let a refused client cost
+# more than one reply.
+from meta1lite import compat
+from meta1lite.proto import replies
+from meta1lite.smtps import authdb
+from meta1lite.smtps.policy import RateLimiter, RelayPolicy
+from meta1lite.smtps.session import Session
+
+asyncio = compat.asyncio
+LOG = "smtps"
+LISTEN_BACKLOG_MIN = 16         # pending connections the kernel may queue per listener
+STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
+STOP_POLLS = 100
+TOO_MANY_FROM_CLIENT = (421, "4.7.0", "Too many connections from your address")
+
+
+class SmtpServer:
+    """smtps: every listener of smtps.listen and smtps.listen_tls."""
+
+    def __init__(self, cfg, spool, qmgr=None, smar=None):
+        self.spool = spool
+        self.qmgr = qmgr
+        self.smar = smar
+        self.servers = []
+        self.bound = []
+        self.sessions = set()
+        self.per_client = {}
+        self.reload(cfg)
+
+    def reload(self, cfg):
+        """Apply a (new) configuration; listeners stay as they are."""
+        self.cfg = cfg
+        self.opts = cfg["smtps"]
+        self.hostname = cfg["hostname"]
+        self.rate = RateLimiter(self.opts["max_messages_per_client_per_minute"])
+        self.policy = RelayPolicy(self.opts, self.smar)
+        self.tls_ctx = self._tls_context()
+        self.users, self.lockout = self._auth()
+
+    def _tls_context(self):
+        tls = self.opts.get("tls") or {}
+        if not tls.get("certificate"):
+            return None
+        return compat.server_tls_context(tls["certificate"], tls["key"])
+
+    def _auth(self):
+        auth = self.opts.get("auth") or {}
+        if not auth.get("users"):
+            return None, None
+        users = authdb.load_users(auth["users"])
+        return users, authdb.Lockout(auth["max_failures"], auth["lockout"])
+
+    async def start(self):
+        """Open every listener (raises OSError if an address cannot be bound)."""
+        for host, port in self.opts["listen"]:
+            await self._listen(host, port, None)
+        for host, port in self.opts["listen_tls"]:
+            if self.tls_ctx is None:
+                raise OSError("smtps.listen_tls needs smtps.tls { certificate; key; }")
+            await self._listen(host, port, self.tls_ctx)
+
+    async def _listen(self, host, port, ctx):
+        implicit = ctx is not None
+
+        async def accept(reader, writer):
+            await self._accept(reader, writer, implicit)
+        if ctx is None:
+            server = await asyncio.start_server(accept, host, port, backlog=self._backlog())
+        else:
+            server = await asyncio.start_server(accept, host, port, backlog=self._backlog(),
+                                                ssl=ctx)
+        self.servers.append(server)
+        self.bound.append(_bound_address(server, host, port))
+
+    def _backlog(self):
+        # MicroPython's default listen backlog is 5: with more clients the kernel
+        # drops SYNs and they retry seconds later. Queue as many as we serve.
+        return max(LISTEN_BACKLOG_MIN, self.opts["max_connections"])
+
+    def endpoints(self):
+        """(host, port) of every listener, with the real port where 0 was asked."""
+        return list(self.bound)
+
+    async def stop(self):
+        """Close the listeners and end the sessions in progress (421)."""
+        for server in self.servers:
+            server.close()
+        for session in list(self.sessions):
+            session.stop()
+        self.servers = []
+        for _ in range(STOP_POLLS):     # let them end (a cancelled session is an error)
+            if not self.sessions:
+                break
+            await asyncio.sleep(STOP_POLL_S)
+
+    async def _accept(self, reader, writer, implicit_tls):
+        ip = compat.peer_address(writer)[0]
+        refusal = self._admission(ip)
+        if refusal is not None:
+            compat.log.log("warning", LOG, "%s from [%s]: refused" % (refusal[2], ip))
+            await _refuse(writer, refusal)
+            return
+        try:
+            session = Session(self, reader, writer, ip, implicit_tls)
+        except MemoryError:
+            compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
+            await _refuse(writer, replies.TOO_MANY_CONNECTIONS)
+            return
+        self.sessions.add(session)
+        self.per_client[ip] = self.per_client.get(ip, 0) + 1
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            self.per_client[ip] -= 1
+            if not self.per_client[ip]:
+                del self.per_client[ip]
+
+    def _admission(self, ip):
+        if len(self.sessions) >= self.opts["max_connections"]:
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_client.get(ip, 0) >= self.opts["max_connections_per_client"]:
+            return TOO_MANY_FROM_CLIENT
+        return None
+
+    # --- policy, used by sessions (relaypolicy.RelayPolicy decides) -----------
+    def trusted(self, ip, authenticated):
+        """May this client relay to any domain?"""
+        return self.policy.trusted(ip, authenticated)
+
+    def check_password(self, user, password):
+        stored = self.users.get(user) if self.users else None
+        return stored is not None and authdb.verify_password(stored, password)
+
+
+async def _refuse(writer, reply):
+    try:
+        await compat.write_all(writer, replies.format_reply(*reply))
+    except Exception:  # noqa: BLE001 - the client may be gone already
+        pass
+    await compat.close_stream(writer)
+
+
+def _bound_address(server, host, port):
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        name = sockets[0].getsockname()
+        return (host, name[1])
+    return (host, port)

@@ -1,0 +1,317 @@
+# meta1lite.smtps.session - one SMTP connection: the asyncio I/O around the server
+# core (proto/smtp_server.py) and what smtps decides for it.
+#
+# Owns: reads (bounded, io_timeout), batched writes of replies, STARTTLS, the
+# answers to the core's decisions (MAIL: queue space and message rate; RCPT: the
+# relay policy; AUTH: the users file with lockout), streaming DATA into the spool
+# with the Received:/Date:/Message-ID: fields, and the Postfix-shaped log lines of
+# a session. Must never: answer 250 to the final dot before spool.commit returned
+# (the message is durable), hold a message in RAM, or let a client outside
+# relay_from reach a non-local domain.
+from meta1lite import compat, headers, netaddr
+from meta1lite.proto import replies
+from meta1lite.proto import smtp_server as core
+from meta1lite.spool import SpoolFull
+
+LOG = "smtps"
+AUTH_FAILURE_DELAY_S = 2        # pause before answering a failed AUTH (slows guessing)
+DEBUG = compat.LEVELS["debug"]  # the log level of state changes (not made above it)
+LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
+
+
+class Session:
+    """One SMTP connection: reads, feeds the core, acts on its events."""
+
+    def __init__(self, server, reader, writer, ip, implicit_tls):
+        self.server = server
+        self.opts = server.opts
+        self.reader = reader
+        self.writer = writer
+        self.ip = ip
+        self.out = []
+        self.buf = compat.new_read_buffer()
+        self.msg = None             # the transaction's MessageWriter
+        self.stats = {}
+        self.sender = None
+        self.rcpts = []
+        self.conn = core.ServerConnection(
+            server.hostname, max_message_size=self.opts["max_message_size"],
+            max_recipients=self.opts["max_recipients"],
+            max_bad_commands=self.opts["max_bad_commands"],
+            tls_available=server.tls_ctx is not None and not implicit_tls,
+            tls_active=implicit_tls, auth_available=server.users is not None,
+            auth_requires_tls=not netaddr.match_any(LOOPBACK, ip), bare_lf=self.opts["bare_lf"],
+            data_chunk=compat.IO_CHUNK, state_events=compat.log.threshold <= DEBUG)
+        self.stopping = False
+
+    def log(self, text, level="info"):
+        compat.log.log(level, LOG, text)
+
+    def stop(self):
+        """Ask the session to end (daemon stopping)."""
+        self.stopping = True
+        try:
+            self.writer.write(self.conn.shutdown(*replies.SHUTTING_DOWN))
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def run(self):
+        self.log("connect from unknown[%s]" % self.ip)
+        self.out.append(self.conn.greeting())
+        try:
+            await self._loop()
+        except MemoryError:
+            self.log("out of memory in session with [%s]: closing" % self.ip, "error")
+        except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
+            if compat.is_tls_error(exc):
+                self.log("SSL error from unknown[%s]: %s" % (self.ip, exc))
+            elif not (compat.is_connection_error(exc) or self.stopping):
+                self.log("session error: %r" % (exc,), "warning")
+        finally:
+            self._abort_message()
+            await compat.close_stream(self.writer)
+            self.log("disconnect from unknown[%s]%s" % (self.ip, self._stats_text()))
+
+    async def _loop(self):
+        while True:
+            event = self.conn.next_event()
+            if event is core.NEED_DATA:
+                await self._flush()
+                self.conn.receive_data(await self._read())
+            elif isinstance(event, core.Close):
+                await self._flush()
+                return
+            elif event is not core.PAUSED:
+                await self._handle(event)
+
+    async def _read(self):
+        try:
+            return await compat.wait_for(compat.read_some(self.reader, self.buf),
+                                         self.opts["io_timeout"])
+        except Exception as exc:  # noqa: BLE001
+            if not compat.is_timeout(exc):
+                raise
+            self.log("timeout after %s from unknown[%s]" % (self.conn.state, self.ip))
+            self.out.append(self.conn.shutdown(*replies.IDLE_TIMEOUT))
+            return b""
+
+    async def _flush(self):
+        if self.out:
+            data = b"".join(self.out)
+            self.out = []
+            await compat.write_all(self.writer, data)
+
+    def _count(self, name):
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    def _stats_text(self):
+        order = ("ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "rset", "quit")
+        parts = ["%s=%d" % (k, self.stats[k]) for k in order if k in self.stats]
+        return (" " + " ".join(parts)) if parts else ""
+
+    async def _handle(self, event):
+        handler = HANDLERS.get(type(event))
+        if handler is not None:
+            await handler(self, event)
+
+    # --- transaction --------------------------------------------------------
+    async def on_reply(self, event):
+        self.out.append(event.data)
+
+    async def on_helo(self, event):
+        self._count("ehlo" if event.esmtp else "helo")
+        self._reset()
+
+    async def on_rset(self, event):
+        self._count("rset")
+        self._reset()
+
+    async def on_state_change(self, event):
+        text = "state %s -> %s (%s)" % (event.old, event.new, event.cause)
+        self.log("%s from unknown[%s]" % (text, self.ip), "debug")
+
+    async def on_quit(self, event):
+        self._count("quit")
+
+    async def on_mail(self, event):
+        self._count("mail")
+        refusal = self._mail_refusal(event)
+        if refusal is not None:
+            self._noqueue("MAIL", refusal, event.mailbox.address, None)
+            self.out.append(self.conn.reject_mail(*refusal))
+            return
+        self.sender = event.mailbox.address
+        self.rcpts = []
+        self.out.append(self.conn.accept_mail())
+
+    def _mail_refusal(self, event):
+        reason = self.server.spool.check_accept(event.size or 0)
+        if reason:
+            self.log("warning: queue refuses mail: %s" % reason, "warning")
+            return replies.QUEUE_FULL
+        if not self.server.rate.allow(self.ip):
+            return (450, "4.7.1", "Too much mail from %s, slow down" % self.ip)
+        return None
+
+    async def on_rcpt(self, event):
+        self._count("rcpt")
+        mailbox = event.mailbox
+        refusal = self.server.policy.rcpt_verdict(mailbox, self.ip, self.conn.authenticated)
+        if refusal is not None:
+            self._noqueue("RCPT", refusal, self.sender, mailbox.address)
+            self.out.append(self.conn.reject_rcpt(*refusal))
+            return
+        self.rcpts.append(mailbox.address)
+        self.out.append(self.conn.accept_rcpt())
+
+    def _noqueue(self, stage, reply, sender, rcpt):
+        to = " to=<%s>" % rcpt if rcpt is not None else ""
+        self.log("NOQUEUE: reject: %s from unknown[%s]: %d %s %s; from=<%s>%s proto=%s helo=<%s>"
+                 % (stage, self.ip, reply[0], reply[1], reply[2], sender or "", to,
+                    self.conn.received_protocol(), self.conn.helo_name or ""))
+
+    async def on_data_start(self, event):
+        self._count("data")
+        try:
+            self.msg = self.server.spool.new_message()
+        except (SpoolFull, OSError) as exc:
+            self.log("warning: cannot open queue file: %s" % exc, "warning")
+            self.out.append(self.conn.reject_data(*replies.QUEUE_FULL))
+            return
+        self.failed = None
+        self.scanner = headers.HeaderScanner()
+        self.headers_done = False
+        self.log("%s: client=unknown[%s]" % (self.msg.queue_id, self.ip))
+        self._write(self._received())
+        self.out.append(self.conn.accept_data())
+
+    def _received(self):
+        rcpt = self.rcpts[0] if len(self.rcpts) == 1 else None
+        return headers.received_field(self.server.hostname, self.conn.helo_name, None, self.ip,
+                                      self.msg.queue_id, self.conn.received_protocol(), rcpt)
+
+    def _write(self, data):
+        if self.failed is not None or not data:
+            return
+        try:
+            self.msg.write(data)
+        except (SpoolFull, OSError) as exc:
+            self.failed = exc
+            self.log("%s: warning: queue write failed: %s" % (self.msg.queue_id, exc), "warning")
+
+    async def on_data_chunk(self, event):
+        if self.msg is None:
+            return
+        data = self.scanner.feed(event.data)
+        if data is not None:
+            self._write_body(data)
+
+    def _write_body(self, data):
+        if not self.headers_done:
+            self.headers_done = True
+            if self._adds_headers():
+                self._write(headers.missing_fields(self.scanner.present, self.server.hostname,
+                                                   self.msg.queue_id))
+        self._write(data)
+
+    def _adds_headers(self):
+        return self.opts["add_missing_headers"] and self.server.trusted(
+            self.ip, self.conn.authenticated)
+
+    async def on_data_end(self, event):
+        if self.msg is None:
+            return
+        if not event.ok:
+            self._abort_message()
+            return
+        self._write_body(self.scanner.finish())
+        reply = await self._commit()
+        self.out.append(reply)
+
+    async def _commit(self):
+        msg, self.msg = self.msg, None
+        if self.failed is not None:
+            msg.abort()
+            return self.conn.reject_message(*self._failure_reply(self.failed))
+        info = {"client": self.ip, "helo": self.conn.helo_name or "",
+                "proto": self.conn.received_protocol()}
+        try:
+            queue_id = await self.server.spool.commit(msg, self.sender, self.rcpts, info)
+        except (SpoolFull, OSError) as exc:
+            self.log("%s: warning: commit failed: %s" % (msg.queue_id, exc), "warning")
+            return self.conn.reject_message(*self._failure_reply(exc))
+        self._queued(queue_id)
+        return self.conn.accept_message("OK: queued as %s" % queue_id)
+
+    def _failure_reply(self, exc):
+        if isinstance(exc, SpoolFull) or compat.is_no_space(exc):
+            return replies.QUEUE_FULL
+        return replies.TEMP_FAILURE
+
+    def _queued(self, queue_id):
+        if self.scanner.message_id:
+            self.log("%s: message-id=%s" % (queue_id, self.scanner.message_id))
+        if self.server.qmgr is not None:
+            self.server.qmgr.wake(queue_id)
+
+    def _abort_message(self):
+        if self.msg is not None:
+            self.msg.abort()
+            self.msg = None
+
+    def _reset(self):
+        self._abort_message()
+        self.sender = None
+        self.rcpts = []
+
+    # --- STARTTLS and AUTH ----------------------------------------------------
+    async def on_starttls(self, event):
+        self._count("starttls")
+        await self._flush()
+        try:
+            self.reader, self.writer = await compat.start_tls(
+                self.reader, self.writer, self.server.tls_ctx, True)
+        except compat.TLS_ERRORS as exc:
+            self.log("STARTTLS handshake failed with unknown[%s]: %s" % (self.ip, exc))
+            self.conn.shutdown(*replies.TEMP_FAILURE)
+            return
+        self.conn.tls_started()
+
+    async def on_auth(self, event):
+        self._count("auth")
+        lockout = self.server.lockout
+        if lockout.locked(self.ip):
+            self.out.append(self.conn.reject_auth(*replies.AUTH_LOCKED))
+            return
+        if self.server.check_password(event.user, event.password):
+            lockout.succeeded(self.ip)
+            self.log("unknown[%s]: sasl_method=%s, sasl_username=%s"
+                     % (self.ip, event.mechanism, event.user))
+            self.out.append(self.conn.accept_auth())
+            return
+        failures = lockout.failed(self.ip)
+        self.log("warning: unknown[%s]: SASL %s authentication failed (%d)"
+                 % (self.ip, event.mechanism, failures), "warning")
+        await self._flush()
+        await compat.sleep(AUTH_FAILURE_DELAY_S)
+        self.out.append(self.conn.reject_auth())
+
+
+HANDLERS = {
+    core.Reply: Session.on_reply,
+    core.Helo: Session.on_helo,
+    core.Rset: Session.on_rset,
+    core.Quit: Session.on_quit,
+    core.MailFrom: Session.on_mail,
+    core.RcptTo: Session.on_rcpt,
+    core.DataStart: Session.on_data_start,
+    core.DataChunk: Session.on_data_chunk,
+    core.DataEnd: Session.on_data_end,
+    core.StartTLS: Session.on_starttls,
+    core.AuthRequest: Session.on_auth,
+    core.StateChange: Session.on_state_change,
+}

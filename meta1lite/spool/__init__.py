@@ -1,0 +1,373 @@
+# meta1lite.spool - the flash-backed CBOR queue: an append-only journal in segment
+# files, group commit, recovery, quarantine, limits, injection by other processes.
+#
+# Owns: everything under the spool directory and the in-memory index of queued
+# messages. Must never: acknowledge (return from commit) before the fsync that
+# covers the envelope and every chunk of the message; need a new directory entry
+# to be durable for a commit (the MicroPython unix port cannot sync a directory);
+# hold a message body in RAM; raise out of recover() because of bad bytes on disk.
+# Shared code: MicroPython and CPython. Split for board-sized compile heaps:
+#   format.py    the bytes on disk: frames, records, queue IDs, a tolerant reader
+#   message.py   Message, Recipient, the envelope record, MessageWriter, errors
+#   journal.py   Journal: the segment files, appends, group sync, freeing
+#   index.py     Index: the compact in-memory index; Messages built from disk
+#   recovery.py  Recovery: replay, quarantine, incoming/, inject
+#   this file    Spool: accepting mail, limits, delivery state, the public API
+# A Spool composes one Journal, one Index (which reads records back through the
+# journal and keeps its segment reference counts) and one Recovery (which loads
+# files into both); none of them knows the Spool.
+#
+# Memory: a queued message costs one packed record in RAM (index.py: IDs, times,
+# size, where its frames are, recipient statuses and attempts), ~75 bytes on
+# MicroPython with 1-2 recipients; senders, addresses, replies and info stay on
+# disk, and get() / messages() read them back into a fresh Message each time
+# (the envelope frame plus the newest state frame of each recipient).
+#
+# Layout under the spool directory:
+#   seg/NNNNNNNN   journal segments (8-digit number), created AHEAD of need (when the
+#                  current one passes half full), recycled in place when freed
+#   incoming/ID    standalone segments written by other processes (inject()),
+#                  adopted read-only; retired and removed when their messages are done
+#   corrupt/       what could not be read: damaged byte ranges, salvaged messages
+#   tmp/           temporaries of inject(); removed at recovery
+#
+# Frame (every record; see format.py):  magic 9D 4D | type (1) | generation (4) |
+#   tag (4) | payload length (4) | crc32 (4, over type..length and the payload) |
+#   payload (a CBOR map with "v": format version). Big-endian.
+# A segment begins with a header frame (type H, {"m", "seg", "seq", "kind"}); its
+# generation (random) is carried by every frame of this use of the file, so bytes
+# from a previous use are ignored; "seq" orders segment uses for replay.
+# Records (tag = the message's tag = its queue ID's random half as a number):
+#   C chunk     {"n": chunk number from 0, "data": bytes}   the body, as it arrives
+#   E envelope  {"id", "from", "rcpt": [addr], "st": [status], "t": arrival,
+#                "size", "chunks", "segs": [segment numbers of the chunks, 0 = this
+#                file], "off": offset of chunk 0, "info"}   commits the message
+#   S state     {"id", "i": recipient index, "s": status, "r": reply, "a": attempts,
+#                "n": next try (wall) or None, "t"}
+#   K hold      {"id", "h": true (hold) | false (release)}
+#   D done      {"id", "why": done | deleted | corrupt | aborted}
+#   Z retired   (as a segment's first frame: the file is inert, remove it)
+# A message is live from its envelope until its D record. Replay: incoming files,
+# then journal segments by seq, frames by offset. A bad frame followed by valid ones
+# is damage (saved to corrupt/, logged); a bad frame with nothing valid after it is
+# the end of the data (a torn append). A message whose chunks do not all verify is
+# salvaged to corrupt/QUEUEID (envelope CBOR + readable body) and closed with a D.
+# A segment is freed when no live message or open writer needs a frame in it, and
+# no D record in it still cancels an envelope in a segment that exists.
+# Incoming files get negative segment keys in memory (-1, -2, ... as adopted).
+from meta1lite import compat
+from meta1lite.spool import format as fmt
+from meta1lite.spool.index import TAG, Index, Listing, head
+from meta1lite.spool.journal import Journal, low_space
+from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public API
+    CorruptMessage,
+    Message,
+    MessageWriter,
+    Recipient,
+    SpoolFull,
+    arriving,
+    envelope_record,
+    full_if_no_space,
+    log,
+)
+from meta1lite.spool.recovery import Recovery
+from meta1lite.status import FINAL, STATUSES  # public API too (the spool stores the index)
+
+SEGMENT_SIZE = 256 * 1024       # bytes per journal segment
+CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
+FREE_SEGMENTS = 2               # freed segments kept for reuse; more are removed
+MAX_REPLY = 300                 # characters of a delivery reply kept in state
+
+
+class Spool:
+    """The queue. Call recover() first (the daemon, at startup).
+
+    get() and messages() return fresh Message copies built from disk: mutating them
+    changes nothing; count(), exists() and is_held() answer without building one."""
+
+    def __init__(self, path, max_queue_size, max_messages, min_free_space,
+                 segment_size=SEGMENT_SIZE, hostname=None, chunk_size=CHUNK_SIZE,
+                 free_segments=FREE_SEGMENTS):
+        self.path = path.rstrip("/") or "/"
+        self.max_queue_size = max_queue_size
+        self.max_messages = max_messages
+        self.min_free_space = min_free_space
+        self.hostname = hostname
+        self.chunk_size = chunk_size
+        self.journal = Journal(self.path + "/seg", segment_size, free_segments)
+        self.index = Index(self.journal)
+        self.recovery = Recovery(self.path, self.journal, self.index, chunk_size, min_free_space)
+        self._writers = {}          # queue ID -> MessageWriter not yet committed
+        self._pending = {}          # queue ID -> [(rcpt index, status index, attempts)] being synced
+        self._inflight_bytes = 0    # body bytes of the writers in chunk frames
+
+    # --- loading -----------------------------------------------------------------
+
+    def recover(self, readonly=False):
+        """Load the queue from disk (startup); returns the number of live messages.
+
+        Removes tmp/ orphans, replays incoming/ and seg/, saves damage to corrupt/ with
+        a log line, prepares the current and next segments. Never raises for bad
+        files. readonly=True (e.g. `queue list` while the daemon runs) only reads."""
+        return self.recovery.recover(readonly)
+
+    def scan_incoming(self):
+        """Adopt new files in incoming/; returns the number of messages adopted."""
+        self._ready()
+        return self.recovery.scan_incoming()
+
+    def inject(self, sender, recipients, chunks, info=None):
+        """Queue a message from another process (sync; no daemon needed): writes a
+        complete segment into incoming/ (tmp + fsync + rename + dir sync)."""
+        return self.recovery.inject(sender, recipients, chunks, info)
+
+    # --- accepting mail ----------------------------------------------------------
+
+    def _ready(self):
+        if not self.journal.is_open():
+            raise RuntimeError("spool not recovered (call recover() first)")
+
+    def _limit_reason(self, size_hint, count):
+        if count >= self.max_messages:
+            return "too many messages in the queue"
+        if self.index.live_bytes + self._inflight_bytes + size_hint > self.max_queue_size:
+            return "queue size limit reached"
+        return low_space(self.path, self.min_free_space, size_hint)
+
+    def check_accept(self, size_hint=0):
+        """None if a message of size_hint bytes may be accepted, else the reason."""
+        return self._limit_reason(size_hint, self.index.count + len(self._writers))
+
+    def _tag_used(self, tag):
+        if self.index.find(tag) is not None:
+            return True
+        for writer in self._writers.values():
+            if writer.tag == tag:
+                return True
+        return False
+
+    def _new_id(self):
+        while True:
+            queue_id, tag = fmt.new_queue_id(compat.wall_time())
+            if not self._tag_used(tag) and queue_id not in self.recovery.damaged:
+                return queue_id, tag
+
+    def new_message(self):
+        """A MessageWriter for one incoming message (has .queue_id)."""
+        self._ready()
+        queue_id, tag = self._new_id()
+        writer = MessageWriter(self, queue_id, tag, self.chunk_size)
+        self._writers[queue_id] = writer
+        return writer
+
+    def _write_chunk(self, writer, data):
+        reason = self._limit_reason(len(data), 0)
+        if reason is not None:
+            raise SpoolFull(reason)
+        prefix = fmt.chunk_prefix(writer.nchunks, len(data))
+        seg, pos = self.journal.append(fmt.T_CHUNK, writer.tag, (prefix, data))
+        if writer.first is None:
+            writer.first = pos
+        if not writer.segs or writer.segs[-1] != seg.key:
+            writer.segs.append(seg.key)
+            seg.refs += 1
+        writer.nchunks += 1
+        writer.flushed += len(data)
+        self._inflight_bytes += len(data)
+
+    def _drop_writer(self, writer):
+        if self._writers.pop(writer.queue_id, None) is None:
+            return
+        self._inflight_bytes -= writer.flushed
+        self.journal.refs(writer.segs, ())
+        writer.closed = True
+        writer._buf = None
+
+    async def commit(self, writer, sender, recipients, info=None):
+        """Commit a written message; returns its queue ID once it is durable.
+
+        Raises SpoolFull (452 4.3.1) or OSError; then nothing of it will load."""
+        self._ready()
+        writer.flush()
+        if writer.error is None and self.index.count >= self.max_messages:
+            writer._fail(SpoolFull("too many messages in the queue"))
+        if writer.error is not None:
+            self._drop_writer(writer)
+            raise writer.error
+        msg = arriving(writer.queue_id, writer.tag, sender, recipients, writer.size, info,
+                       writer.nchunks, list(writer.segs), writer.first or 0)
+        try:
+            seg, pos = self.journal.append_record(fmt.T_ENVELOPE, writer.tag, envelope_record(msg))
+        except OSError as exc:
+            self._drop_writer(writer)
+            raise full_if_no_space(exc)
+        msg.env_seg, msg.env_pos, msg.env_end = seg.key, pos, seg.end
+        seg.refs += 1               # kept while the sync runs
+        try:
+            await self.journal.sync()
+        except OSError:
+            seg.refs -= 1
+            self._cancel(msg, seg)
+            self._drop_writer(writer)
+            raise
+        self.index.add_message(msg)
+        seg.refs -= 1
+        self._drop_writer(writer)
+        log("info", "%s: from=<%s>, size=%d, nrcpt=%d (queue active)" % (
+            msg.id, sender, msg.size, len(recipients)))
+        return msg.id
+
+    def _cancel(self, msg, env_seg):
+        try:
+            seg, _ = self.journal.append_record(fmt.T_DONE, msg.tag, {"id": msg.id, "why": "aborted"})
+            self.journal.tombstone(seg, env_seg.key)
+        except OSError as exc:
+            log("error", "%s: cannot cancel the unsynced envelope: %s" % (msg.id, exc))
+
+    # --- reading -------------------------------------------------------------------
+
+    def read_body(self, queue_id):
+        """Generator of the body's chunks (bytes); raises CorruptMessage if unreadable."""
+        handle = self.index.find_id(queue_id)
+        if handle is None:
+            raise KeyError(queue_id)
+        msg = self.index.build(handle, False)
+        if msg is None:
+            raise CorruptMessage("%s: envelope unreadable" % queue_id)
+        return self.journal.chunks(msg, True)
+
+    def messages(self):
+        """The live messages, oldest first: a sequence (len, truth, iteration,
+        indexing) of fresh Message copies, each built from disk when reached."""
+        base, runs = self.index.order()
+        return Listing(self.index, base, runs)
+
+    def get(self, queue_id):
+        """A fresh Message (a copy: changing it changes nothing) of a live message,
+        or None."""
+        handle = self.index.find_id(queue_id)
+        return None if handle is None else self.index.build(handle)
+
+    def count(self):
+        """The number of live messages (cheap: no Message is built)."""
+        return self.index.count
+
+    def exists(self, queue_id):
+        """True if queue_id is a live message (cheap: no Message is built)."""
+        return self.index.find_id(queue_id) is not None
+
+    def is_held(self, queue_id):
+        """True if queue_id is live and on hold (cheap: no Message is built)."""
+        handle = self.index.find_id(queue_id)
+        return handle is not None and self.index.is_held(handle)
+
+    # --- delivery state and control ------------------------------------------------
+
+    async def record_attempt(self, queue_id, results):
+        """Record delivery results [(rcpt_index, status, reply, next_try_wall_or_None)];
+        appends a done record when every recipient is final. Durable when it returns,
+        and visible (get, messages) only then. False if the message is not queued."""
+        handle = self.index.find_id(queue_id)
+        if handle is None:
+            return False
+        codes, tries = self.index.states(handle)
+        for index, status, _, _ in results:
+            if status not in STATUSES:
+                raise ValueError("bad recipient status %r" % (status,))
+            if not 0 <= index < len(codes):
+                raise IndexError("recipient index %r out of range" % (index,))
+        tag = head(handle[0], handle[1])[TAG]
+        pending = self._pending.setdefault(queue_id, [])
+        for index, code, count in pending:      # written by a call still syncing
+            codes[index], tries[index] = code, count
+        written = []                # (state record or None for done, segment, offset)
+        mine = []                   # our entries in pending
+        try:
+            for index, status, reply, next_try in results:
+                codes[index] = STATUSES.index(status)
+                tries[index] += 1
+                entry = (index, codes[index], tries[index])
+                pending.append(entry)
+                mine.append(entry)
+                data = {"id": queue_id, "i": index, "s": status, "r": reply[:MAX_REPLY] if reply else None,
+                        "a": tries[index], "n": next_try, "t": int(compat.wall_time())}
+                self._written(written, data, fmt.T_STATE, tag, data)
+            if not [c for c in codes if STATUSES[c] not in FINAL]:
+                self._written(written, None, fmt.T_DONE, tag, {"id": queue_id, "why": "done"})
+            await self.journal.sync()
+        finally:
+            self._release(queue_id, written, pending, mine)
+        self._apply(queue_id, written)
+        self.journal.collect()
+        return True
+
+    def _written(self, written, data, ftype, tag, fields):
+        seg, pos = self.journal.append_record(ftype, tag, fields)
+        seg.refs += 1               # kept until the record is applied
+        written.append((data, seg, pos))
+
+    def _release(self, queue_id, written, pending, mine):
+        # what record_attempt pinned: its segments, its entries in pending
+        for _, seg, _ in written:
+            seg.refs -= 1
+        for entry in mine:
+            pending.remove(entry)
+        if not pending and self._pending.get(queue_id) is pending:
+            del self._pending[queue_id]
+
+    def _apply(self, queue_id, written):
+        handle = self.index.find_id(queue_id)       # handles do not survive an await
+        if handle is None:
+            return
+        for data, seg, pos in written:
+            if data is None:
+                self.index.finish(queue_id, seg)
+            else:
+                self.index.set_state(handle, data, seg, pos)
+
+    def _control(self, queue_id, held):
+        handle = self.index.find_id(queue_id)
+        if handle is None:
+            return False
+        tag = head(handle[0], handle[1])[TAG]
+        if held is None:
+            seg, _ = self.journal.append_record(fmt.T_DONE, tag, {"id": queue_id, "why": "deleted"})
+            self.index.finish(queue_id, seg)
+            log("info", "%s: removed" % queue_id)
+        else:
+            seg, _ = self.journal.append_record(fmt.T_HOLD, tag, {"id": queue_id, "h": held})
+            self.index.set_held(handle, held, seg)
+            log("info", "%s: %s" % (queue_id, "placed on hold" if held else "released from hold"))
+        self.journal.sync_now()
+        self.journal.collect()
+        return True
+
+    def hold(self, queue_id):
+        """Put a message on hold (durable on return); False if unknown."""
+        return self._control(queue_id, True)
+
+    def release(self, queue_id):
+        """Release a held message (durable on return); False if unknown."""
+        return self._control(queue_id, False)
+
+    def delete(self, queue_id):
+        """Remove a message from the queue (durable on return); False if unknown."""
+        return self._control(queue_id, None)
+
+    async def sync(self):
+        """Wait until everything appended so far is on stable storage (group sync)."""
+        await self.journal.sync()
+
+    def close(self):
+        """Sync and close the journal."""
+        self.journal.close()
+
+
+def open_configured(cfg, readonly=False):
+    """The spool a configuration names, recovered (readonly: nothing is written, for
+    tools while the daemon runs); bad files are moved aside, never fatal."""
+    q = cfg["qmgr"]
+    spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
+                  hostname=cfg["hostname"])
+    spool.recover(readonly=readonly)
+    return spool

@@ -1,0 +1,386 @@
+# meta1lite.spool.journal - the spool's segment files: appends, group sync, reading
+# frames back, and freeing segments nobody needs any more.
+#
+# Owns: every segment file known to the spool (journal segments and adopted
+# incoming files, by key), the current and the next (pre-created) journal segment,
+# the group-commit sync rounds, segment reference counts, recycling freed segments
+# in place and retiring the rest. Must never: need a new directory entry for a
+# commit to be durable (a new segment is created, fsynced and its directory synced
+# AHEAD of need); free a segment while a live message or an open writer counts on it
+# (Segment.refs), or while a done record in it still cancels an envelope in a
+# segment that exists; know what a record means (the index and the Spool do).
+# Shared code: MicroPython and CPython.
+from meta1lite import compat
+from meta1lite.spool import format as fmt
+from meta1lite.spool.message import CorruptMessage, SpoolFull, log
+
+SMALL_FRAME = 1024              # frames up to this are written with one write()
+
+
+def write_all(f, data):
+    """Write all of data to an unbuffered file (loops over short writes)."""
+    mv = memoryview(data)
+    while len(mv):
+        n = f.write(mv)
+        if not n:
+            raise OSError(5, "short write")
+        mv = mv[n:]
+
+
+def open_rw(path):
+    """Open an existing file for in-place writes, unbuffered where possible."""
+    try:
+        return open(path, "r+b", buffering=0)
+    except TypeError:
+        return open(path, "r+b")
+
+
+def low_space(path, min_free_space, size):
+    """The refusal reason if size more bytes would leave less than min_free_space
+    bytes free in the file system holding path, else None (also when unknown)."""
+    try:
+        free = compat.free_space(path)
+    except (OSError, AttributeError):
+        return None
+    if free is not None and free < min_free_space + size:
+        return "insufficient free space in the queue file system"
+    return None
+
+
+class Segment:
+    """One segment file: a journal segment (key = its number > 0) or an incoming
+    file (key < 0, numbered as adopted)."""
+
+    def __init__(self, key, path, gen, seq, kind):
+        self.key = key
+        self.path = path
+        self.gen = gen
+        self.seq = seq
+        self.kind = kind        # "j" journal | "i" incoming
+        self.start = 0          # end of the header frame
+        self.end = 0            # end of valid data = append position
+        self.refs = 0           # live messages and open writers with needed frames here
+        self.needs = {}         # key -> seq of segments that must be freed first
+        self.skips = {}         # damaged regions found at replay: start -> stop
+        self.f = None           # open r+b handle while current or unsynced
+        self.unsynced = False
+
+
+class _Round:
+    def __init__(self):
+        self.event = compat.asyncio.Event()
+        self.upto = 0
+        self.error = None
+
+
+class Journal:
+    """The segment files. start() (after recovery loaded them) opens the current
+    journal segment; append() writes there, sync() makes it durable."""
+
+    def __init__(self, seg_dir, segment_size, free_segments):
+        self.seg_dir = seg_dir
+        self.segment_size = segment_size
+        self.free_segments = free_segments
+        self.segs = {}          # key -> Segment: every file in use (recovery adds them)
+        self._free = []         # freed journal segments kept for reuse
+        self._next = None       # the pre-created next segment
+        self._cur = None        # the segment appended to
+        self._dirty = []        # rolled-away segments not yet synced
+        self._seq = 0           # highest segment use number
+        self._wseq = 0          # appends so far
+        self._synced = 0        # appends covered by the last sync
+        self._round = None      # the sync round running, if any
+
+    def is_open(self):
+        """True between start() and close()."""
+        return self._cur is not None
+
+    def _seg_path(self, number):
+        return "%s/%08d" % (self.seg_dir, number)
+
+    def refs(self, old, new):
+        """Segment reference counts: a message stopped needing old, started new."""
+        for key in old:
+            if key not in new and key in self.segs:
+                self.segs[key].refs -= 1
+        for key in new:
+            if key not in old and key in self.segs:
+                self.segs[key].refs += 1
+
+    def tombstone(self, seg, env_key):
+        """A done record in seg cancels an envelope in env_key: keep seg until then."""
+        env = self.segs.get(env_key)
+        if env is not None and env is not seg:
+            seg.needs[env.key] = env.seq
+
+    # --- the current segment, reservation ------------------------------------------
+
+    def start(self, found):
+        """Open for appends after recovery: found = the journal segments replayed
+        (in seq order); empty ones are freed, the newest non-empty one continues."""
+        cur = None
+        for seg in found:
+            self._seq = max(self._seq, seg.seq)
+            if seg.end > seg.start:
+                cur = seg
+        for seg in found:
+            if seg.end == seg.start and seg is not cur:
+                del self.segs[seg.key]
+                self._free.append(seg)
+        while len(self._free) > self.free_segments:
+            self._retire(self._free.pop())
+        if cur is None:
+            cur = self._reserve()
+        self._use(cur)
+
+    def _use(self, seg):
+        seg.f = open_rw(seg.path)
+        seg.f.seek(seg.end)
+        self.segs[seg.key] = seg
+        self._cur = seg
+
+    def _max_number(self):
+        top = 0
+        for seg in list(self.segs.values()) + self._free + [self._next]:
+            if seg is not None and seg.kind == "j":
+                top = max(top, seg.key)
+        return top
+
+    def _reserve(self):
+        if self._free:
+            seg = self._free.pop(0)
+            self._stamp(seg, False)
+            return seg
+        number = self._max_number() + 1
+        seg = Segment(number, self._seg_path(number), 0, 0, "j")
+        self._stamp(seg, True)
+        return seg
+
+    def prepare_next(self):
+        """Create the next segment now if there is none (a failure is logged)."""
+        if self._next is not None:
+            return
+        try:
+            self._next = self._reserve()
+        except OSError as exc:
+            log("warning", "cannot prepare the next queue segment: %s" % exc)
+
+    def _write(self, f, data):
+        # a small file's whole data: write, fsync, close
+        try:
+            write_all(f, data)
+            compat.fsync_file(f)
+        finally:
+            f.close()
+
+    def _stamp(self, seg, create):
+        seg.gen = fmt.new_generation(seg.gen)
+        self._seq += 1
+        seg.seq = self._seq
+        payload = fmt.header_payload(seg.key, seg.seq, "j")
+        f = open(seg.path, "wb") if create else open_rw(seg.path)
+        self._write(f, fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
+        if create:
+            compat.sync_dir(self.seg_dir)
+        seg.start = seg.end = fmt.HEAD_SIZE + len(payload)
+        seg.refs = 0
+        seg.needs = {}
+        seg.skips = {}
+
+    def _retire(self, seg):
+        try:
+            self._write(open_rw(seg.path), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
+            compat.remove(seg.path)
+        except OSError as exc:
+            log("warning", "%s: cannot retire: %s" % (seg.path, exc))
+            return False
+        return True
+
+    def _roll(self):
+        old = self._cur
+        if old.unsynced:
+            self._dirty.append(old)
+        else:
+            old.f.close()
+            old.f = None
+        self.prepare_next()
+        if self._next is None:
+            raise SpoolFull("cannot create a queue segment")
+        seg, self._next = self._next, None
+        self._use(seg)
+        return seg
+
+    # --- appends and sync ------------------------------------------------------------
+
+    def append(self, ftype, tag, parts):
+        """Write one frame at the journal's end; returns (segment, offset)."""
+        length = fmt.HEAD_SIZE
+        for part in parts:
+            length += len(part)
+        seg = self._cur
+        if seg.end + length > self.segment_size and seg.end > seg.start:
+            seg = self._roll()
+        head = fmt.frame_head(ftype, seg.gen, tag, parts)
+        pos = seg.end
+        try:
+            if length <= SMALL_FRAME:
+                frame = bytearray(head)
+                for part in parts:
+                    frame.extend(part)
+                write_all(seg.f, frame)
+            else:
+                write_all(seg.f, head)
+                for part in parts:
+                    write_all(seg.f, part)
+        except OSError:
+            self._rewind(seg)
+            raise
+        seg.end = pos + length
+        seg.unsynced = True
+        self._wseq += 1
+        if seg.end > self.segment_size // 2:
+            self.prepare_next()
+        return seg, pos
+
+    def append_record(self, ftype, tag, fields):
+        """append() of a record frame (fields as a dict); returns (segment, offset)."""
+        return self.append(ftype, tag, (fmt.record(fields),))
+
+    def _rewind(self, seg):
+        try:
+            seg.f.seek(seg.end)
+        except OSError:
+            pass
+
+    def sync_now(self):
+        """fsync every segment with unsynced appends (blocking)."""
+        upto = self._wseq
+        while self._dirty:
+            seg = self._dirty[0]
+            compat.fsync_file(seg.f)
+            seg.f.close()
+            seg.f = None
+            seg.unsynced = False
+            self._dirty.pop(0)
+        cur = self._cur
+        if cur is not None and cur.unsynced:
+            cur.unsynced = False
+            try:
+                compat.fsync_file(cur.f)
+            except OSError:
+                cur.unsynced = True
+                raise
+        self._synced = upto
+
+    async def _sync_to(self, target):
+        while self._synced < target:
+            rnd = self._round
+            if rnd is not None:
+                await rnd.event.wait()
+                if rnd.error is not None and target <= rnd.upto:
+                    raise rnd.error
+                continue
+            rnd = self._round = _Round()
+            try:
+                await compat.asyncio.sleep(0)    # let ready sessions append first
+                rnd.upto = self._wseq
+                self.sync_now()
+            except OSError as exc:
+                rnd.error = exc
+                raise
+            finally:
+                self._round = None
+                rnd.event.set()
+
+    async def sync(self):
+        """Wait until everything appended so far is on stable storage (group sync)."""
+        await self._sync_to(self._wseq)
+
+    def close(self):
+        """Sync and close the segment files (until the next start())."""
+        if self._cur is None:
+            return
+        self.sync_now()
+        for seg in self._dirty + [self._cur]:
+            if seg.f is not None:
+                seg.f.close()
+                seg.f = None
+        self._dirty = []
+        self._cur = None
+
+    # --- reading frames back -----------------------------------------------------------
+
+    def read_record(self, files, key, pos, ftype, tag):
+        """(dict, payload length) of a valid frame (ftype, tag) at (segment key,
+        pos); (None, 0) if there is none. files: key -> open file, reused and
+        filled in (the caller closes them)."""
+        seg = self.segs.get(key)
+        if seg is None:
+            return None, 0
+        try:
+            if key not in files:
+                files[key] = open(seg.path, "rb")
+            status, frame = fmt.read_frame(files[key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
+        except OSError:
+            return None, 0
+        if status != fmt.OK or frame[0] != ftype or frame[1] != tag:
+            return None, 0
+        return fmt.decode_record(frame[2]), frame[3]
+
+    def chunks(self, msg, strict):
+        """Generator of a message's body chunks (bytes), in order. strict: raise
+        CorruptMessage at the first missing one; else yield what verifies."""
+        expected = 0
+        for i, key in enumerate(msg.segs):
+            seg = self.segs.get(key)
+            if seg is None:
+                break
+            with open(seg.path, "rb") as f:
+                start = msg.first if i == 0 else seg.start
+                frames = fmt.iter_tagged(f, start, seg.end, seg.gen, fmt.T_CHUNK, msg.tag, seg.skips)
+                for pos, peek in frames:
+                    chunk = fmt.parse_chunk(peek)
+                    number = chunk[0] if chunk else None
+                    if number == expected or (not strict and number is not None):
+                        expected += 1
+                        f.seek(pos + fmt.HEAD_SIZE + chunk[1])
+                        yield f.read(chunk[2])
+                    elif strict and number is not None and number > expected:
+                        break
+                    if expected >= msg.nchunks:
+                        return
+        if strict and expected < msg.nchunks:
+            raise CorruptMessage("%s: body chunk %d unreadable" % (msg.id, expected))
+
+    # --- freeing segments --------------------------------------------------------------
+
+    def _freeable(self, seg):
+        if seg is self._cur or seg.refs > 0 or seg in self._dirty:
+            return False
+        for key in seg.needs:
+            other = self.segs.get(key)
+            if other is not None and other.seq == seg.needs[key]:
+                return False
+        return True
+
+    def collect(self):
+        """Free every segment nobody needs (recycle a few, remove the rest)."""
+        progress = True
+        while progress:
+            progress = False
+            for seg in list(self.segs.values()):
+                if self._freeable(seg) and self._release(seg):
+                    progress = True
+
+    def _release(self, seg):
+        if seg.kind == "j" and len(self._free) < self.free_segments:
+            try:
+                self._stamp(seg, False)
+            except OSError as exc:
+                log("warning", "%s: cannot recycle: %s" % (seg.path, exc))
+                return False
+            self._free.append(seg)
+        elif not self._retire(seg):
+            return False
+        del self.segs[seg.key]
+        return True

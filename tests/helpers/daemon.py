@@ -1,0 +1,135 @@
+# Test harness: the real meta1lite daemon as a subprocess, on CPython or under the
+# MicroPython unix port with a board-sized heap, listening on loopback.
+# CPython-only (the driver side).
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from helpers.upy import ROOT, find_micropython, micropython_env, run_micropython
+
+RUNTIMES = ("cpython", "micropython")
+# A board runs meta1lite frozen in flash with ~190K of heap left for data. The unix
+# port keeps bytecode in the heap too (about 270K for the whole relay as .mpy,
+# measured by benchmarks/heap.py), so the board-equivalent heap here is code + a
+# board's data heap. Tests that need a router's heap (1M, design.md) say so.
+UPY_HEAP = "512K"
+ROUTER_HEAP = "1M"
+START_TIMEOUT_S = 30
+_bundle_built = []
+
+
+def bundle():
+    """The .mpy bundle the MicroPython daemon runs from (built once per test run).
+
+    On the unix port the modules' bytecode lives in the heap, so a 192K board-sized
+    heap holds the relay only as precompiled .mpy (compiling from source needs more)."""
+    if not _bundle_built:
+        out = os.path.join(tempfile.mkdtemp(prefix="m1l-bundle-"), "bundle")   # per test run
+        subprocess.run([sys.executable, os.path.join(ROOT, "firmware", "build_bundle.py"),
+                        "--out", out], check=True, capture_output=True)
+        _bundle_built.append(out)
+    return _bundle_built[0]
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def config_text(spool, port, smtps_extra="", top_extra="", relay_from="127.0.0.1/32, ::1/128"):
+    """A test configuration: hostname relay.test, smtps on 127.0.0.1:port."""
+    return """hostname = "relay.test";
+spool = "%s";
+postmaster = "postmaster@relay.test";
+log_level = info;
+%s
+smtps {
+    listen = { 127.0.0.1:%d };
+    relay_from = { %s };
+    %s
+}
+""" % (spool, top_extra, port, relay_from, smtps_extra)
+
+
+class Daemon:
+    """`meta1lite run -c FILE` in a subprocess; its log goes to a file."""
+
+    def __init__(self, runtime, workdir, conf, port, heap=UPY_HEAP, env=None, entry=None):
+        self.runtime = runtime
+        self.workdir = str(workdir)
+        self.conf_path = os.path.join(self.workdir, "meta1lite.conf")
+        self.log_path = os.path.join(self.workdir, "daemon.log")
+        self.port = port
+        self.heap = heap
+        self.env = env or {}
+        self.entry = entry          # a script to run instead of `-m meta1lite` (shims)
+        self.proc = None
+        with open(self.conf_path, "w") as f:
+            f.write(conf)
+
+    def command(self):
+        start = [self.entry] if self.entry else ["-m", "meta1lite"]
+        args = start + ["run", "-c", self.conf_path]
+        if self.runtime == "cpython":
+            return [sys.executable] + args, dict(os.environ)
+        exe = find_micropython()
+        if exe is None:
+            run_micropython(["-c", "pass"])     # fails in CI, skips elsewhere
+        return [exe, "-X", "heapsize=" + self.heap] + args, micropython_env(bundle())
+
+    def start(self):
+        cmd, env = self.command()
+        env.update(self.env)
+        self.logfile = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.logfile,
+                                     stderr=subprocess.STDOUT)
+        self.wait_listening()
+        return self
+
+    def wait_listening(self):
+        deadline = time.time() + START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("daemon exited %s:\n%s" % (self.proc.returncode, self.log()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("daemon did not listen on %d:\n%s" % (self.port, self.log()))
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def kill(self):
+        """SIGKILL: the power-cut stand-in."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        """Graceful stop: SIGTERM (CPython) or SIGINT (MicroPython: KeyboardInterrupt)."""
+        if self.proc and self.proc.poll() is None:
+            sig = signal.SIGTERM if self.runtime == "cpython" else signal.SIGINT
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "logfile", None):
+            self.logfile.close()
+            self.logfile = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
