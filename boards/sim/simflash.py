@@ -1,0 +1,120 @@
+# boards/sim/simflash.py - the simulated board's flash chip: a block device backed by a
+# host file, for vfs.VfsLfs2 (frozen into the sim firmware; runs on MicroPython only).
+#
+# Owns: the extended block-device protocol (readblocks/writeblocks with an offset,
+# ioctl 1-6, 6 = erase), the wear counters (reads, programs, erases, bytes programmed)
+# kept in a 16-byte file beside the image so the host can read them while the board
+# runs, and the power cut: after N mutating operations (programs + erases) the
+# operation tears (only its first half reaches the image, like dying flash) and the
+# process is killed at once.
+# Must never: allocate per call (a board's flash driver is C: every buffer is made in
+# __init__; reads use readinto), keep a reference to a buffer it is given (littlefs
+# passes a bytearray that lives on the C stack), or buffer writes in RAM.
+import array
+import os
+
+IOCTL_INIT = 1
+IOCTL_DEINIT = 2
+IOCTL_SYNC = 3
+IOCTL_BLOCK_COUNT = 4
+IOCTL_BLOCK_SIZE = 5
+IOCTL_BLOCK_ERASE = 6
+ERASED = 0xFF                   # NOR flash reads 0xFF after an erase
+READS, PROGRAMS, ERASES, PROG_BYTES = 0, 1, 2, 3
+COUNTERS_SUFFIX = ".counters"   # beside the image: 4 native uint32, see READS..PROG_BYTES
+KILL_COMMAND = "kill -9 $PPID"  # the power cut: the shell's parent is this process
+ENV_IMAGE = "SIM_FLASH"
+ENV_GEOMETRY = "SIM_FLASH_GEOMETRY"     # "block_size,block_count,progsize"
+ENV_CUT = "SIM_POWER_CUT_AFTER"         # programs + erases before the power fails
+
+
+class FileFlash:
+    """A NOR-like flash of block_count blocks of block_size bytes in file `path`."""
+
+    def __init__(self, path, block_size, block_count, progsize, cut_after=0):
+        self.block_size = block_size
+        self.block_count = block_count
+        self.progsize = progsize
+        self.cut_after = cut_after
+        self.f = open(path, "r+b")
+        self.erased = bytearray(b"\xff" * block_size)
+        self.ctr = array.array("I", [0, 0, 0, 0])
+        self.ctr_file = open(path + COUNTERS_SUFFIX, "wb")
+        self._save()
+
+    def _save(self):
+        self.ctr_file.seek(0)
+        self.ctr_file.write(self.ctr)
+
+    def _mutating(self):
+        """Count a program or erase; True when the power fails during this one."""
+        if self.cut_after <= 0:
+            return False
+        return self.ctr[PROGRAMS] + self.ctr[ERASES] + 1 >= self.cut_after
+
+    def readblocks(self, block, buf, offset=0):
+        self.f.seek(block * self.block_size + offset)
+        self.f.readinto(buf)
+        self.ctr[READS] += 1
+        self._save()
+
+    def writeblocks(self, block, buf, offset=0):
+        self.f.seek(block * self.block_size + offset)
+        if self._mutating():
+            self.f.write(memoryview(buf)[:len(buf) // 2])
+            power_fail()
+        self.f.write(buf)
+        self.ctr[PROGRAMS] += 1
+        self.ctr[PROG_BYTES] += len(buf)
+        self._save()
+
+    def erase(self, block):
+        self.f.seek(block * self.block_size)
+        if self._mutating():
+            self.f.write(memoryview(self.erased)[:self.block_size // 2])
+            power_fail()
+        self.f.write(self.erased)
+        self.ctr[ERASES] += 1
+        self._save()
+        return 0
+
+    def ioctl(self, op, arg):
+        if op == IOCTL_BLOCK_COUNT:
+            return self.block_count
+        if op == IOCTL_BLOCK_SIZE:
+            return self.block_size
+        if op == IOCTL_BLOCK_ERASE:
+            return self.erase(arg)
+        if op in (IOCTL_INIT, IOCTL_DEINIT, IOCTL_SYNC):
+            return 0
+        return None
+
+    def counters(self):
+        """(reads, programs, erases, bytes programmed) so far."""
+        return tuple(self.ctr)
+
+    def report(self):
+        print("simflash: reads=%d programs=%d erases=%d prog_bytes=%d" % self.counters())
+
+    def close(self):
+        self._save()
+        self.f.close()
+        self.ctr_file.close()
+
+
+def power_fail():
+    """Kill this process now, as a power cut would (no cleanup, no exception)."""
+    print("simflash: power cut")
+    os.system(KILL_COMMAND)
+    while True:         # never return into the filesystem
+        pass
+
+
+def from_env():
+    """The flash the host wired in: SIM_FLASH, SIM_FLASH_GEOMETRY, SIM_POWER_CUT_AFTER."""
+    path = os.getenv(ENV_IMAGE)
+    if not path:
+        raise OSError("simflash: %s is not set" % ENV_IMAGE)
+    geometry = [int(x) for x in os.getenv(ENV_GEOMETRY).split(",")]
+    cut = int(os.getenv(ENV_CUT) or "0")
+    return FileFlash(path, geometry[0], geometry[1], geometry[2], cut)

@@ -1,0 +1,16 @@
+// Variant "sim" of the MicroPython unix port: the simulated board meta1lite's tests
+// run on (boards/sim/). Owns: the C configuration that makes the unix port behave like
+// a board where it matters for memory: mbedtls allocates from the GC heap (as on rp2
+// and stm32), so TLS memory counts against -X heapsize. Must never: enable features a
+// Pico W / NUCLEO firmware lacks that the relay could come to depend on.
+// Built by firmware/build_firmware.py (make -C ports/unix VARIANT_DIR=<this dir>).
+
+// Set base feature level (as the standard variant).
+#define MICROPY_CONFIG_ROM_LEVEL (MICROPY_CONFIG_ROM_LEVEL_EXTRA_FEATURES)
+
+// mbedtls uses m_tracked_calloc/free on the GC heap, as on a bare-metal board.
+#define MICROPY_MBEDTLS_CONFIG_BARE_METAL (1)
+#define MICROPY_TRACKED_ALLOC (1)
+
+// Enable extra Unix features.
+#include "variants/mpconfigvariant_common.h"

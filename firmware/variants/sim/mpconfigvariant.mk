@@ -1,0 +1,6 @@
+# Variant "sim" of the MicroPython unix port (see mpconfigvariant.h). Owns the make
+# options of the simulated board's firmware; the frozen manifest is given on the
+# command line by firmware/build_firmware.py (boards/sim/manifest.py).
+# No libffi and no berkeley-db: neither exists on a board (nor in the trimmed source).
+MICROPY_PY_FFI = 0
+MICROPY_PY_BTREE = 0

@@ -1,0 +1,211 @@
+# The simulated Pico W (issue 8, Build 2): the sim firmware (meta1lite frozen in, 32-bit,
+# mbedtls on the GC heap) booted by its main.py with the Pico W's 192,448-byte heap and
+# its 848 KiB LittleFS2 flash on simflash, relaying smtplib clients' mail to an aiosmtpd
+# next hop over loopback. Owns the board-level "it fits" proofs: everything delivered
+# byte for byte, no MemoryError, and the flash wear per message printed.
+# CPython-only (the driver side); skips without a compiler / MicroPython source
+# (fails in CI).
+import re
+import smtplib
+import threading
+
+import pytest
+import trustme
+from helpers.board import SimBoard, free_port, sim_config, via_route
+from helpers.nexthop import NextHop
+from test_delivery import message, strip_received, wait_for
+
+CLIENTS = 3                     # the sim config allows 3 sessions (lwIP: 5 sockets)
+MESSAGES_PER_CLIENT = 10
+MESSAGE_BYTES = 2048            # the issue's wear figures are per relayed 2 KB message
+DEADLINE_S = 180
+TLS_MESSAGES = 10
+TLS_DEADLINE_S = 40
+ROUTER_HEAP = 1024 * 1024       # a router's heap: proves TLS + verification + AUTH work
+PICO_W_HEAP = 192448            # boards/rpi-pico-w/profile.json
+OUT_OF_MEMORY = ("MemoryError", "out of memory", "ENOMEM")
+
+
+def send_concurrently(port, count, clients, size):
+    """CLIENTS smtplib sessions sending COUNT messages in all; {n: bytes sent}."""
+    sent, errors = {}, []
+
+    def worker(w):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
+                for n in range(w, count, clients):
+                    data = message(n, rcpt="user%d@dest.test" % n, size=size)
+                    s.sendmail("dev@home.test", ["user%d@dest.test" % n], data)
+                    sent[n] = data
+        except (OSError, smtplib.SMTPException) as exc:
+            errors.append("client %d: %r" % (w, exc))
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sent, errors
+
+
+def assert_no_memory_errors(log):
+    bad = [line for line in log.splitlines() if any(word in line for word in OUT_OF_MEMORY)]
+    assert not bad, "\n".join(bad[:20])
+
+
+def per_message(before, after, count):
+    return dict((k, (after[k] - before[k]) / float(count)) for k in after)
+
+
+def test_sim_pico_w_relays_at_192k(tmp_path):
+    count = CLIENTS * MESSAGES_PER_CLIENT
+    with NextHop() as hop:
+        port = free_port()
+        board = SimBoard(tmp_path)
+        board.create_flash(sim_config(port, via_route(hop.port)))
+        board.start(port)
+        try:
+            booted = board.wait_flash_idle()           # boot writes done
+            sent, errors = send_concurrently(port, count, CLIENTS, MESSAGE_BYTES)
+            assert not errors, "\n".join(errors) + "\n" + board.log()[-4000:]
+            wait_for(lambda: len(hop.messages) >= count, "%d deliveries" % count, board, DEADLINE_S)
+            relayed = board.wait_flash_idle()          # done records written, queue at rest
+        finally:
+            status = board.stop()
+    log = board.log()
+    assert status == 0, log[-4000:]
+    assert_no_memory_errors(log)
+    seen = {}
+    for m in hop.messages:
+        n = int(re.search(rb"Subject: test (\d+)", m.content).group(1))
+        assert n not in seen, "delivered twice: %d" % n
+        assert strip_received(m.content) == sent[n]
+        seen[n] = m
+    assert sorted(seen) == list(range(count))
+    wear = per_message(booted, relayed, count)
+    progsize = board.profile["flash"]["progsize"]
+    print("\nsim Pico W, heap %d: %d messages of %d bytes from %d clients relayed; per message: "
+          "%.2f erases, %.1f programs (%.1f %d-byte pages), %.0f reads; boot: %s; %s"
+          % (board.heap, count, MESSAGE_BYTES, CLIENTS, wear["erases"], wear["programs"],
+             wear["prog_bytes"] / progsize, progsize, wear["reads"], booted,
+             " / ".join(line for line in log.splitlines() if line.startswith("m1lboot:"))))
+
+
+# programs + erases counted from boot (boot takes ~19, a 2 KB message ~12): during boot,
+# receiving, committing, delivering and recording
+CUT_POINTS = (12, 45, 90, 150)
+CUT_MESSAGES = 12
+
+
+def send_until_cut(board, count):
+    """Send one message at a time until the board dies; {n: bytes} it acknowledged."""
+    acked = {}
+    for n in range(count):
+        data = message(n, rcpt="user%d@dest.test" % n, size=MESSAGE_BYTES)
+        try:
+            with smtplib.SMTP("127.0.0.1", board.port, timeout=30) as s:
+                s.sendmail("dev@home.test", ["user%d@dest.test" % n], data)
+        except (OSError, smtplib.SMTPException):
+            break
+        acked[n] = data
+    return acked
+
+
+def boot_or_die(board, port, cut_after):
+    """Boot with a power cut armed; False when the power failed before it listened."""
+    board.start(port, cut_after=cut_after, wait=False)
+    try:
+        board.wait_listening()
+        return True
+    except AssertionError:
+        if board.proc.returncode == -9:
+            return False
+        raise
+
+
+def test_power_cuts_lose_no_acknowledged_message(tmp_path):
+    for cut in CUT_POINTS:
+        work = tmp_path / ("cut%d" % cut)
+        work.mkdir()
+        with NextHop() as hop:
+            port = free_port()
+            board = SimBoard(work)
+            board.create_flash(sim_config(port, via_route(hop.port)))
+            acked = send_until_cut(board, CUT_MESSAGES) if boot_or_die(board, port, cut) else {}
+            if len(acked) < CUT_MESSAGES:
+                board.proc.wait(timeout=DEADLINE_S)                 # the power cut's kill
+            board.stop()
+            cut_log = board.log()
+            board.start(port)                                       # power back, no cut
+            try:
+                wait_for(lambda: set(acked) <= delivered_numbers(hop), "%d acknowledged "
+                         "messages after the cut at %d" % (len(acked), cut), board, DEADLINE_S)
+            finally:
+                board.stop()
+            assert "simflash: power cut" in cut_log or len(acked) == CUT_MESSAGES
+            assert_no_memory_errors(board.log())
+            print("\ncut after %d flash operations: %d acknowledged, %d delivered "
+                  "(duplicates allowed)" % (cut, len(acked), len(hop.messages)))
+
+
+def delivered_numbers(hop):
+    return set(int(re.search(rb"Subject: test (\d+)", m.content).group(1)) for m in hop.messages)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "smtp.isp.test")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    return d
+
+
+class TlsDidNotFit(AssertionError):
+    """Deliveries missing and the board's log shows TLS handshakes out of memory."""
+
+
+SMARTHOST_ROUTE = 'tls = required; tls_verify = yes; auth = "isp";'
+SMARTHOST_SMTPC = ('ca_file = "/flash/ca.pem"; credentials "isp" { user = "me"; '
+                   'password_file = "/flash/smarthost.password"; }')
+
+
+@pytest.mark.parametrize("heap", [
+    ROUTER_HEAP,
+    pytest.param(PICO_W_HEAP, marks=pytest.mark.xfail(
+        strict=True, raises=TlsDidNotFit, reason="issue 8: at 192K the first TLS delivery works, the next "
+        "handshakes fail with [Errno 12] ENOMEM (mbedtls needs a 16K+ record buffer)")),
+])
+def test_sim_smarthost_starttls_verified_auth(tmp_path, pki, heap):
+    with NextHop(cert=(str(pki / "cert.pem"), str(pki / "key.pem")), require_starttls=True,
+                 users={"me": "s3cret-pw"}) as hop:
+        port = free_port()
+        board = SimBoard(tmp_path, heap=heap)
+        board.create_flash(sim_config(port, via_route(hop.port, extra=SMARTHOST_ROUTE),
+                                      smtpc_extra=SMARTHOST_SMTPC))
+        board.put_text("ca.pem", (pki / "ca.pem").read_text())
+        board.put_text("smarthost.password", "s3cret-pw\n")
+        board.start(port)
+        try:
+            sent, errors = send_concurrently(port, TLS_MESSAGES, 1, MESSAGE_BYTES)
+            assert not errors, "\n".join(errors)
+            try:
+                wait_for(lambda: len(hop.messages) >= TLS_MESSAGES, "TLS deliveries", None,
+                         TLS_DEADLINE_S)
+            except AssertionError:
+                pass                        # reported below with the board's own reasons
+        finally:
+            board.stop()
+    log = board.log()
+    enomem = log.count("ENOMEM")
+    print("\nsim, heap %d, smarthost STARTTLS + verify + AUTH: %d of %d delivered, %d ENOMEM "
+          "handshake failures; %s" % (heap, len(hop.messages), TLS_MESSAGES, enomem,
+                                      " / ".join(line for line in log.splitlines()
+                                                 if line.startswith("m1lboot:"))))
+    if len(hop.messages) < TLS_MESSAGES and enomem:
+        raise TlsDidNotFit("%d of %d delivered; %d handshakes failed with ENOMEM"
+                           % (len(hop.messages), TLS_MESSAGES, enomem))
+    assert len(hop.messages) == TLS_MESSAGES and all(m.tls for m in hop.messages), log[-4000:]
+    assert all(ok for _login, ok in hop.auth_attempts) and hop.auth_attempts
+    assert_no_memory_errors(log)
