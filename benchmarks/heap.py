@@ -82,11 +82,15 @@ def import_costs(heap):
         alone = upy([DRIVER, "import", m], heap)
         a = [ln.split() for ln in alone.stdout.splitlines() if ln.startswith("IMPORT")]
         mpy = os.path.join(root, m.split(".", 1)[1].replace(".", os.sep) + ".mpy")
+        if not os.path.exists(mpy):             # a package: its __init__
+            mpy = os.path.join(mpy[:-4], "__init__.mpy")
         d = inorder.get(m)
         rows.append([m, os.path.getsize(mpy), d[0] if d else "ERR", d[1] if d else "-",
                      a[0][2] if a else (alone.stderr.strip().splitlines() or ["ERR"])[-1][:40]])
     if out.returncode:
         print("import run failed: %s" % out.stderr.strip()[-300:])
+    total = max([d[1] for d in inorder.values()] or [0])
+    print("whole relay imported from the bundle: %d bytes of heap (%d modules)" % (total, len(mods)))
     C.table("import cost from the .mpy bundle (bytes of heap; -X heapsize=%s)" % heap,
             ["module", ".mpy bytes", "delta in order", "cumulative", "alone (with deps)"], rows)
 

@@ -224,6 +224,60 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     return writer, writer
 
 
+# mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls
+# config takes 16K in and 4K out, plus header, IV, MAC and padding, plus the
+# tracked-allocation header, rounded up to 16-byte GC blocks.
+TLS_RECORD_BUFFERS = (16736, 4448)
+
+
+class TlsMemory:
+    """Heap kept for one TLS connection at a time (boards). mbedtls allocates its
+    record buffers from the GC heap, and a fragmented heap has 100K free but no
+    16K hole; blocks of exactly their sizes, freed just before a handshake and
+    taken back into the holes the buffers leave when the connection closes, keep
+    room for the next one. Off (CPython, routers): no reserve, no limit."""
+
+    def __init__(self):
+        self._blocks = None
+        self._lock = None
+
+    def configure(self, enabled):
+        """Keep the blocks from now on (call before the queue index is built)."""
+        enabled = enabled and MICROPYTHON
+        self._lock = asyncio.Lock() if enabled else None
+        self._take()
+
+    def _take(self):
+        blocks = []
+        for size in TLS_RECORD_BUFFERS if self._lock is not None else ():
+            try:
+                blocks.append(bytearray(size))
+            except MemoryError:
+                pass                # taken again when the next TLS connection ends
+        self._blocks = blocks
+
+    async def acquire(self):
+        """Wait for the TLS slot, then free the blocks for the handshake."""
+        if self._lock is None:
+            return
+        await self._lock.acquire()
+        self._blocks = None
+        import gc
+        gc.collect()
+
+    def release(self):
+        """The TLS connection is closed: take the blocks back, free the slot."""
+        if self._lock is None or not self._lock.locked():
+            return
+        import gc
+        gc.collect()
+        self._take()
+        self._lock.release()
+
+
+tls_memory = TlsMemory()
+
+
 # --- streams ----------------------------------------------------------------
 
 def new_read_buffer(size=READ_CHUNK):

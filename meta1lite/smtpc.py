@@ -166,22 +166,34 @@ class _Session:
         self.buf = compat.new_read_buffer()
         self.conn = None
         self.preread = b""
+        self.tls_slot = False         # holds compat.tls_memory's slot
 
     def _log(self, level, text):
         compat.log.log(level, LOG, "%s: %s" % (self.qid, text))
 
     async def run(self):
         implicit = self.hop.port == IMPLICIT_TLS_PORT
-        if not await self._connect(implicit):
-            return
         try:
-            self.conn = core.ClientConnection(self.client.helo, tls=self.tls_mode,
-                                              tls_active=implicit,
-                                              credentials=self.route.credentials,
-                                              state_events=compat.log.threshold <= DEBUG)
-            await self._converse()
+            if implicit:
+                await self._tls_slot()
+            if not await self._connect(implicit):
+                return
+            try:
+                self.conn = core.ClientConnection(self.client.helo, tls=self.tls_mode,
+                                                  tls_active=implicit,
+                                                  credentials=self.route.credentials,
+                                                  state_events=compat.log.threshold <= DEBUG)
+                await self._converse()
+            finally:
+                await compat.close_stream(self.writer)
         finally:
-            await compat.close_stream(self.writer)
+            if self.tls_slot:
+                compat.tls_memory.release()
+
+    async def _tls_slot(self):
+        """Boards: wait for the one TLS connection allowed (smtpc.tls_reserve)."""
+        await compat.tls_memory.acquire()
+        self.tls_slot = True
 
     async def _connect(self, implicit):
         try:
@@ -274,6 +286,7 @@ class _Session:
         self.io_error = self.io_error or what
 
     async def _starttls(self):
+        await self._tls_slot()
         try:
             ctx, verify = self._context()
             self.reader, self.writer = await compat.wait_for(

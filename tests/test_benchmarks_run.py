@@ -44,3 +44,13 @@ def test_relay_prints_figures():
     assert "end-to-end relay throughput" in out
     assert re.search(r"no relay\)\s+20\s+4\s+[\d.]+\s+\d+", out), out
     assert re.search(r"meta1lite \(cpython\)\s+20\s+4\s+.*delivered 20/20", out), out
+
+
+def test_board_prints_figures():
+    from helpers.board import firmware
+    firmware()                      # skips with its reason (fails in CI) without a compiler
+    out = run("board.py", "--messages", "6", "--no-bisect", "--heap", "384K")
+    assert re.search(r"import cost \(sim firmware.*: \d+ modules, .* after: [\d.]+K \(\d+ bytes\)", out), out
+    assert re.search(r"^\(a\) plain: (passes|FAILS) at 384\.0K", out, re.M), out
+    assert re.search(r"^\(b\) tls: (passes|FAILS) at 384\.0K", out, re.M), out
+    assert re.search(r"^\s+384\.0K\s+\d+/6\s+\d+", out, re.M), out

@@ -98,5 +98,12 @@ def test_tools_with_daemon(runtime, tmp_path):
         assert st["running"] is True and st["messages"] == 2
         human = run_cli(conf, "status")
         assert human.returncode == 0 and "running" in human.stdout
+        if runtime == "micropython":        # the GC heap's figures (issue 8)
+            assert st["heap"] > 0 and st["heap_free"] > 0
+            assert st["heap_high_water"] >= st["heap"]
+            assert st["heap_high_water"] <= st["heap"] + st["heap_free"]
+            assert "heap free: " in human.stdout and "high-water: " in human.stdout
+        else:
+            assert st["heap_free"] is None and st["heap_high_water"] is None
     finally:
         daemon.stop()

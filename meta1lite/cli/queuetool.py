@@ -306,5 +306,7 @@ def _print_status(reply):
         print("since start: " + ", ".join("%s %s" % (k, counts[k]) for k in sorted(counts)))
     if reply.get("heap") is not None:
         print("heap in use: %d bytes" % reply["heap"])
+    if reply.get("heap_free") is not None:
+        print("heap free: %d bytes; high-water: %s bytes" % (reply["heap_free"], reply.get("heap_high_water")))
     for line in reply.get("log") or []:
         print("  " + line)

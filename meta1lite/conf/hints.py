@@ -68,6 +68,7 @@ io_timeout|time to wait for a reply from the next hop
 port|SMTP port for MX deliveries
 tls|STARTTLS to MX hosts
 ca_file|CA certificates (PEM); needed on MicroPython
+tls_reserve|keep heap for mbedtls' buffers, one TLS connection at a time (boards)
 credentials|AUTH credentials named by a route's auth
 """,
     "credentials": """
@@ -81,6 +82,9 @@ max_queue_lifetime|bounce what is still undelivered after this
 max_queue_size|bytes in the queue; beyond: 452 4.3.1
 max_messages|messages in the queue; beyond: 452 4.3.1
 min_free_space|free space kept on the spool's file system
+record_reserve|more free space only delivery state and done records may use
+segment_size|bytes per queue journal segment (a multiple of the flash block)
+free_segments|freed queue segments kept for reuse; more are removed
 """,
 }
 

@@ -87,6 +87,7 @@ io_timeout|duration|1|5m
 port|port||25
 tls|enum|opportunistic/required/off|opportunistic
 ca_file|str||
+tls_reserve|bool||no
 credentials|labelled|credentials|
 """,
     "credentials": """
@@ -100,6 +101,9 @@ max_queue_lifetime|duration|1|5d
 max_queue_size|size||2M
 max_messages|int|1|1000
 min_free_space|size||64K
+record_reserve|size||16K
+segment_size|size||256K
+free_segments|int|0|2
 """,
 }
 

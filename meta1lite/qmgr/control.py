@@ -18,7 +18,43 @@ MAX_REQUEST = 512               # bytes of one request line
 MAX_REQUESTS = 100              # requests per connection
 IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
 LOG_LINES = 10                  # recent log lines in a status reply
+HEAP_SAMPLE_MS = 250            # how often the heap high-water is sampled (MicroPython)
 LOG = "control"
+
+
+class HeapWatch:
+    """The highest heap in use (gc.mem_alloc, garbage not yet collected included) seen
+    by the daemon: sampled every HEAP_SAMPLE_MS and on each status request. Sampling
+    allocates nothing (small ints). On CPython (no gc.mem_alloc) every figure is None."""
+
+    def __init__(self):
+        self.high = 0
+        self.alloc = getattr(gc, "mem_alloc", None)
+        self.free = getattr(gc, "mem_free", None)
+
+    def sample(self):
+        if self.alloc is not None:
+            used = self.alloc()
+            if used > self.high:
+                self.high = used
+
+    def high_water(self):
+        return self.high if self.alloc is not None else None
+
+    def heap_free(self):
+        return self.free() if self.free is not None else None
+
+    async def run(self):
+        sleep_ms = getattr(asyncio, "sleep_ms", None)   # MicroPython: no float per tick
+        while True:
+            self.sample()
+            if sleep_ms is not None:
+                await sleep_ms(HEAP_SAMPLE_MS)
+            else:
+                await asyncio.sleep(HEAP_SAMPLE_MS / 1000)
+
+
+heap_watch = HeapWatch()
 
 
 def describe(endpoint):
@@ -72,10 +108,12 @@ class Control:
         return {"ok": True, "queue_id": queue_id}
 
     def status(self):
+        heap_watch.sample()     # before collecting: what is allocated right now
         gc.collect()            # the heap figure counts live data, not garbage
         reply = {"ok": True, "running": True, "pid": compat.getpid(),
                  "uptime": int(compat.monotonic() - self.started),
-                 "heap": compat.heap_used(), "log": compat.log.ring[-LOG_LINES:]}
+                 "heap": compat.heap_used(), "heap_free": heap_watch.heap_free(),
+                 "heap_high_water": heap_watch.high_water(), "log": compat.log.ring[-LOG_LINES:]}
         if self.qmgr is not None:
             reply.update(self.qmgr.status())
         else:
@@ -86,11 +124,15 @@ class Control:
 class ControlServer:
     """The listening control channel; close() stops it (and removes a socket file)."""
 
-    def __init__(self, server, endpoint):
+    def __init__(self, server, endpoint, sampler=None):
         self.server = server
         self.endpoint = endpoint
+        self.sampler = sampler
 
     def close(self):
+        if self.sampler is not None:
+            self.sampler.cancel()
+            self.sampler = None
         if self.server is not None:
             self.server.close()
         if isinstance(self.endpoint, str):
@@ -138,4 +180,11 @@ async def start_control(cfg, spool, qmgr):
                        "cannot reach the daemon; set control = 127.0.0.1:PORT")
         return ControlServer(None, None)
     compat.log.log("info", LOG, "control channel on %s" % describe(endpoint))
-    return ControlServer(server, endpoint)
+    return ControlServer(server, endpoint, _start_sampler())
+
+
+def _start_sampler():
+    """The heap high-water task (MicroPython only: CPython has no GC heap figures)."""
+    if heap_watch.alloc is None:
+        return None
+    return asyncio.create_task(heap_watch.run())

@@ -73,9 +73,10 @@ from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public
 from meta1lite.spool.recovery import Recovery
 from meta1lite.status import FINAL, STATUSES  # public API too (the spool stores the index)
 
-SEGMENT_SIZE = 256 * 1024       # bytes per journal segment
+SEGMENT_SIZE = 256 * 1024       # bytes per journal segment (qmgr.segment_size)
 CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
-FREE_SEGMENTS = 2               # freed segments kept for reuse; more are removed
+FREE_SEGMENTS = 2               # freed segments kept for reuse (qmgr.free_segments)
+RECORD_RESERVE = 16 * 1024      # free space only state/done records may use (qmgr.record_reserve)
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
 
 
@@ -87,16 +88,19 @@ class Spool:
 
     def __init__(self, path, max_queue_size, max_messages, min_free_space,
                  segment_size=SEGMENT_SIZE, hostname=None, chunk_size=CHUNK_SIZE,
-                 free_segments=FREE_SEGMENTS):
+                 free_segments=FREE_SEGMENTS, record_reserve=RECORD_RESERVE):
         self.path = path.rstrip("/") or "/"
         self.max_queue_size = max_queue_size
         self.max_messages = max_messages
-        self.min_free_space = min_free_space
+        # new mail stops record_reserve before min_free_space; delivery state and
+        # done records ignore both (a full flash must still drain)
+        self.min_free_space = min_free_space + record_reserve
         self.hostname = hostname
         self.chunk_size = chunk_size
         self.journal = Journal(self.path + "/seg", segment_size, free_segments)
         self.index = Index(self.journal)
-        self.recovery = Recovery(self.path, self.journal, self.index, chunk_size, min_free_space)
+        self.recovery = Recovery(self.path, self.journal, self.index, chunk_size,
+                                 self.min_free_space)
         self._writers = {}          # queue ID -> MessageWriter not yet committed
         self._pending = {}          # queue ID -> [(rcpt index, status index, attempts)] being synced
         self._inflight_bytes = 0    # body bytes of the writers in chunk frames
@@ -368,6 +372,7 @@ def open_configured(cfg, readonly=False):
     tools while the daemon runs); bad files are moved aside, never fatal."""
     q = cfg["qmgr"]
     spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
-                  hostname=cfg["hostname"])
+                  segment_size=q["segment_size"], hostname=cfg["hostname"],
+                  free_segments=q["free_segments"], record_reserve=q["record_reserve"])
     spool.recover(readonly=readonly)
     return spool

@@ -234,6 +234,24 @@ def test_limits_refuse_with_reason():
     sp.close()
 
 
+def test_record_reserve_refuses_mail_but_records_delivery():
+    # free space between min_free_space and min_free_space + record_reserve: new
+    # mail is refused (452 4.3.1), delivery state and done records still append
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, record_reserve=0)
+    qid = _commit_pat(sp, 3000)
+    free = compat.free_space(d)
+    sp.close()
+    sp = _open(d, min_free_space=free // 2, record_reserve=free)
+    assert "space" in sp.check_accept()
+    assert "space" in raises(SpoolFull, _commit_pat, sp, 100).reason
+    compat.asyncio.run(sp.record_attempt(qid, [(0, "deferred", "451 later", 12345)]))
+    compat.asyncio.run(sp.record_attempt(qid, [(0, "sent", "250 ok", None)]))
+    assert sp.count() == 0
+    sp.close()
+
+
 def test_abort_leaves_nothing():
     _quiet()
     d = fresh_dir("spool")

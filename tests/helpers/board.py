@@ -73,12 +73,31 @@ def via_route(port, host="127.0.0.1", extra=""):
     return 'route "*" { via = "[%s]:%d"; %s }' % (host, port, extra)
 
 
-def sim_config(listen_port, routes, smtpc_extra="", qmgr_extra="", log_level="info"):
-    """The sim's meta1lite.conf (boards/sim/meta1lite.conf.in) filled in."""
+QUEUE_OPTIONS = ("segment_size", "free_segments", "record_reserve", "min_free_space",
+                 "max_queue_size")
+ALWAYS_OPEN_SEGMENTS = 2         # the journal's current and pre-created next segment
+
+
+def queue_budget(profile):
+    """Bytes of flash the profile's "queue" block plans for (all of it must fit):
+    littlefs overhead, kept segments, reserves and max_queue_size."""
+    q = profile["queue"]
+    kept = (ALWAYS_OPEN_SEGMENTS + q["free_segments"]) * q["segment_size"]
+    return (q["fs_overhead"] + kept + q["record_reserve"] + q["min_free_space"]
+            + q["max_queue_size"])
+
+
+def sim_config(listen_port, routes, smtpc_extra="", qmgr_extra="", log_level="info",
+               profile=DEFAULT_PROFILE, queue=None):
+    """The sim's meta1lite.conf (boards/sim/meta1lite.conf.in) filled in; the qmgr
+    flash budget from the profile's "queue" block, `queue` overriding some of it."""
     with open(CONF_TEMPLATE) as f:
         template = string.Template(f.read())
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    values = dict((k, prof["queue"][k]) for k in QUEUE_OPTIONS)
+    values.update(queue or {})
     return template.substitute(listen_port=listen_port, routes=routes, smtpc_extra=smtpc_extra,
-                               qmgr_extra=qmgr_extra, log_level=log_level)
+                               qmgr_extra=qmgr_extra, log_level=log_level, **values)
 
 
 def free_port(host="127.0.0.1"):

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Heap figures of the simulated Pico W (boards/sim/: meta1lite frozen into a 32-bit
+MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
+
+    .venv/bin/python benchmarks/board.py [--messages 100] [--clients 3]
+                     [--lo 64K] [--hi 384K] [--step 8K] [--no-bisect --heap 192448]
+
+  1. import cost: heap in use (gc.mem_alloc after gc.collect) after importing every
+     frozen module of the relay, minus the same figure before.
+  2. the smallest -X heapsize (bisected in --step steps between --lo and --hi) at which
+     the board still relays --messages messages of 2-20 KB sent by --clients concurrent
+     smtplib sessions while smtpc delivers them:
+       (a) plain SMTP to an aiosmtpd next hop,
+       (b) STARTTLS with certificate verification (ca_file, trustme) and AUTH to an
+           aiosmtpd smarthost.
+     A run passes when every message is delivered, the log has no MemoryError / out of
+     memory / ENOMEM and no client session was dropped. A 4xx refusal (452: flash
+     full, issue 8 item 4) is retried by the client after RETRY_S and counted.
+With --no-bisect each scenario runs once at --heap. Figures only, no assertions.
+"""
+import argparse
+import logging
+import os
+import random
+import re
+import smtplib
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+import trustme  # noqa: E402
+from helpers.board import SimBoard, firmware, free_port, load_profile, sim_config, via_route  # noqa: E402
+from helpers.nexthop import NextHop  # noqa: E402
+from test_board_sim import OUT_OF_MEMORY, SMARTHOST_ROUTE, SMARTHOST_SMTPC  # noqa: E402
+
+MIN_SIZE, MAX_SIZE = 2048, 20480         # message sizes (bytes), issue 8
+SEED = 8
+USER, PASSWORD = "me", "s3cret-pw"
+STALL_S = 60                             # no delivery progress for this long: failed
+CLIENT_TIMEOUT_S = 60
+RETRY_S = 1.0                            # a 4xx refusal (flash full): the client tries again
+MAX_RETRIES = 60                         # per message, then the session counts as dropped
+META1LITE_MODULES_SKIP = ("cli", "__main__")
+
+
+def parse_size(text):
+    text = text.strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    return int(text.rstrip("KM")) * mult
+
+
+def kb(n):
+    return "%.1fK" % (n / 1024.0)
+
+
+# --- import cost ----------------------------------------------------------------------
+
+def frozen_modules():
+    """Every meta1lite module that runs on the board (cli/ is CPython-only)."""
+    root = os.path.join(C.ROOT, "meta1lite")
+    mods = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in META1LITE_MODULES_SKIP and d != "__pycache__")
+        for name in sorted(files):
+            if not name.endswith(".py") or name[:-3] in META1LITE_MODULES_SKIP:
+                continue
+            rel = os.path.relpath(os.path.join(folder, name), C.ROOT)[:-3].replace(os.sep, ".")
+            mods.append(rel[:-len(".__init__")] if rel.endswith(".__init__") else rel)
+    return mods
+
+
+def import_cost(heap):
+    work = tempfile.mkdtemp(prefix="m1l-board-imp-")
+    board = SimBoard(work, heap=heap)
+    mods = frozen_modules()
+    code = ("import gc\ngc.collect()\na = gc.mem_alloc()\n"
+            + "".join("import %s\n" % m for m in mods)
+            + "gc.collect()\nprint('IMPORT', a, gc.mem_alloc(), gc.mem_free())\n")
+    out = board.run_tool(code).stdout.split()
+    before, after, free = int(out[1]), int(out[2]), int(out[3])
+    print("import cost (sim firmware, frozen, -X heapsize=%d): %d modules, heap in use %s "
+          "before, %s after: %s (%d bytes); %s free" % (heap, len(mods), kb(before), kb(after),
+                                                       kb(after - before), after - before, kb(free)))
+
+
+# --- one relay run -------------------------------------------------------------------
+
+def message(n, size):
+    head = ("From: <dev@home.test>\r\nTo: <user%d@dest.test>\r\nSubject: test %d\r\n"
+            "Date: Tue, 24 Nov 2026 14:08:00 +0000\r\nMessage-ID: <%d.board@home.test>\r\n\r\n"
+            % (n, n, n)).encode()
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.\r\n"
+    body = (line * (size // len(line) + 1))[:max(0, size - len(head) - 2)]
+    return head + body.rstrip(b"\r\n") + b"\r\n"
+
+
+class Clients:
+    """`clients` smtplib sessions sending `count` messages in all; stop() aborts them."""
+
+    def __init__(self, port, count, clients):
+        rnd = random.Random(SEED)
+        self.sizes = [rnd.randint(MIN_SIZE, MAX_SIZE) for _ in range(count)]
+        self.port, self.count, self.clients = port, count, clients
+        self.sent, self.errors, self.abort, self.refusals = set(), [], False, 0
+        self.threads = [threading.Thread(target=self.worker, args=(w,), daemon=True)
+                        for w in range(clients)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def alive(self):
+        return any(t.is_alive() for t in self.threads)
+
+    def connect(self):
+        """A session; 421 at connect (the admission limit still counting a closed
+        connection) is retried as a real client would."""
+        for _ in range(MAX_RETRIES):
+            try:
+                return smtplib.SMTP("127.0.0.1", self.port, timeout=CLIENT_TIMEOUT_S)
+            except smtplib.SMTPConnectError as exc:
+                if not 400 <= exc.smtp_code < 500 or self.abort:
+                    raise
+                self.refusals += 1
+                time.sleep(RETRY_S)
+        raise smtplib.SMTPException("connection refused %d times" % MAX_RETRIES)
+
+    def worker(self, w):
+        try:
+            with self.connect() as s:
+                for n in range(w, self.count, self.clients):
+                    if self.abort:
+                        return
+                    self.send(s, n)
+        except (OSError, smtplib.SMTPException) as exc:
+            if not self.abort:
+                self.errors.append("client %d: %r" % (w, exc))
+
+    def send(self, s, n):
+        """One message; a 4xx reply (452 flash full) is retried as a real client would."""
+        for _ in range(MAX_RETRIES):
+            try:
+                s.sendmail("dev@home.test", ["user%d@dest.test" % n], message(n, self.sizes[n]))
+                self.sent.add(n)
+                return
+            except smtplib.SMTPResponseException as exc:
+                if not 400 <= exc.smtp_code < 500 or self.abort:
+                    raise
+                self.refusals += 1
+                time.sleep(RETRY_S)
+        raise smtplib.SMTPException("message %d refused %d times" % (n, MAX_RETRIES))
+
+    def stop(self):
+        self.abort = True
+        for t in self.threads:
+            t.join(CLIENT_TIMEOUT_S)
+
+
+def delivered(hop):
+    found = set()
+    for m in list(hop.messages):
+        hit = re.search(rb"Subject: test (\d+)", m.content)
+        if hit:
+            found.add(int(hit.group(1)))
+    return found
+
+
+def out_of_memory(log):
+    return [line for line in log.splitlines() if any(w in line for w in OUT_OF_MEMORY)]
+
+
+class Pki:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="m1l-board-pki-")
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "smtp.isp.test")
+        self.ca, self.cert, self.key = (os.path.join(self.dir, n) for n in ("ca.pem", "cert.pem", "key.pem"))
+        ca.cert_pem.write_to_path(self.ca)
+        cert.private_key_pem.write_to_path(self.key)
+        cert.cert_chain_pems[0].write_to_path(self.cert)
+
+
+def next_hop(pki):
+    if pki is None:
+        return NextHop()
+    return NextHop(cert=(pki.cert, pki.key), require_starttls=True, users={USER: PASSWORD})
+
+
+def prepare(board, port, hop, pki):
+    if pki is None:
+        board.create_flash(sim_config(port, via_route(hop.port)))
+        return
+    board.create_flash(sim_config(port, via_route(hop.port, extra=SMARTHOST_ROUTE),
+                                  smtpc_extra=SMARTHOST_SMTPC))
+    with open(pki.ca) as f:
+        board.put_text("ca.pem", f.read())
+    board.put_text("smarthost.password", PASSWORD + "\n")
+
+
+def watch(board, hop, clients, count):
+    """Wait until all is delivered, or a failure shows; None (passed) or the reason."""
+    last, since = -1, time.time()
+    while True:
+        if board.proc.poll() is not None:
+            return "board exited %s" % board.proc.returncode
+        bad = out_of_memory(board.log())
+        if bad:
+            return "%d out-of-memory lines, first: %s" % (len(bad), re.sub(r"^.*?\]: ", "", bad[0])[:100])
+        if clients.errors:
+            return "session dropped: %s" % clients.errors[0][:90]
+        got = len(delivered(hop))
+        if got >= count and not clients.alive():
+            return None
+        if got != last:
+            last, since = got, time.time()
+        elif time.time() - since > STALL_S:
+            return "stalled at %d delivered" % got
+        time.sleep(0.2)
+
+
+def relay_run(heap, count, nclients, pki):
+    """One run at `heap`: (passed, delivered, seconds, reason)."""
+    work = tempfile.mkdtemp(prefix="m1l-board-%d-" % heap)
+    with next_hop(pki) as hop:
+        port = free_port()
+        board = SimBoard(work, heap=heap)
+        prepare(board, port, hop, pki)
+        t0 = time.time()
+        try:
+            board.start(port)
+        except AssertionError as exc:
+            board.kill()
+            return False, 0, 0.0, 0, "did not start: %s" % str(exc).splitlines()[-1][:80]
+        clients = Clients(port, count, nclients).start()
+        try:
+            reason = watch(board, hop, clients, count)
+        finally:
+            clients.stop()
+            board.stop()
+        seconds = time.time() - t0
+        got = delivered(hop)
+        if reason is None and pki is not None and not all(m.tls for m in hop.messages):
+            reason = "delivered without TLS"
+    return reason is None, len(got), seconds, clients.refusals, reason or "ok"
+
+
+# --- bisection ----------------------------------------------------------------------
+
+def bisect(name, args, pki):
+    rows = []
+
+    def attempt(heap):
+        ok, got, secs, refused, why = relay_run(heap, args.messages, args.clients, pki)
+        rows.append([kb(heap), "%d/%d" % (got, args.messages), "%.0f" % secs, refused, why])
+        print("  %s %s: %s" % (name, kb(heap), why), flush=True)
+        return ok
+
+    lo, hi, step = args.lo, args.hi, args.step
+    if args.no_bisect:
+        ok = attempt(args.heap)
+        result = "%s at %s" % ("passes" if ok else "FAILS", kb(args.heap))
+    elif not attempt(hi):
+        result = "fails at all heaps up to %s" % kb(hi)
+    else:
+        while hi - lo > step:
+            mid = lo + (hi - lo) // 2 // step * step
+            if attempt(mid):
+                hi = mid
+            else:
+                lo = mid
+        result = "smallest heap that passes: %s (%d bytes; %s fails)" % (kb(hi), hi, kb(lo))
+    C.table("%s: %d clients, %d messages of 2-20 KB" % (name, args.clients, args.messages),
+            ["heapsize", "delivered", "seconds", "4xx retried", "result"], rows)
+    print("%s: %s" % (name, result), flush=True)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=100, help="messages per run (issue: 500)")
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--lo", type=parse_size, default=parse_size("64K"))
+    ap.add_argument("--hi", type=parse_size, default=parse_size("384K"))
+    ap.add_argument("--step", type=parse_size, default=parse_size("8K"))
+    ap.add_argument("--no-bisect", action="store_true", help="one run per scenario at --heap")
+    ap.add_argument("--heap", type=parse_size, default=load_profile()["heap_bytes"])
+    ap.add_argument("--only", choices=("plain", "tls"), help="run one scenario")
+    args = ap.parse_args()
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)    # aiosmtpd: failed handshakes
+    try:
+        info = firmware()
+    except BaseException as exc:  # noqa: BLE001 - helpers.board skips (pytest) when unbuildable
+        print("sim firmware unavailable: %s" % exc)
+        return
+    print("board.py: %s; sim firmware %s (%s, %d bytes frozen)" % (C.machine(), info["path"],
+                                                                 info["compiler"], info["frozen_bytes"]))
+    import_cost(load_profile()["heap_bytes"])
+    results = []
+    if args.only != "tls":
+        results.append(("(a) plain SMTP next hop", bisect("(a) plain", args, None)))
+    if args.only != "plain":
+        results.append(("(b) STARTTLS + verify + AUTH smarthost", bisect("(b) tls", args, Pki())))
+    print("\nsim Pico W heap figures (%d messages, %d clients):" % (args.messages, args.clients))
+    for name, result in results:
+        print("  %s: %s" % (name, result))
+
+
+if __name__ == "__main__":
+    main()
