@@ -50,6 +50,12 @@ def _real_monotonic_factory():
 _real_monotonic = _real_monotonic_factory()
 
 
+def real_monotonic():
+    """Real seconds, never scaled by META1LITE_CLOCK_SCALE: the clock of socket
+    deadlines (smtps command_timeout, min_data_rate), which asyncio waits in."""
+    return _real_monotonic()
+
+
 class _Clock:
     def __init__(self):
         self.scale = float(os.getenv(CLOCK_SCALE_ENV) or 1)
@@ -82,6 +88,15 @@ def set_clock(monotonic_fn=None, wall_fn=None):
     """Replace the clocks (tests); call with no arguments to restore the real ones."""
     _clock.mono_fn = monotonic_fn
     _clock.wall_fn = wall_fn
+
+
+HAS_THREADS = not MICROPYTHON  # worker threads for blocking work (CPython only)
+
+
+async def in_thread(fn, *args):
+    """fn(*args) in a worker thread, the event loop running meanwhile (CPython only;
+    callers check HAS_THREADS and slice their work on MicroPython)."""
+    return await asyncio.to_thread(fn, *args)
 
 
 async def sleep(seconds):
@@ -126,6 +141,19 @@ def forget_modules(names):
     gc.collect()
 
 
+LOW_MEMORY_BYTES = 48 * 1024    # free heap under which new work is refused (MicroPython)
+
+
+def memory_low():
+    """True if the heap is too full to take new work (MicroPython; after a collect).
+    Always False on CPython."""
+    import gc
+    if not hasattr(gc, "mem_free") or gc.mem_free() >= LOW_MEMORY_BYTES:
+        return False
+    gc.collect()
+    return gc.mem_free() < LOW_MEMORY_BYTES
+
+
 def heap_used():
     """Bytes of heap in use (MicroPython gc.mem_alloc), or None on CPython."""
     import gc
@@ -142,140 +170,32 @@ def urandom(n):
 _PID = [None]
 
 
+def _proc_pid():
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read(32).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_pid():
+    """The real process id where the runtime can tell it, else None."""
+    if hasattr(os, "getpid"):
+        return os.getpid()
+    return _proc_pid()
+
+
 def getpid():
-    """The process id; on MicroPython (no pids) a number fixed for this run."""
+    """The process id (the unix port reads /proc); elsewhere (a board) a number
+    fixed for this run."""
     if _PID[0] is None:
-        if hasattr(os, "getpid"):
-            _PID[0] = os.getpid()
-        else:
+        _PID[0] = own_pid()
+        if _PID[0] is None:
             _PID[0] = 1000 + int.from_bytes(urandom(2), "big") % 30000
     return _PID[0]
 
 
-# --- TLS --------------------------------------------------------------------
-
-def pem_to_der(text):
-    """DER bytes of the first PEM block in `text` (str or bytes)."""
-    import binascii
-    if isinstance(text, bytes):
-        text = text.decode()
-    begin = text.find("-----BEGIN")
-    if begin < 0:
-        raise ValueError("no PEM block found")
-    start = text.find("\n", begin) + 1
-    end = text.find("-----END", start)
-    if start <= 0 or end < 0:
-        raise ValueError("unterminated PEM block")
-    return binascii.a2b_base64("".join(text[start:end].split()))
-
-
-def _read_file(path, mode="rb"):
-    with open(path, mode) as f:
-        return f.read()
-
-
-def server_tls_context(certfile, keyfile):
-    """An SSL context for smtps (STARTTLS and implicit TLS)."""
-    import ssl
-    if not MICROPYTHON:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(certfile, keyfile)
-        return ctx
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pem_to_der(_read_file(certfile)), pem_to_der(_read_file(keyfile)))
-    return ctx
-
-
-def client_tls_context(verify=True, ca_file=None):
-    """An SSL context for smtpc; verification uses ca_file (required on MicroPython)."""
-    import ssl
-    if not MICROPYTHON:
-        ctx = ssl.create_default_context(cafile=ca_file)
-        if not verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if verify and ca_file:
-        ctx.load_verify_locations(cadata=pem_to_der(_read_file(ca_file)))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 TLS_ERRORS = (OSError, ValueError) if MICROPYTHON else (OSError,)
-
-
-async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
-    """Upgrade an open stream to TLS (STARTTLS); returns the new (reader, writer)."""
-    if not MICROPYTHON:
-        if server_side:
-            await writer.start_tls(ctx)
-        else:
-            await writer.start_tls(ctx, server_hostname=server_hostname)
-        return reader, writer
-    kwargs = {"server_side": server_side, "do_handshake_on_connect": False}
-    if not server_side and server_hostname:
-        kwargs["server_hostname"] = server_hostname
-    sock = ctx.wrap_socket(writer.s, **kwargs)
-    sock.setblocking(False)
-    writer.s = sock
-    return writer, writer
-
-
-# mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls
-# config takes 16K in and 4K out, plus header, IV, MAC and padding, plus the
-# tracked-allocation header, rounded up to 16-byte GC blocks.
-TLS_RECORD_BUFFERS = (16736, 4448)
-
-
-class TlsMemory:
-    """Heap kept for one TLS connection at a time (boards). mbedtls allocates its
-    record buffers from the GC heap, and a fragmented heap has 100K free but no
-    16K hole; blocks of exactly their sizes, freed just before a handshake and
-    taken back into the holes the buffers leave when the connection closes, keep
-    room for the next one. Off (CPython, routers): no reserve, no limit."""
-
-    def __init__(self):
-        self._blocks = None
-        self._lock = None
-
-    def configure(self, enabled):
-        """Keep the blocks from now on (call before the queue index is built)."""
-        enabled = enabled and MICROPYTHON
-        self._lock = asyncio.Lock() if enabled else None
-        self._take()
-
-    def _take(self):
-        blocks = []
-        for size in TLS_RECORD_BUFFERS if self._lock is not None else ():
-            try:
-                blocks.append(bytearray(size))
-            except MemoryError:
-                pass                # taken again when the next TLS connection ends
-        self._blocks = blocks
-
-    async def acquire(self):
-        """Wait for the TLS slot, then free the blocks for the handshake."""
-        if self._lock is None:
-            return
-        await self._lock.acquire()
-        self._blocks = None
-        import gc
-        gc.collect()
-
-    def release(self):
-        """The TLS connection is closed: take the blocks back, free the slot."""
-        if self._lock is None or not self._lock.locked():
-            return
-        import gc
-        gc.collect()
-        self._take()
-        self._lock.release()
-
-
-tls_memory = TlsMemory()
 
 
 # --- streams ----------------------------------------------------------------
@@ -527,6 +447,13 @@ def free_space(path):
     """Bytes free for an unprivileged writer on the filesystem holding path."""
     st = os.statvfs(path)
     return st[1] * st[4]     # f_frsize * f_bavail, same tuple order on both runtimes
+
+
+def fs_size(path):
+    """Bytes an unprivileged writer could use on the empty filesystem holding path
+    (f_blocks less the root reserve, f_bfree - f_bavail)."""
+    st = os.statvfs(path)
+    return st[1] * (st[2] - (st[3] - st[4]))     # f_frsize * (f_blocks - reserved)
 
 
 # --- CBOR -------------------------------------------------------------------

@@ -8,10 +8,11 @@
 # durability survives. Must never: hold protocol or queue logic of its own.
 import sys
 
-from meta1lite import compat
+from meta1lite import compat, tls
 
 asyncio = compat.asyncio
 INCOMING_POLL_S = 5          # how often new `meta1lite sendmail` submissions are adopted
+EXIT_BUSY = 75               # the spool is locked by another process (EX_TEMPFAIL)
 
 
 class Daemon:
@@ -37,7 +38,7 @@ class Daemon:
         from meta1lite.smtps.server import SmtpServer
         from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
-        compat.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
+        tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
         self.spool = open_configured(self.cfg)
         self.smar = AddressResolver(self.cfg)
         self.qmgr = QueueManager(self.cfg, self.spool, self.smar)
@@ -114,7 +115,22 @@ def _install_signals(daemon, reload_cb):
 
 
 def run(cfg, reload_config=None):
-    """Run the daemon in the foreground until stopped; returns an exit code."""
+    """Run the daemon in the foreground until stopped; returns an exit code.
+    The spool's lock is taken first and held for the daemon's whole life: a second
+    daemon on the same spool exits EXIT_BUSY before touching anything."""
+    from meta1lite.spool.lock import SpoolBusy, lock_spool
+    try:
+        lock = lock_spool(cfg["spool"])
+    except SpoolBusy as exc:
+        sys.stderr.write("meta1lite: %s\n" % exc)
+        return EXIT_BUSY
+    try:
+        return _run_locked(cfg, reload_config)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg, reload_config):
     daemon = Daemon(cfg)
 
     def reload():

@@ -15,7 +15,7 @@
 # route.rewrite_sender (never for the null sender <> of bounces), and the From:
 # header gets job.rewrite_from, or route.rewrite_sender when
 # route.rewrite_from_header is set. A Job may carry them already; both are idempotent.
-from meta1lite import compat, headers
+from meta1lite import compat, headers, tls
 from meta1lite.proto import smtp_client as core
 from meta1lite.status import DEFERRED, SENT
 
@@ -109,7 +109,7 @@ class SmtpClient:
             if verify and not route.ca_file and compat.MICROPYTHON:
                 raise ValueError("certificate verification needs smtpc.ca_file on this "
                                  "platform (no system CA store)")
-            ctx = compat.client_tls_context(verify, route.ca_file)
+            ctx = tls.client_tls_context(verify, route.ca_file)
             self.contexts[key] = ctx
         return ctx
 
@@ -166,7 +166,7 @@ class _Session:
         self.buf = compat.new_read_buffer()
         self.conn = None
         self.preread = b""
-        self.tls_slot = False         # holds compat.tls_memory's slot
+        self.tls_slot = False         # holds tls.tls_memory's slot
 
     def _log(self, level, text):
         compat.log.log(level, LOG, "%s: %s" % (self.qid, text))
@@ -188,11 +188,11 @@ class _Session:
                 await compat.close_stream(self.writer)
         finally:
             if self.tls_slot:
-                compat.tls_memory.release()
+                tls.tls_memory.release()
 
     async def _tls_slot(self):
         """Boards: wait for the one TLS connection allowed (smtpc.tls_reserve)."""
-        await compat.tls_memory.acquire()
+        await tls.tls_memory.acquire()
         self.tls_slot = True
 
     async def _connect(self, implicit):
@@ -290,7 +290,7 @@ class _Session:
         try:
             ctx, verify = self._context()
             self.reader, self.writer = await compat.wait_for(
-                compat.start_tls(self.reader, self.writer, ctx, False, self.hop.host),
+                tls.start_tls(self.reader, self.writer, ctx, False, self.hop.host),
                 min(TLS_HANDSHAKE_TIMEOUT_S, self.client.io_timeout))
         except _IO_ERRORS as exc:
             self.tls_pending = True

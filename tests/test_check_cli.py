@@ -44,6 +44,9 @@ CASES = [
     ("unterminated string", 'postmaster = "root@x;\n', 1, 14, "unterminated string"),
     ("unbalanced brace", "smtps {\n  max_connections = 2;\n", 1, 7, "unbalanced braces"),
     ("duplicate section", "qmgr { }\nsmar { }\nqmgr { }\n", 3, 1, "duplicate section 'qmgr'"),
+    ("message bigger than the queue", "smtps { }\nqmgr {\n  max_queue_size = 2M;\n}\n", 3, 3,
+     "max_message_size (10485760 bytes, plus 2048 for the header fields smtps adds) does not"
+     " fit in qmgr.max_queue_size (2097152 bytes)"),
 ]
 
 
@@ -119,8 +122,8 @@ def test_check_never_crashes_and_positions_are_in_the_text(text):
 @given(st.integers(0, 10 ** 6), st.sampled_from(["", "K", "M", "G", "k"]))
 def test_sizes_round_trip(number, unit):
     factor = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "k": 1024}[unit]
-    cfg = conf.loads("qmgr { max_queue_size = %d%s; }" % (number, unit))
-    assert cfg["qmgr"]["max_queue_size"] == number * factor
+    cfg = conf.loads("qmgr { min_free_space = %d%s; }" % (number, unit))
+    assert cfg["qmgr"]["min_free_space"] == number * factor
 
 
 def _bundle(tmp_path):

@@ -1,4 +1,4 @@
-# compat.start_tls on both runtimes over real loopback sockets with trustme
+# tls.start_tls on both runtimes over real loopback sockets with trustme
 # certificates: a CPython peer and a MicroPython peer upgrade a plaintext
 # conversation to TLS (STARTTLS), in both directions.
 import asyncio
@@ -9,19 +9,19 @@ import pytest
 import trustme
 from helpers.upy import run_micropython
 
-from meta1lite import compat
+from meta1lite import tls
 
 UPY_CLIENT = """
 import sys
-from meta1lite import compat
+from meta1lite import compat, tls
 asyncio = compat.asyncio
 async def main(port, ca):
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(b"STARTTLS\\n"); await w.drain()
     lines = compat.LineReader(r, 128)
     assert await lines.readline() == b"GO\\n"
-    ctx = compat.client_tls_context(verify=True, ca_file=ca)
-    r, w = await compat.start_tls(r, w, ctx, False, "localhost")
+    ctx = tls.client_tls_context(verify=True, ca_file=ca)
+    r, w = await tls.start_tls(r, w, ctx, False, "localhost")
     await compat.write_all(w, b"PING\\n")
     print((await compat.LineReader(r, 128).readline()).decode().strip())
     await compat.close_stream(w)
@@ -30,15 +30,15 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 
 UPY_SERVER = """
 import sys
-from meta1lite import compat
+from meta1lite import compat, tls
 asyncio = compat.asyncio
 done = asyncio.Event()
 async def session(r, w):
     lines = compat.LineReader(r, 128)
     assert await lines.readline() == b"STARTTLS\\n"
     await compat.write_all(w, b"GO\\n")
-    ctx = compat.server_tls_context(sys.argv[2], sys.argv[3])
-    r, w = await compat.start_tls(r, w, ctx, True)
+    ctx = tls.server_tls_context(sys.argv[2], sys.argv[3])
+    r, w = await tls.start_tls(r, w, ctx, True)
     line = await compat.LineReader(r, 128).readline()
     await compat.write_all(w, b"PONG " + line)
     await compat.close_stream(w)
@@ -71,7 +71,7 @@ def free_port():
 
 def test_pem_to_der_matches_the_ssl_module(certs):
     pem = (certs / "cert.pem").read_text()
-    assert compat.pem_to_der(pem) == ssl.PEM_cert_to_DER_cert(pem)
+    assert tls.pem_to_der(pem) == ssl.PEM_cert_to_DER_cert(pem)
 
 
 def test_micropython_client_upgrades_to_tls_against_cpython_server(certs):
@@ -81,8 +81,8 @@ def test_micropython_client_upgrades_to_tls_against_cpython_server(certs):
         assert await reader.readline() == b"STARTTLS\n"
         writer.write(b"GO\n")
         await writer.drain()
-        ctx = compat.server_tls_context(str(certs / "cert.pem"), str(certs / "key.pem"))
-        reader, writer = await compat.start_tls(reader, writer, ctx, True)
+        ctx = tls.server_tls_context(str(certs / "cert.pem"), str(certs / "key.pem"))
+        reader, writer = await tls.start_tls(reader, writer, ctx, True)
         got.append(writer.get_extra_info("ssl_object") is not None)
         line = await reader.readline()
         writer.write(b"PONG " + line)
@@ -124,8 +124,8 @@ def test_cpython_client_upgrades_to_tls_against_micropython_server(certs):
             writer.write(b"STARTTLS\n")
             await writer.drain()
             assert await reader.readline() == b"GO\n"
-            ctx = compat.client_tls_context(True, str(certs / "ca.pem"))
-            reader, writer = await compat.start_tls(reader, writer, ctx, False, "localhost")
+            ctx = tls.client_tls_context(True, str(certs / "ca.pem"))
+            reader, writer = await tls.start_tls(reader, writer, ctx, False, "localhost")
             writer.write(b"PING\n")
             await writer.drain()
             line = await reader.readline()

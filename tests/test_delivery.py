@@ -210,3 +210,28 @@ def test_outage_holds_queue_and_flush_delivers(runtime, tmp_path):
         finally:
             daemon.stop()
     assert os.path.exists(daemon.log_path)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_body_8bitmime_is_passed_on_or_bounced(runtime, tmp_path):
+    # issue 11 item 6: BODY=8BITMIME was dropped on relay and an 8-bit body went
+    # unchanged to a next hop without 8BITMIME; RFC 6152 says pass it on, or return it
+    eight = "Subject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode("utf-8")
+    with NextHop() as hop8, NextHop(eightbitmime=False) as hop7:
+        routes = 'route "eight.test" { via = "[127.0.0.1]:%d"; } %s' % (hop8.port, via(hop7.port))
+        daemon = start_relay(runtime, tmp_path, routes)
+        try:
+            with smtplib.SMTP("127.0.0.1", daemon.port, timeout=60) as s:
+                s.sendmail("dev@home.test", ["u@eight.test"], eight, mail_options=["BODY=8BITMIME"])
+                s.sendmail("dev@home.test", ["u@seven.test"], eight, mail_options=["BODY=8BITMIME"])
+                s.sendmail("dev@home.test", ["plain@seven.test"], message(3))
+            wait_for(lambda: len(hop8.messages) >= 1 and len(hop7.messages) >= 2,
+                     "the 8-bit delivery, the 7-bit one and the DSN", daemon)
+        finally:
+            daemon.stop()
+    assert len(hop8.mail_options) == 1 and "BODY=8BITMIME" in hop8.mail_options[0]
+    assert hop8.messages[0].content.endswith("d\u00e9j\u00e0 vu\r\n".encode("utf-8"))
+    got = dict((m.rcpt_tos[0], m) for m in hop7.messages)
+    assert sorted(got) == ["dev@home.test", "plain@seven.test"], hop7.messages
+    assert got["dev@home.test"].mail_from in ("", "<>") and b"5.6.3" in got["dev@home.test"].content
+    assert "to=<u@seven.test>" in daemon.log() and "status=bounced" in daemon.log()

@@ -132,6 +132,10 @@ def test_io_timeout_and_message_rate(runtime, tmp_path):
     try:
         with Client(daemon.port) as c:
             c.greeting_and_ehlo()
+            for n in range(3):          # transactions that queue nothing do not count
+                assert c.cmd("MAIL FROM:<f@relay.test>").code == 250
+                assert c.cmd("RCPT TO:<t@example.org>").code == 250
+                assert c.cmd("RSET").code == 250
             for n in range(2):
                 r = c.message("f@relay.test", ["t@example.org"], b"Subject: %d\r\n\r\nx\r\n" % n)
                 assert r.code == 250, r
@@ -145,3 +149,111 @@ def test_io_timeout_and_message_rate(runtime, tmp_path):
     log = assert_clean_log(daemon)
     assert "timeout after" in log
     assert len(queued(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_message_that_can_never_fit_gets_552(runtime, tmp_path):
+    # issue 11 item 5: a message larger than the queue could ever hold (here: the
+    # file system less min_free_space leaves 1M) is refused for good, 552 5.3.4, at
+    # MAIL with SIZE= (at the final dot: tests/core/test_spool.py, as this disk's free
+    # space is below such a min_free_space); never 452 (retry forever)
+    import os
+    st = os.statvfs(str(tmp_path))
+    room = 1024 * 1024
+    fs_size = st.f_frsize * (st.f_blocks - (st.f_bfree - st.f_bavail))
+    daemon = start_smtps(runtime, tmp_path, "max_message_size = 4M;",
+                         qmgr="min_free_space = %d; record_reserve = 0;" % (fs_size - room))
+    try:
+        with Client(daemon.port) as c:
+            c.greeting_and_ehlo()
+            r = c.cmd("MAIL FROM:<f@relay.test> SIZE=%d" % (2 * room))
+            assert code_and_enhanced(r) == (552, "5.3.4"), r
+            # one that fits gets 250, or 452 while the disk is fuller than that
+            assert c.cmd("MAIL FROM:<f@relay.test> SIZE=100").code in (250, 452)
+            assert c.cmd("NOOP").code == 250
+    finally:
+        daemon.stop()
+    assert_clean_log(daemon)
+
+
+SLOW_LIMITS = ("io_timeout = 5m; command_timeout = 2s; min_data_rate = 100000;"
+               " data_rate_grace = 1s; max_junk_commands = 5;")
+
+
+def dribble(c, data, pause):
+    """Send data a byte at a time until the server closes; the seconds it took."""
+    start = time.time()
+    for i in range(len(data)):
+        try:
+            c.send(data[i:i + 1])
+        except OSError:
+            break
+        time.sleep(pause)
+        if time.time() - start > DEADLINE_S:
+            break
+    return time.time() - start
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_slowloris_command_deadline_data_rate_and_junk_commands(runtime, tmp_path):
+    # issue 11 item 4: io_timeout is per read; a command sent a byte a second was
+    # never cut, nor a DATA trickle, nor endless NOOPs
+    daemon = start_smtps(runtime, tmp_path, SLOW_LIMITS)
+    try:
+        with Client(daemon.port) as c:          # a command line must arrive within 2 s
+            c.greeting_and_ehlo()
+            took = dribble(c, b"NOOP NOOP NOOP NOOP NOOP NOOP\r\n", 0.3)
+            assert took < 6, took
+            r = c.reply()
+            assert code_and_enhanced(r) == (421, "4.4.2") and "Command timeout" in r.text, r
+            assert c.closed()
+        with Client(daemon.port) as c:          # DATA must keep up 100 KB/s after 1 s
+            c.greeting_and_ehlo()
+            for cmd in ("MAIL FROM:<f@relay.test>", "RCPT TO:<t@example.org>"):
+                assert c.cmd(cmd).code == 250
+            assert c.cmd("DATA").code == 354
+            took = dribble(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.2)
+            assert took < 8, took
+            r = c.reply()
+            assert code_and_enhanced(r) == (421, "4.4.2") and "Data rate" in r.text, r
+        with Client(daemon.port) as c:          # max_junk_commands
+            c.greeting_and_ehlo()
+            for cmd in ("NOOP", "RSET", "HELP", "VRFY x", "NOOP"):
+                assert c.cmd(cmd).code // 100 == 2, cmd
+            assert code_and_enhanced(c.cmd("NOOP")) == (421, "4.7.0")
+            assert c.closed()
+    finally:
+        daemon.stop()
+    log = assert_clean_log(daemon)
+    assert "command timeout after" in log and "data rate too low after" in log
+    assert queued(tmp_path) == {}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_full_server_closes_its_idlest_session_for_a_newcomer(runtime, tmp_path):
+    # issue 11 item 4: 20 sockets sending NOOP every 6 s kept everyone at 421
+    daemon = start_smtps(runtime, tmp_path, "max_connections = 3; max_connections_per_client = 3;",
+                         relay_from="127.0.0.0/8")
+    held = []
+    try:
+        wait_sessions_ended(daemon)
+        held = [greeted(daemon.port, "127.0.0.%d" % n) for n in (2, 3, 4)]
+        time.sleep(1)
+        held[1].cmd("NOOP")                 # the others stay idle longer
+        time.sleep(2.5)
+        held[2].cmd("NOOP")
+        with Client(daemon.port, source="127.0.0.5") as c:
+            c.greeting_and_ehlo()
+            r = c.message("f@relay.test", ["t@example.org"], b"Subject: in\r\n\r\nx\r\n")
+            assert r.code == 250, r
+        r = held[0].reply()                 # the idlest got 421 and was closed
+        assert code_and_enhanced(r) == (421, "4.7.0"), r
+        assert held[0].closed()
+        assert held[1].cmd("NOOP").code == 250 and held[2].cmd("NOOP").code == 250
+    finally:
+        for c in held:
+            c.close()
+        daemon.stop()
+    log = assert_clean_log(daemon)
+    assert "server full: closing the idlest session, unknown[127.0.0.2]" in log
+    assert len(queued(tmp_path)) == 1

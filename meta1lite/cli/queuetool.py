@@ -9,7 +9,7 @@
 # `postqueue -p` shaped for people, `--json` one object per line as `postqueue -j`.
 # Exit status: 0 done, 1 failed (unknown queue ID, daemon down for flush/status),
 # 2 bad usage. Must never: write to the spool while the daemon answers on its
-# control channel, or print a message body except for `show`.
+# control channel or without holding the spool's lock (meta1lite/spool/lock.py), or print a message body except for `show`.
 import json
 import socket
 import sys
@@ -208,22 +208,36 @@ _ACTIONS = {"hold": "placed on hold", "release": "released from hold", "delete":
 def cmd_change(verb, cfg, args, as_json_flag):
     if not args:
         return _usage("%s takes one or more queue IDs" % verb)
-    spool = None
+    from meta1lite.spool.lock import SpoolBusy, lock_spool
+    spool, lock = None, None
     status = EXIT_OK
-    for queue_id in args:
-        try:
-            reply = request(cfg, "%s %s" % (verb, queue_id))
-        except DaemonDown:
-            if spool is None:
-                spool = open_spool(cfg, False)
-            done = getattr(spool, verb)(queue_id)
-            reply = {"ok": True, "queue_id": queue_id} if done else {
-                "ok": False, "error": "%s: no such message in the queue" % queue_id}
-        if _report(reply, as_json_flag, "%s: %s" % (queue_id, _ACTIONS[verb])):
-            status = EXIT_FAIL
-    if spool is not None:
-        spool.close()
+    try:
+        for queue_id in args:
+            try:
+                reply = request(cfg, "%s %s" % (verb, queue_id))
+            except DaemonDown:
+                if spool is None:
+                    lock = lock_spool(cfg["spool"])     # SpoolBusy: not ours to write
+                    spool = open_spool(cfg, False)
+                reply = _change_directly(spool, verb, queue_id)
+            if _report(reply, as_json_flag, "%s: %s" % (queue_id, _ACTIONS[verb])):
+                status = EXIT_FAIL
+    except SpoolBusy as exc:
+        sys.stderr.write("meta1lite: %s\n" % exc)
+        return EXIT_FAIL
+    finally:
+        if spool is not None:
+            spool.close()
+        if lock is not None:
+            lock.release()
     return status
+
+
+def _change_directly(spool, verb, queue_id):
+    # no daemon answers, and this process holds the spool's lock
+    done = getattr(spool, verb)(queue_id)
+    return {"ok": True, "queue_id": queue_id} if done else {
+        "ok": False, "error": "%s: no such message in the queue" % queue_id}
 
 
 def _report(reply, as_json_flag, text):

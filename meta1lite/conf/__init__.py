@@ -264,6 +264,7 @@ def _parse_value(lex, errs):
 class _Context:
     def __init__(self, errs):
         self.errs, self.refs = errs, []
+        self.pos = {}       # "section.option" of schema.CROSS_CHECKED -> its name token
 
 
 def _default(entry):
@@ -329,6 +330,8 @@ class _Section:
             self.ctx.errs.at(name_tok, "'%s' is a section: write %s { ... }" % (name_tok[1], entry[0]))
         else:
             self.out[entry[0]] = _convert(entry, name_tok, value, self.ctx)
+            if _join(self.where, entry[0]) in schema.CROSS_CHECKED:
+                self.ctx.pos[_join(self.where, entry[0])] = name_tok
 
     def section(self, name_tok, label):
         # the _Section of a nested section, or None to skip it (error reported)
@@ -385,8 +388,24 @@ def _finish(cfg, ctx):
         if tok[1].lower() not in names:
             ctx.errs.at(tok, "auth '%s' names no smtpc credentials section (known: %s)" % (
                 tok[1], ", ".join(['"%s"' % label for label, _ in smtpc["credentials"]]) or "none"))
+    _check_sizes(cfg, ctx)
     cfg["config_file"] = None
     return cfg
+
+
+def _check_sizes(cfg, ctx):
+    # a message that max_message_size permits must fit in an empty queue, or it
+    # would get 452 (try again) forever
+    size, queue = cfg["smtps"]["max_message_size"], cfg["qmgr"]["max_queue_size"]
+    if size and size + schema.HEADER_ROOM <= queue:
+        return
+    tok = ctx.pos.get("smtps.max_message_size") or ctx.pos.get("qmgr.max_queue_size")
+    from meta1lite.conf import hints  # only on error: a small heap
+    message = hints.size_conflict(size, queue)
+    if tok is None:
+        ctx.errs.add(1, 1, message)
+    else:
+        ctx.errs.at(tok, message)
 
 
 def _text_lines(text):

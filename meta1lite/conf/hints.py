@@ -32,6 +32,10 @@ max_message_size|largest message in bytes (SIZE, 552 5.3.4)
 max_recipients|recipients per message; beyond: 452 4.5.3
 max_messages_per_client_per_minute|messages a minute from one address
 io_timeout|idle time before 421 4.4.2 and close
+command_timeout|a whole command line must arrive within this of the last reply
+min_data_rate|bytes/s a DATA must average after data_rate_grace; 0: no floor
+data_rate_grace|time DATA may take before min_data_rate applies
+max_junk_commands|NOOP/RSET/VRFY/HELP per message before 421 4.7.0; 0: no limit
 bare_lf|bare LF/CR in DATA: 550 5.5.2, or make it CRLF
 add_missing_headers|add Date:/Message-ID: for relay clients and sendmail
 tls|certificate and key for STARTTLS and listen_tls
@@ -134,3 +138,15 @@ def unknown(text, is_section, table, where):
     elif where and schema.entry("top", name):
         message += "; is a '}' missing before it?"
     return message
+
+
+def size_conflict(size, queue):
+    # the message for a smtps.max_message_size that an empty queue cannot hold
+    if not size:
+        what = "max_message_size = 0 (no limit)"
+    else:
+        what = "max_message_size (%d bytes, plus %d for the header fields smtps adds)" % (
+            size, schema.HEADER_ROOM)
+    return ("%s does not fit in qmgr.max_queue_size (%d bytes): such a message could never"
+            " be queued; lower max_message_size to at most %d or raise max_queue_size"
+            % (what, queue, max(0, queue - schema.HEADER_ROOM)))

@@ -26,6 +26,11 @@ from meta1lite.netaddr import Network, parse_ip
 REQUIRED = "!"
 DEFAULT_CONTROL_NAME = "control"   # control defaults to "<spool>/control"
 DEFAULT_ROUTE = "*"                # smar.route always holds a "*" route (via = mx)
+HEADER_ROOM = 2048                 # bytes smtps may add to a message (Received:, Date:,
+                                   # Message-ID:): max_message_size + this must fit the queue
+# options compared with each other once the file is read (conf._finish): the
+# parser keeps the position of these only
+CROSS_CHECKED = ("smtps.max_message_size", "qmgr.max_queue_size")
 
 TABLES = {
     "top": """
@@ -51,6 +56,10 @@ max_message_size|size||10M
 max_recipients|int|1|100
 max_messages_per_client_per_minute|int|1|60
 io_timeout|duration|1|5m
+command_timeout|duration|1|5m
+min_data_rate|int|0|500
+data_rate_grace|duration|1|30s
+max_junk_commands|int|0|100
 bare_lf|enum|reject/normalize|reject
 add_missing_headers|bool||yes
 tls|optional|smtps.tls|
@@ -98,7 +107,7 @@ password_file|str||!
 retry_min|duration|1|5m
 retry_max|duration|1|1h
 max_queue_lifetime|duration|1|5d
-max_queue_size|size||2M
+max_queue_size|size||32M
 max_messages|int|1|1000
 min_free_space|size||64K
 record_reserve|size||16K

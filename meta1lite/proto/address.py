@@ -96,10 +96,47 @@ def _decode(raw, sender, smtputf8):
         return raw.decode("utf-8"), False
     if not smtputf8:
         _fail(sender, replies.NEED_SMTPUTF8)
-    try:
-        return raw.decode("utf-8"), True
-    except UnicodeError:
+    if not valid_utf8(raw):     # MicroPython's decode takes overlongs and surrogates
         _fail(sender, replies.BAD_UTF8)
+    return raw.decode("utf-8"), True
+
+
+# RFC 3629 section 4: the lead bytes of 2-, 3- and 4-byte sequences, and the range
+# of the second byte where it is narrower than 80..BF (no overlong forms, no
+# surrogates D800..DFFF, nothing above U+10FFFF)
+_UTF8_SECOND = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF),
+                0xF4: (0x80, 0x8F)}
+
+
+def _utf8_length(lead):
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 0
+
+
+def valid_utf8(raw):
+    """True if raw is well-formed UTF-8 (RFC 3629), on either runtime."""
+    i, end = 0, len(raw)
+    while i < end:
+        lead = raw[i]
+        if lead < 0x80:
+            i += 1
+            continue
+        n = _utf8_length(lead)
+        if n == 0 or i + n > end:
+            return False
+        low, high = _UTF8_SECOND.get(lead, (0x80, 0xBF))
+        if not low <= raw[i + 1] <= high:
+            return False
+        for k in range(i + 2, i + n):
+            if not 0x80 <= raw[k] <= 0xBF:
+                return False
+        i += n
+    return True
 
 
 def _only(raw, alphabet, utf8):

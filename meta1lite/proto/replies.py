@@ -25,7 +25,8 @@ START_DATA = (354, "2.0.0", "End data with <CR><LF>.<CR><LF>")
 READY_TLS = (220, "2.0.0", "Ready to start TLS")
 AUTH_OK = (235, "2.7.0", "Authentication successful")
 VRFY_CANNOT = (252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
-HELP = (214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
+HELP = (214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+# HELP adds " STARTTLS" and " AUTH" only where the session offers them
 
 # --- temporary failures --------------------------------------------------------
 QUEUE_FULL = (452, "4.3.1", "Insufficient system storage")
@@ -33,6 +34,10 @@ TOO_MANY_RECIPIENTS = (452, "4.5.3", "Too many recipients")
 TOO_MANY_ERRORS = (421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_CONNECTIONS = (421, "4.7.0", "Too many connections, try again later")
 IDLE_TIMEOUT = (421, "4.4.2", "Idle timeout, closing connection")
+COMMAND_TIMEOUT = (421, "4.4.2", "Command timeout, closing connection")
+DATA_TOO_SLOW = (421, "4.4.2", "Data rate too low, closing connection")
+TOO_MANY_JUNK = (421, "4.7.0", "Too many commands that do nothing, closing connection")
+EVICTED = (421, "4.7.0", "Server full: closing the idlest connection")
 SHUTTING_DOWN = (421, "4.3.2", "Service shutting down, closing connection")
 AUTH_LOCKED = (454, "4.7.0", "Too many authentication failures, try again later")
 TEMP_FAILURE = (451, "4.3.0", "Local error, try again later")
@@ -60,6 +65,7 @@ BAD_PARAMETER = (501, "5.5.4", "Invalid parameter syntax")
 DUPLICATE_PARAMETER = (501, "5.5.4", "Duplicate parameter")
 TOO_MANY_PARAMETERS = (501, "5.5.4", "Too many parameters")
 MESSAGE_TOO_BIG = (552, "5.3.4", "Message size exceeds fixed maximum message size")
+QUEUE_TOO_SMALL = (552, "5.3.4", "Message too big for this system's queue")
 ALREADY_TLS = (503, "5.5.1", "TLS already active")
 
 # --- permanent failures: addresses ---------------------------------------------

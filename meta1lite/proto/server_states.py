@@ -186,6 +186,8 @@ def _do_data(conn, verb, arg):
 
 
 def _do_rset(conn, verb, arg):
+    if conn._junk():
+        return
     conn._reset_transaction()
     if conn.state != CONNECTED:
         conn._set_state(GREETED, verb)
@@ -194,14 +196,24 @@ def _do_rset(conn, verb, arg):
 
 
 def _do_noop(conn, verb, arg):
-    conn._reply(replies.OK)
+    if not conn._junk():
+        conn._reply(replies.OK)
 
 
 def _do_help(conn, verb, arg):
-    conn._reply(replies.HELP)
+    if conn._junk():
+        return
+    code, enhanced, text = replies.HELP
+    if conn.tls_available and not conn.tls:
+        text += " STARTTLS"
+    if conn.auth_available:
+        text += " AUTH"
+    conn._reply((code, enhanced, text))
 
 
 def _do_vrfy(conn, verb, arg):
+    if conn._junk():
+        return
     if not arg.strip():
         return conn._error(replies.VRFY_SYNTAX)
     conn._reply(replies.VRFY_CANNOT)

@@ -93,6 +93,8 @@ DATA_CHUNK = 4096              # octets of message per DataChunk event
 MAX_BUFFER = 16384             # unprocessed input octets; read at most READ_MAX at a time
 READ_MAX = MAX_BUFFER - MAX_COMMAND_LINE
 MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
+MAX_JUNK_COMMANDS = 100        # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
+                               # smtpd_junk_command_limit); 0: no limit
 
 
 class UsageError(Exception):
@@ -112,7 +114,7 @@ class ServerConnection(StateMachine):
                  max_bad_commands=MAX_BAD_COMMANDS, tls_available=False, tls_active=False,
                  auth_available=False, auth_requires_tls=True, bare_lf=BARE_LF_REJECT,
                  smtputf8=True, max_buffer=MAX_BUFFER, data_chunk=DATA_CHUNK,
-                 state_events=True):
+                 state_events=True, max_junk_commands=MAX_JUNK_COMMANDS):
         if bare_lf not in BARE_LF_MODES:
             raise ValueError("bare_lf must be 'reject' or 'normalize'")
         StateMachine.__init__(self, CONNECTED, state_events)
@@ -134,6 +136,8 @@ class ServerConnection(StateMachine):
         self.esmtp = False
         self.authenticated = None
         self.bad_commands = 0
+        self.max_junk_commands = max_junk_commands
+        self.junk_commands = 0          # since the session began or the last message
         self._buf = b""
         self._pos = 0
         self._eof = False
@@ -161,6 +165,15 @@ class ServerConnection(StateMachine):
         if self.max_bad_commands and self.bad_commands >= self.max_bad_commands:
             self._reply(replies.TOO_MANY_ERRORS)
             self._close("too many errors")
+
+    def _junk(self):
+        # count a command that does nothing; True if it ended the session
+        self.junk_commands += 1
+        if self.max_junk_commands and self.junk_commands > self.max_junk_commands:
+            self._reply(replies.TOO_MANY_JUNK)
+            self._close("too many junk commands")
+            return True
+        return False
 
     def _close(self, reason):
         self._buf = b""
@@ -269,6 +282,7 @@ class ServerConnection(StateMachine):
     def accept_message(self, text=None):
         """The message is durable: bytes of the 250 to the final dot."""
         self._decide("message")
+        self.junk_commands = 0          # a client that sends mail is no slowloris
         return reply_bytes(replies.MESSAGE_OK, text)
 
     def reject_message(self, code=452, enhanced="4.3.1", text="Insufficient system storage"):

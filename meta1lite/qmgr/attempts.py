@@ -6,7 +6,9 @@
 # records and log lines, and alias fan-out (a new message for recipients that
 # expand to several addresses). Must never: hold a message body (it is streamed
 # from the spool to the new message), bounce a null-sender message to its sender,
-# or record a bounce whose DSN could not be queued (that recipient stays deferred).
+# or record a bounce whose DSN could not be queued (that recipient stays deferred),
+# or send a message again because its outcome could not be recorded (a full file
+# system): the outcome waits in `unrecorded` and the next try records it (record_again).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, status
 from meta1lite.qmgr import bounce
@@ -74,6 +76,7 @@ class Attempts:
         self.retry_min, self.retry_max = q["retry_min"], max(q["retry_min"], q["retry_max"])
         self.lifetime = q["max_queue_lifetime"]
         self.counts = {status.SENT: 0, status.DEFERRED: 0, status.BOUNCED: 0, "dsn": 0}
+        self.unrecorded = {}    # queue id -> records an attempt could not write (disk full)
 
     def backoff(self, attempts):
         """Seconds until the next try after `attempts` tries."""
@@ -113,10 +116,27 @@ class Attempts:
             self.counts[res.status] = self.counts.get(res.status, 0) + 1
             retry = next_wall if res.status == status.DEFERRED else None
             records.append((res.index, res.status, str(res.text), retry))
-        await self.spool.record_attempt(msg.id, records)
-        if not self.spool.exists(msg.id):
-            compat.log.log("info", LOG, "%s: removed" % msg.id)
+        await self._write(msg.id, records)
         return delay
+
+    async def _write(self, queue_id, records):
+        try:
+            await self.spool.record_attempt(queue_id, records)
+        except OSError as exc:
+            self.unrecorded[queue_id] = records
+            compat.log.log("error", LOG, "%s: cannot record the delivery (%r); recorded at the "
+                           "next try, not sent again" % (queue_id, exc))
+            return
+        if not self.spool.exists(queue_id):
+            compat.log.log("info", LOG, "%s: removed" % queue_id)
+
+    async def record_again(self, queue_id):
+        """Write the outcome an earlier attempt could not record (no delivery);
+        returns the delay before the next try if it still cannot."""
+        records = self.unrecorded.pop(queue_id, None)
+        if records is not None:
+            await self._write(queue_id, records)
+        return self.retry_min if queue_id in self.unrecorded else None
 
     def _expire(self, outcomes, expired):
         for res in outcomes:
@@ -184,12 +204,16 @@ class Attempts:
                 if addr not in rcpts:
                     rcpts.append(addr)
         writer = self.spool.new_message()
-        for chunk in self.spool.read_body(msg.id):
-            writer.write(chunk)
-            await asyncio.sleep(0)
-        info = dict(msg.info or {})
-        info["expanded"] = msg.id
-        new_id = await self.spool.commit(writer, msg.sender, rcpts, info)
+        try:
+            for chunk in self.spool.read_body(msg.id):
+                writer.write(chunk)
+                await asyncio.sleep(0)
+            info = dict(msg.info or {})
+            info["expanded"] = msg.id
+            new_id = await self.spool.commit(writer, msg.sender, rcpts, info)
+        except BaseException:       # unreadable body, cancelled (a BaseException on both)
+            writer.abort()
+            raise
         compat.log.log("info", LOG, "%s: alias expansion queued as %s (%d recipients)" % (
             msg.id, new_id, len(rcpts)))
         self.wake(new_id)

@@ -145,8 +145,12 @@ async def queue_dsn(cfg, spool, msg, failed, addrs, target):
     except Exception:  # noqa: BLE001 - an unreadable original still gets its DSN
         headers = b""
     writer = spool.new_message()
-    data = build(cfg["hostname"], msg, failure_list(msg, failed, addrs), headers,
-                 writer.queue_id, address, kind == KIND_POSTMASTER)
-    writer.write(data)
-    info = {"dsn": kind, "orig": msg.id}
-    return await spool.commit(writer, "", [address], info)
+    try:
+        data = build(cfg["hostname"], msg, failure_list(msg, failed, addrs), headers,
+                     writer.queue_id, address, kind == KIND_POSTMASTER)
+        writer.write(data)
+        info = {"dsn": kind, "orig": msg.id}
+        return await spool.commit(writer, "", [address], info)
+    except BaseException:           # MemoryError, cancelled: never leak the writer
+        writer.abort()
+        raise

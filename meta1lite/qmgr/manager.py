@@ -81,6 +81,7 @@ class QueueManager:
         self._dests = {}        # destination key -> deliveries running
         self._tasks = {}        # number -> running delivery task
         self._task_no = 0
+        self._failures = 0      # deliveries failed in a row (an exception, not a reply)
         self._active = 0
         self._hint = BucketMap()    # queue id -> its one destination key, when it has one
         self._arrived = []      # queue ids committed since the last pass
@@ -246,6 +247,9 @@ class QueueManager:
         return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
 
     def _plan_message(self, msg, plan, state, full):
+        if msg.id in self.attempts.unrecorded:      # sent, not recorded: record, not send
+            self._start(self._record_again(msg.id), None, [msg.id])
+            return
         groups, special = self._groups(msg)
         if special:
             self._start(self._expand(msg, special), None, [msg.id])
@@ -333,10 +337,12 @@ class QueueManager:
     async def _guard(self, coro, number, dest, ids):
         try:
             await coro
+            self._failures = 0
         except Exception as exc:  # noqa: BLE001 - a delivery bug must not stop the queue
             compat.log.log("error", LOG, "%s: delivery failed: %r" % (",".join(ids), exc))
+            self._failures += 1         # in a row: each waits longer (never a storm)
             for queue_id in ids:
-                self._defer_later(queue_id, 1)
+                self._defer_later(queue_id, self._failures)
         finally:
             self._tasks.pop(number, None)
             self._active -= 1
@@ -377,6 +383,9 @@ class QueueManager:
     def _retry_after(self, queue_id, delay):
         if delay is not None and queue_id in self._due and self.spool.exists(queue_id):
             self._due[queue_id] = max(self._due[queue_id], self._now() + delay)
+
+    async def _record_again(self, queue_id):
+        self._retry_after(queue_id, await self.attempts.record_again(queue_id))
 
     async def _expand(self, msg, special):
         await self.attempts.expand(msg, special, self._born_at(msg.id, compat.monotonic()))

@@ -19,6 +19,7 @@ HASH_BYTES = 32
 BLOCK = 64                       # SHA-256 block size
 MAX_USERS = 200                  # a users file longer than this is a configuration error
 MAX_LINE = 512
+SLICE_ITERATIONS = 64            # PBKDF2 iterations between yields to the event loop
 
 
 class AuthFileError(ValueError):
@@ -47,20 +48,48 @@ class _HmacSha256:
         return _sha256(self.opad + _sha256(self.ipad + msg))
 
 
-def pbkdf2_sha256(password, salt, iterations, length=HASH_BYTES):
-    """PBKDF2-HMAC-SHA256 (RFC 8018); identical to hashlib.pbkdf2_hmac('sha256', ...)."""
+def _pbkdf2_slices(password, salt, iterations, length):
+    """PBKDF2-HMAC-SHA256 (RFC 8018) as a generator: None every SLICE_ITERATIONS
+    iterations (a place to yield to the event loop), then the derived key."""
     prf = _HmacSha256(password)
     out = b""
     block = 1
     while len(out) < length:
         u = prf.digest(salt + block.to_bytes(4, "big"))
         acc = int.from_bytes(u, "big")
-        for _ in range(iterations - 1):
+        for n in range(1, iterations):
+            if n % SLICE_ITERATIONS == 0:
+                yield None
             u = prf.digest(u)
             acc ^= int.from_bytes(u, "big")
         out += acc.to_bytes(HASH_BYTES, "big")
         block += 1
-    return out[:length]
+    yield out[:length]
+
+
+def pbkdf2_sha256(password, salt, iterations, length=HASH_BYTES):
+    """PBKDF2-HMAC-SHA256 (RFC 8018); identical to hashlib.pbkdf2_hmac('sha256', ...)."""
+    for key in _pbkdf2_slices(password, salt, iterations, length):
+        pass
+    return key
+
+
+async def pbkdf2_sha256_async(password, salt, iterations, length=HASH_BYTES):
+    """pbkdf2_sha256 without blocking the event loop: in a thread where the runtime
+    has them (hashlib's own PBKDF2 if present), else in slices that yield."""
+    if compat.HAS_THREADS:
+        return await compat.in_thread(_pbkdf2_fast, password, salt, iterations, length)
+    for key in _pbkdf2_slices(password, salt, iterations, length):
+        if key is None:
+            await compat.asyncio.sleep(0)
+    return key
+
+
+def _pbkdf2_fast(password, salt, iterations, length):
+    fast = getattr(hashlib, "pbkdf2_hmac", None)
+    if fast is None:
+        return pbkdf2_sha256(password, salt, iterations, length)
+    return fast("sha256", password, salt, iterations, length)
 
 
 def _b64(data):
@@ -83,20 +112,53 @@ def _equal(a, b):
     return diff == 0
 
 
-def verify_password(stored, password):
-    """True if `password` matches the stored hash (constant-time comparison)."""
-    if isinstance(password, str):
-        password = password.encode()
+def _parse(stored):
+    # (iterations, salt, hash) of a stored hash, or None if malformed
     parts = stored.split("$")
     if len(parts) != 4 or parts[0] != SCHEME:
-        return False
+        return None
     try:
-        iterations = int(parts[1])
-        salt = binascii.a2b_base64(parts[2])
-        want = binascii.a2b_base64(parts[3])
+        return int(parts[1]), binascii.a2b_base64(parts[2]), binascii.a2b_base64(parts[3])
     except (ValueError, binascii.Error):
+        return None
+
+
+def _encode(password):
+    return password.encode() if isinstance(password, str) else password
+
+
+def verify_password(stored, password):
+    """True if `password` matches the stored hash (constant-time comparison)."""
+    parsed = _parse(stored)
+    if parsed is None:
         return False
-    return _equal(pbkdf2_sha256(password, salt, iterations, len(want)), want)
+    iterations, salt, want = parsed
+    return _equal(pbkdf2_sha256(_encode(password), salt, iterations, len(want)), want)
+
+
+def dummy_hash(users):
+    """A stored hash nobody's password matches, costing what the users' hashes cost:
+    verified for unknown users so that timing does not tell which users exist."""
+    iterations = DEFAULT_ITERATIONS
+    for stored in (users or {}).values():
+        parsed = _parse(stored)
+        if parsed is not None:
+            iterations = parsed[0]
+            break
+    return "%s$%d$%s$%s" % (SCHEME, iterations, _b64(compat.urandom(SALT_BYTES)),
+                            _b64(compat.urandom(HASH_BYTES)))
+
+
+async def verify_user(users, dummy, user, password):
+    """True if user is in users and password matches; always derives (against dummy
+    for an unknown user), without blocking the event loop."""
+    stored = users.get(user) if users else None
+    parsed = _parse(stored if stored is not None else dummy)
+    if parsed is None:
+        return False
+    iterations, salt, want = parsed
+    got = await pbkdf2_sha256_async(_encode(password), salt, iterations, len(want))
+    return _equal(got, want) and stored is not None
 
 
 def parse_users(text, filename="<users>"):
@@ -134,13 +196,15 @@ def set_user(text, user, stored):
 
 
 class Lockout:
-    """Failed-AUTH counter per client address: after max_failures, locked for `lockout` s."""
+    """Failed-AUTH counter per client address: max_failures failures, each within
+    `lockout` s of the one before (a sliding window), lock it for `lockout` s after
+    the latest."""
 
     def __init__(self, max_failures, lockout_s, max_clients=256):
         self.max_failures = max_failures
         self.lockout_s = lockout_s
         self.max_clients = max_clients
-        self.failures = {}          # client -> [count, first failure time]
+        self.failures = {}          # client -> [count, latest failure time]
 
     def locked(self, client):
         """True while `client` is locked out."""
@@ -159,7 +223,10 @@ class Lockout:
             if len(self.failures) >= self.max_clients:
                 self._forget_oldest()
             entry = self.failures[client] = [0, compat.monotonic()]
+        elif compat.monotonic() - entry[1] > self.lockout_s:
+            entry[0] = 0            # the previous failures are out of the window
         entry[0] += 1
+        entry[1] = compat.monotonic()
         return entry[0]
 
     def succeeded(self, client):

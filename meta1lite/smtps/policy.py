@@ -51,10 +51,23 @@ class RateLimiter:
         self.per_minute = per_minute
         self.windows = {}           # client -> [start of current window, previous, current]
 
-    def allow(self, client):
-        """Count one message for client; False if over the limit."""
+    def over(self, client):
+        """True if client already sent its messages of the sliding minute (counts
+        nothing: a refused MAIL is no message)."""
         if not self.per_minute:
-            return True
+            return False
+        now = compat.monotonic()
+        entry = self.windows.get(client)
+        if entry is None:
+            return False
+        _advance(entry, now)
+        overlap = 1 - (now - entry[0]) / RATE_WINDOW_S
+        return entry[1] * overlap + entry[2] >= self.per_minute
+
+    def count(self, client):
+        """Count one accepted message for client."""
+        if not self.per_minute:
+            return
         now = compat.monotonic()
         entry = self.windows.get(client)
         if entry is None:
@@ -62,10 +75,13 @@ class RateLimiter:
                 self._forget_idle(now)
             entry = self.windows[client] = [now, 0, 0]
         _advance(entry, now)
-        overlap = 1 - (now - entry[0]) / RATE_WINDOW_S
-        if entry[1] * overlap + entry[2] >= self.per_minute:
-            return False
         entry[2] += 1
+
+    def allow(self, client):
+        """over() then count(): False if over the limit, else counts one message."""
+        if self.over(client):
+            return False
+        self.count(client)
         return True
 
     def _forget_idle(self, now):

@@ -7,7 +7,7 @@
 # AUTH users and lockout), and the stop (sessions end before the loop does).
 # Must never: speak SMTP itself (session.py does), or let a refused client cost
 # more than one reply.
-from meta1lite import compat
+from meta1lite import compat, tls
 from meta1lite.proto import replies
 from meta1lite.smtps import authdb
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
@@ -19,6 +19,8 @@ LISTEN_BACKLOG_MIN = 16         # pending connections the kernel may queue per l
 STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
 STOP_POLLS = 100
 TOO_MANY_FROM_CLIENT = (421, "4.7.0", "Too many connections from your address")
+EVICT_MIN_IDLE_S = 2            # when full, a session waiting on its client this long
+                                # (real seconds since its last command) may be closed
 
 
 class SmtpServer:
@@ -43,12 +45,13 @@ class SmtpServer:
         self.policy = RelayPolicy(self.opts, self.smar)
         self.tls_ctx = self._tls_context()
         self.users, self.lockout = self._auth()
+        self.dummy_hash = authdb.dummy_hash(self.users)   # derived for unknown users
 
     def _tls_context(self):
-        tls = self.opts.get("tls") or {}
-        if not tls.get("certificate"):
+        opts = self.opts.get("tls") or {}
+        if not opts.get("certificate"):
             return None
-        return compat.server_tls_context(tls["certificate"], tls["key"])
+        return tls.server_tls_context(opts["certificate"], opts["key"])
 
     def _auth(self):
         auth = self.opts.get("auth") or {}
@@ -124,20 +127,40 @@ class SmtpServer:
                 del self.per_client[ip]
 
     def _admission(self, ip):
-        if len(self.sessions) >= self.opts["max_connections"]:
-            return replies.TOO_MANY_CONNECTIONS
         if self.per_client.get(ip, 0) >= self.opts["max_connections_per_client"]:
             return TOO_MANY_FROM_CLIENT
+        live = [s for s in self.sessions if not s.stopping]
+        if len(live) >= self.opts["max_connections"] and not self._evict(live):
+            return replies.TOO_MANY_CONNECTIONS
         return None
+
+    def _evict(self, live):
+        # a full server makes room: the session that has waited longest on its
+        # client since its last command (slowloris, idle keep-alives) gets 421 and
+        # is closed; False if every session is busy or recently active
+        now = compat.real_monotonic()
+        idlest = None
+        for session in live:
+            if session.reading and now - session.progress >= EVICT_MIN_IDLE_S:
+                if idlest is None or session.progress < idlest.progress:
+                    idlest = session
+        if idlest is None:
+            return False
+        compat.log.log("warning", LOG, "server full: closing the idlest session, unknown[%s],"
+                       " idle %.0fs" % (idlest.ip, now - idlest.progress))
+        idlest.stop(replies.EVICTED)
+        # MicroPython's Stream.close() does nothing: the socket closes in wait_closed()
+        asyncio.create_task(compat.close_stream(idlest.writer))
+        return True
 
     # --- policy, used by sessions (relaypolicy.RelayPolicy decides) -----------
     def trusted(self, ip, authenticated):
         """May this client relay to any domain?"""
         return self.policy.trusted(ip, authenticated)
 
-    def check_password(self, user, password):
-        stored = self.users.get(user) if self.users else None
-        return stored is not None and authdb.verify_password(stored, password)
+    async def check_password(self, user, password):
+        """True if the password is user's; as slow for unknown users, never blocking."""
+        return await authdb.verify_user(self.users, self.dummy_hash, user, password)
 
 
 async def _refuse(writer, reply):

@@ -8,14 +8,15 @@
 # a session. Must never: answer 250 to the final dot before spool.commit returned
 # (the message is durable), hold a message in RAM, or let a client outside
 # relay_from reach a non-local domain.
-from meta1lite import compat, headers, netaddr
+from meta1lite import compat, headers, netaddr, tls
 from meta1lite.proto import replies
 from meta1lite.proto import smtp_server as core
-from meta1lite.spool import SpoolFull
+from meta1lite.spool import TOO_BIG, SpoolFull
 
 LOG = "smtps"
 AUTH_FAILURE_DELAY_S = 2        # pause before answering a failed AUTH (slows guessing)
 DEBUG = compat.LEVELS["debug"]  # the log level of state changes (not made above it)
+OUT_OF_MEMORY = (421, "4.3.0", "Out of memory, closing connection")
 LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
 
 
@@ -34,6 +35,7 @@ class Session:
         self.stats = {}
         self.sender = None
         self.rcpts = []
+        self.eightbit = False       # MAIL said BODY=8BITMIME (kept for the next hop)
         self.conn = core.ServerConnection(
             server.hostname, max_message_size=self.opts["max_message_size"],
             max_recipients=self.opts["max_recipients"],
@@ -41,17 +43,22 @@ class Session:
             tls_available=server.tls_ctx is not None and not implicit_tls,
             tls_active=implicit_tls, auth_available=server.users is not None,
             auth_requires_tls=not netaddr.match_any(LOOPBACK, ip), bare_lf=self.opts["bare_lf"],
-            data_chunk=compat.IO_CHUNK, state_events=compat.log.threshold <= DEBUG)
+            data_chunk=compat.IO_CHUNK, state_events=compat.log.threshold <= DEBUG,
+            max_junk_commands=self.opts["max_junk_commands"])
         self.stopping = False
+        self.progress = compat.real_monotonic()  # last command or data chunk handled
+        self.reading = False        # waiting for the client (may be evicted: server.py)
+        self.received = 0           # bytes read from the client
+        self.data_t0 = None         # (DATA accepted at, bytes received then): the rate floor
 
     def log(self, text, level="info"):
         compat.log.log(level, LOG, text)
 
-    def stop(self):
-        """Ask the session to end (daemon stopping)."""
+    def stop(self, reply=replies.SHUTTING_DOWN):
+        """Ask the session to end (daemon stopping, or evicted to make room)."""
         self.stopping = True
         try:
-            self.writer.write(self.conn.shutdown(*replies.SHUTTING_DOWN))
+            self.writer.write(self.conn.shutdown(*reply))
         except Exception:  # noqa: BLE001
             pass
         try:
@@ -65,7 +72,9 @@ class Session:
         try:
             await self._loop()
         except MemoryError:
+            self._abort_message()       # frees its buffer before anything else
             self.log("out of memory in session with [%s]: closing" % self.ip, "error")
+            await self._goodbye(OUT_OF_MEMORY)
         except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
             if compat.is_tls_error(exc):
                 self.log("SSL error from unknown[%s]: %s" % (self.ip, exc))
@@ -75,6 +84,13 @@ class Session:
             self._abort_message()
             await compat.close_stream(self.writer)
             self.log("disconnect from unknown[%s]%s" % (self.ip, self._stats_text()))
+
+    async def _goodbye(self, reply):
+        # a last reply before closing, if there is memory and a client to send it to
+        try:
+            await compat.write_all(self.writer, self.conn.shutdown(*reply))
+        except Exception:  # noqa: BLE001 - MemoryError again, or the client is gone
+            pass
 
     async def _loop(self):
         while True:
@@ -87,17 +103,45 @@ class Session:
                 return
             elif event is not core.PAUSED:
                 await self._handle(event)
+                self.progress = compat.real_monotonic()
 
     async def _read(self):
+        wait, reply = self._read_limit(compat.real_monotonic())
+        if wait <= 0:
+            return self._cut(reply)
+        self.reading = True
         try:
-            return await compat.wait_for(compat.read_some(self.reader, self.buf),
-                                         self.opts["io_timeout"])
+            data = await compat.wait_for(compat.read_some(self.reader, self.buf), wait)
         except Exception as exc:  # noqa: BLE001
             if not compat.is_timeout(exc):
                 raise
-            self.log("timeout after %s from unknown[%s]" % (self.conn.state, self.ip))
-            self.out.append(self.conn.shutdown(*replies.IDLE_TIMEOUT))
-            return b""
+            return self._cut(reply)
+        finally:
+            self.reading = False
+        self.received += len(data)
+        return data
+
+    def _read_limit(self, now):
+        # (seconds the next read may take, the reply if it does not come): io_timeout
+        # per read; a whole command line within command_timeout of the last command
+        # handled; in DATA, min_data_rate bytes/s on average after data_rate_grace
+        opts = self.opts
+        if self.data_t0 is None:
+            left, reply = opts["command_timeout"] - (now - self.progress), replies.COMMAND_TIMEOUT
+        elif opts["min_data_rate"]:
+            allowed = opts["data_rate_grace"] + (self.received - self.data_t0[1]) / opts["min_data_rate"]
+            left, reply = self.data_t0[0] + allowed - now, replies.DATA_TOO_SLOW
+        else:
+            left = reply = None
+        if left is None or left >= opts["io_timeout"]:
+            return opts["io_timeout"], replies.IDLE_TIMEOUT
+        return left, reply
+
+    def _cut(self, reply):
+        what = "timeout" if reply is replies.IDLE_TIMEOUT else reply[2].split(",")[0].lower()
+        self.log("%s after %s from unknown[%s]" % (what, self.conn.state, self.ip))
+        self.out.append(self.conn.shutdown(*reply))
+        return b""
 
     async def _flush(self):
         if self.out:
@@ -146,14 +190,20 @@ class Session:
             return
         self.sender = event.mailbox.address
         self.rcpts = []
+        self.eightbit = event.body == "8BITMIME"
         self.out.append(self.conn.accept_mail())
 
     def _mail_refusal(self, event):
+        if compat.memory_low():
+            self.log("warning: out of memory: refusing mail from [%s]" % self.ip, "warning")
+            return replies.QUEUE_FULL
         reason = self.server.spool.check_accept(event.size or 0)
+        if reason == TOO_BIG:
+            return replies.QUEUE_TOO_SMALL      # never fits, not even in an empty queue
         if reason:
             self.log("warning: queue refuses mail: %s" % reason, "warning")
             return replies.QUEUE_FULL
-        if not self.server.rate.allow(self.ip):
+        if self.server.rate.over(self.ip):      # counted at the final dot (accepted only)
             return (450, "4.7.1", "Too much mail from %s, slow down" % self.ip)
         return None
 
@@ -177,16 +227,20 @@ class Session:
     async def on_data_start(self, event):
         self._count("data")
         try:
+            if compat.memory_low():
+                raise MemoryError("heap nearly full")
             self.msg = self.server.spool.new_message()
-        except (SpoolFull, OSError) as exc:
+        except (SpoolFull, OSError, MemoryError) as exc:
             self.log("warning: cannot open queue file: %s" % exc, "warning")
             self.out.append(self.conn.reject_data(*replies.QUEUE_FULL))
             return
         self.failed = None
+        self.total = 0              # bytes of the message as received (all of it)
         self.scanner = headers.HeaderScanner()
         self.headers_done = False
         self.log("%s: client=unknown[%s]" % (self.msg.queue_id, self.ip))
         self._write(self._received())
+        self.data_t0 = (compat.real_monotonic(), self.received)
         self.out.append(self.conn.accept_data())
 
     def _received(self):
@@ -195,7 +249,10 @@ class Session:
                                       self.msg.queue_id, self.conn.received_protocol(), rcpt)
 
     def _write(self, data):
-        if self.failed is not None or not data:
+        if not data:
+            return
+        self.total += len(data)
+        if self.failed is not None:
             return
         try:
             self.msg.write(data)
@@ -223,6 +280,7 @@ class Session:
             self.ip, self.conn.authenticated)
 
     async def on_data_end(self, event):
+        self.data_t0 = None
         if self.msg is None:
             return
         if not event.ok:
@@ -239,15 +297,23 @@ class Session:
             return self.conn.reject_message(*self._failure_reply(self.failed))
         info = {"client": self.ip, "helo": self.conn.helo_name or "",
                 "proto": self.conn.received_protocol()}
+        if self.eightbit:
+            info["eightbit"] = True     # qmgr: BODY=8BITMIME on, or 5.6.3 (RFC 6152)
         try:
             queue_id = await self.server.spool.commit(msg, self.sender, self.rcpts, info)
         except (SpoolFull, OSError) as exc:
             self.log("%s: warning: commit failed: %s" % (msg.queue_id, exc), "warning")
             return self.conn.reject_message(*self._failure_reply(exc))
+        self.server.rate.count(self.ip)
         self._queued(queue_id)
         return self.conn.accept_message("OK: queued as %s" % queue_id)
 
     def _failure_reply(self, exc):
+        # the whole message (not the part written when the queue refused more)
+        # decides whether it could ever fit: 552 if not, else 452/451
+        too_big = isinstance(exc, SpoolFull) and exc.reason == TOO_BIG
+        if too_big or self.server.spool.never_fits(self.total):
+            return replies.QUEUE_TOO_SMALL
         if isinstance(exc, SpoolFull) or compat.is_no_space(exc):
             return replies.QUEUE_FULL
         return replies.TEMP_FAILURE
@@ -273,7 +339,7 @@ class Session:
         self._count("starttls")
         await self._flush()
         try:
-            self.reader, self.writer = await compat.start_tls(
+            self.reader, self.writer = await tls.start_tls(
                 self.reader, self.writer, self.server.tls_ctx, True)
         except compat.TLS_ERRORS as exc:
             self.log("STARTTLS handshake failed with unknown[%s]: %s" % (self.ip, exc))
@@ -287,7 +353,7 @@ class Session:
         if lockout.locked(self.ip):
             self.out.append(self.conn.reject_auth(*replies.AUTH_LOCKED))
             return
-        if self.server.check_password(event.user, event.password):
+        if await self.server.check_password(event.user, event.password):
             lockout.succeeded(self.ip)
             self.log("unknown[%s]: sasl_method=%s, sasl_username=%s"
                      % (self.ip, event.mechanism, event.user))

@@ -30,6 +30,9 @@
 #                  adopted read-only; retired and removed when their messages are done
 #   corrupt/       what could not be read: damaged byte ranges, salvaged messages
 #   tmp/           temporaries of inject(); removed at recovery
+#   seg.reserve    record_reserve bytes given back when the file system is full, so
+#                  that delivery records still fit (journal.RecordReserve)
+#   lock, lock.d/  the lock of the process writing the spool (lock.py)
 #
 # Frame (every record; see format.py):  magic 9D 4D | type (1) | generation (4) |
 #   tag (4) | payload length (4) | crc32 (4, over type..length and the payload) |
@@ -78,6 +81,8 @@ CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
 FREE_SEGMENTS = 2               # freed segments kept for reuse (qmgr.free_segments)
 RECORD_RESERVE = 16 * 1024      # free space only state/done records may use (qmgr.record_reserve)
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
+TOO_BIG = "message size exceeds what the queue can ever hold"   # check_accept/SpoolFull
+                                # reason that is permanent (smtps: 552 5.3.4)
 
 
 class Spool:
@@ -98,6 +103,7 @@ class Spool:
         self.hostname = hostname
         self.chunk_size = chunk_size
         self.journal = Journal(self.path + "/seg", segment_size, free_segments)
+        self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
         self.index = Index(self.journal)
         self.recovery = Recovery(self.path, self.journal, self.index, chunk_size,
                                  self.min_free_space)
@@ -139,8 +145,22 @@ class Spool:
         return low_space(self.path, self.min_free_space, size_hint)
 
     def check_accept(self, size_hint=0):
-        """None if a message of size_hint bytes may be accepted, else the reason."""
-        return self._limit_reason(size_hint, self.index.count + len(self._writers))
+        """None if a message of size_hint bytes may be accepted, else the reason;
+        TOO_BIG when even an empty queue could not hold it (permanent)."""
+        return self.never_fits(size_hint) or self._limit_reason(
+            size_hint, self.index.count + len(self._writers))
+
+    def never_fits(self, size):
+        """TOO_BIG if a message of size bytes exceeds max_queue_size or the spool's
+        whole file system less its reserves, else None. Reserves larger than the file
+        system refuse every message alike: a misconfiguration, not TOO_BIG (452)."""
+        if size > self.max_queue_size:
+            return TOO_BIG
+        try:
+            room = compat.fs_size(self.path) - self.min_free_space
+        except (OSError, AttributeError):
+            return None
+        return TOO_BIG if 0 < room < size else None
 
     def _tag_used(self, tag):
         if self.index.find(tag) is not None:
@@ -167,7 +187,7 @@ class Spool:
     def _write_chunk(self, writer, data):
         reason = self._limit_reason(len(data), 0)
         if reason is not None:
-            raise SpoolFull(reason)
+            raise SpoolFull(self.never_fits(writer.flushed + len(data)) or reason)
         prefix = fmt.chunk_prefix(writer.nchunks, len(data))
         seg, pos = self.journal.append(fmt.T_CHUNK, writer.tag, (prefix, data))
         if writer.first is None:
@@ -190,7 +210,15 @@ class Spool:
     async def commit(self, writer, sender, recipients, info=None):
         """Commit a written message; returns its queue ID once it is durable.
 
-        Raises SpoolFull (452 4.3.1) or OSError; then nothing of it will load."""
+        Raises SpoolFull (452 4.3.1) or OSError; then nothing of it will load. Any
+        other exception (MemoryError, cancellation) also drops the writer."""
+        try:
+            return await self._commit(writer, sender, recipients, info)
+        except BaseException:
+            self._drop_writer(writer)       # idempotent
+            raise
+
+    async def _commit(self, writer, sender, recipients, info):
         self._ready()
         writer.flush()
         if writer.error is None and self.index.count >= self.max_messages:
@@ -209,12 +237,12 @@ class Spool:
         seg.refs += 1               # kept while the sync runs
         try:
             await self.journal.sync()
-        except OSError:
+            self.index.add_message(msg)
+        except BaseException:       # not acknowledged: the envelope must not load
             seg.refs -= 1
             self._cancel(msg, seg)
             self._drop_writer(writer)
             raise
-        self.index.add_message(msg)
         seg.refs -= 1
         self._drop_writer(writer)
         log("info", "%s: from=<%s>, size=%d, nrcpt=%d (queue active)" % (
@@ -225,8 +253,8 @@ class Spool:
         try:
             seg, _ = self.journal.append_record(fmt.T_DONE, msg.tag, {"id": msg.id, "why": "aborted"})
             self.journal.tombstone(seg, env_seg.key)
-        except OSError as exc:
-            log("error", "%s: cannot cancel the unsynced envelope: %s" % (msg.id, exc))
+        except (OSError, MemoryError) as exc:
+            log("error", "%s: cannot cancel the unsynced envelope: %r" % (msg.id, exc))
 
     # --- reading -------------------------------------------------------------------
 

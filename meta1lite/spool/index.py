@@ -216,10 +216,12 @@ class Index:
     def add_message(self, msg):
         """Add a Message's record; False if its queue ID is already queued."""
         rec = pack(msg, self.journal.segs)
+        size = head(rec, 0)[SIZE]           # allocations first: a MemoryError
+        keys = needed(rec, 0)               # leaves the index unchanged
         if not self.add(rec):
             return False
-        self.live_bytes += head(rec, 0)[SIZE]
-        self.journal.refs((), needed(rec, 0))
+        self.live_bytes += size
+        self.journal.refs((), keys)
         return True
 
     def _update(self, handle, at, layout, values):

@@ -15,6 +15,8 @@ from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
 
 SMALL_FRAME = 1024              # frames up to this are written with one write()
+RESERVE_CHUNK = compat.IO_CHUNK     # bytes per write when the record reserve is filled
+RESERVED_FOR = (fmt.T_STATE, fmt.T_DONE, fmt.T_HOLD)    # frames that may spend it
 
 
 def write_all(f, data):
@@ -45,6 +47,71 @@ def low_space(path, min_free_space, size):
     if free is not None and free < min_free_space + size:
         return "insufficient free space in the queue file system"
     return None
+
+
+def _close_quietly(seg):
+    """Close a segment's handle (if open) and forget it; a failing close is ignored."""
+    f, seg.f = seg.f, None
+    if f is not None:
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
+def _is_full(exc):
+    return isinstance(exc, OSError) and compat.errno_of(exc) in (compat.ENOSPC, compat.EDQUOT)
+
+
+class RecordReserve:
+    """SPOOL/seg.reserve: record_reserve bytes written ahead, given back when an append
+    of a delivery record finds the file system full (another process may have filled
+    it: min_free_space cannot stop that), so that state and done records still fit;
+    written again once twice its size is free. Size 0: none."""
+
+    def __init__(self, path, size):
+        self.path = path
+        self.size = size
+        self.present = False
+
+    def fill(self):
+        """Write the reserve if it is missing and there is room for it twice."""
+        if self.present or self.size <= 0:
+            return
+        if self._complete() or low_space(self.path.rsplit("/", 1)[0], self.size, self.size):
+            return
+        try:
+            self._write()
+            self.present = True
+        except OSError as exc:
+            compat.remove(self.path)
+            log("warning", "cannot write the record reserve: %s" % exc)
+
+    def _complete(self):
+        # written by an earlier run (flash: no rewrite at each start)
+        try:
+            self.present = compat.file_size(self.path) == self.size
+        except OSError:
+            self.present = False
+        return self.present
+
+    def _write(self):
+        zeros = memoryview(bytes(min(RESERVE_CHUNK, self.size)))
+        with open(self.path, "wb") as f:
+            left = self.size
+            while left > 0:
+                write_all(f, zeros[:left])      # a memoryview slice: no copy
+                left -= len(zeros)
+            compat.fsync_file(f)
+
+    def spend(self):
+        """Give the reserve back to the file system; True if there was one."""
+        if self.size <= 0 or not compat.exists(self.path):
+            return False
+        compat.remove(self.path)
+        self.present = False
+        log("warning", "queue file system full: the record reserve is in use")
+        return True
 
 
 class Segment:
@@ -90,6 +157,7 @@ class Journal:
         self._wseq = 0          # appends so far
         self._synced = 0        # appends covered by the last sync
         self._round = None      # the sync round running, if any
+        self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
 
     def is_open(self):
         """True between start() and close()."""
@@ -132,6 +200,7 @@ class Journal:
         if cur is None:
             cur = self._reserve()
         self._use(cur)
+        self.record_reserve.fill()
 
     def _use(self, seg):
         seg.f = open_rw(seg.path)
@@ -148,8 +217,9 @@ class Journal:
 
     def _reserve(self):
         if self._free:
-            seg = self._free.pop(0)
-            self._stamp(seg, False)
+            seg = self._free[0]
+            self._stamp(seg, False)     # stays in the free list if this fails
+            self._free.pop(0)
             return seg
         number = self._max_number() + 1
         seg = Segment(number, self._seg_path(number), 0, 0, "j")
@@ -162,8 +232,8 @@ class Journal:
             return
         try:
             self._next = self._reserve()
-        except OSError as exc:
-            log("warning", "cannot prepare the next queue segment: %s" % exc)
+        except (OSError, MemoryError) as exc:
+            log("warning", "cannot prepare the next queue segment: %r" % (exc,))
 
     def _write(self, f, data):
         # a small file's whole data: write, fsync, close
@@ -197,17 +267,30 @@ class Journal:
         return True
 
     def _roll(self):
-        old = self._cur
-        if old.unsynced:
-            self._dirty.append(old)
-        else:
-            old.f.close()
-            old.f = None
+        # Everything that can fail (create, open, grow a list or dict) comes before
+        # the first change, and is undone on any exception (MemoryError too): the
+        # current segment keeps its open handle until the new one is in place.
         self.prepare_next()
-        if self._next is None:
+        seg = self._next
+        if seg is None:
             raise SpoolFull("cannot create a queue segment")
-        seg, self._next = self._next, None
-        self._use(seg)
+        old = self._cur
+        f = open_rw(seg.path)
+        try:
+            f.seek(seg.end)
+            self.segs[seg.key] = seg
+            if old.unsynced:
+                self._dirty.append(old)
+        except BaseException:
+            if self.segs.get(seg.key) is seg:
+                del self.segs[seg.key]
+            f.close()
+            raise
+        self._next = None
+        seg.f = f
+        self._cur = seg
+        if not old.unsynced:
+            _close_quietly(old)
         return seg
 
     # --- appends and sync ------------------------------------------------------------
@@ -223,24 +306,37 @@ class Journal:
         head = fmt.frame_head(ftype, seg.gen, tag, parts)
         pos = seg.end
         try:
-            if length <= SMALL_FRAME:
-                frame = bytearray(head)
-                for part in parts:
-                    frame.extend(part)
-                write_all(seg.f, frame)
-            else:
-                write_all(seg.f, head)
-                for part in parts:
-                    write_all(seg.f, part)
-        except OSError:
+            self._put(seg, head, parts, length)
+        except BaseException as exc:    # OSError, MemoryError, cancellation: end unchanged
             self._rewind(seg)
-            raise
+            if not (ftype in RESERVED_FOR and _is_full(exc) and self.record_reserve.spend()):
+                raise
+            self._put_again(seg, head, parts, length)
         seg.end = pos + length
         seg.unsynced = True
         self._wseq += 1
         if seg.end > self.segment_size // 2:
             self.prepare_next()
         return seg, pos
+
+    def _put(self, seg, head, parts, length):
+        if length <= SMALL_FRAME:
+            frame = bytearray(head)
+            for part in parts:
+                frame.extend(part)
+            write_all(seg.f, frame)
+        else:
+            write_all(seg.f, head)
+            for part in parts:
+                write_all(seg.f, part)
+
+    def _put_again(self, seg, head, parts, length):
+        # after the record reserve was given back to a full file system
+        try:
+            self._put(seg, head, parts, length)
+        except BaseException:
+            self._rewind(seg)
+            raise
 
     def append_record(self, ftype, tag, fields):
         """append() of a record frame (fields as a dict); returns (segment, offset)."""
@@ -267,7 +363,7 @@ class Journal:
             cur.unsynced = False
             try:
                 compat.fsync_file(cur.f)
-            except OSError:
+            except BaseException:
                 cur.unsynced = True
                 raise
         self._synced = upto
@@ -364,7 +460,9 @@ class Journal:
         return True
 
     def collect(self):
-        """Free every segment nobody needs (recycle a few, remove the rest)."""
+        """Free every segment nobody needs (recycle a few, remove the rest); write the
+        record reserve again if it was spent and there is room now."""
+        self.record_reserve.fill()
         progress = True
         while progress:
             progress = False

@@ -50,6 +50,7 @@ class Recovery:
         self.damaged = {}           # queue ID -> Message whose chunks do not all verify
         self._chunk_counts = {}     # tag -> chunks seen in order (-1: a gap), while replaying
         self._in_key = 0            # key of the newest adopted incoming file
+        self._torn = []             # (segment, file size) ending in a cut frame, while replaying
 
     # --- corrupt/ ----------------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class Recovery:
             self.journal.segs[seg.key] = seg
         for seg in found:
             self._replay(seg)
+        self._report_torn(found)
         self._chunk_counts = {}
         if readonly:
             return self.index.count
@@ -114,8 +116,10 @@ class Recovery:
             compat.remove(self.tmp_dir + "/" + name)
             log("info", "removed orphan temporary tmp/%s" % name)
 
-    def _read_header(self, path, f):
-        """(type, gen, record, end) of a segment file; None (after dealing with it)."""
+    def _read_header(self, path, f, newest=True):
+        """(type, gen, record, end) of a segment file; None (after dealing with it).
+        newest: no segment file was created after it, so a short file without a
+        header may be its creation torn (removed); any other is damage (corrupt/)."""
         size = compat.file_size(path)
         status, frame = fmt.read_frame(f, 0, size, None)
         if status == fmt.OK:
@@ -128,22 +132,23 @@ class Recovery:
         f.close()
         if self.readonly:
             return None
-        if size < TORN_HEADER and status != fmt.DAMAGED:
+        if newest and size < TORN_HEADER and status != fmt.DAMAGED:
             compat.remove(path)
             log("info", "%s: removed (segment creation never completed)" % path)
         else:
             kind = "in-" if path.startswith(self.incoming_dir + "/") else "seg-"
-            self._quarantine(path, kind + path.rsplit("/", 1)[1], "unreadable segment header")
+            why = "unreadable segment header" if size else "empty segment (its messages are lost)"
+            self._quarantine(path, kind + path.rsplit("/", 1)[1], why)
         return None
 
-    def _open_segment(self, path, key, kind):
+    def _open_segment(self, path, key, kind, newest=True):
         """A Segment for a file, or None if it is retired/unreadable (handled)."""
         try:
             f = open(path, "rb")
         except OSError as exc:
             log("error", "%s: cannot open: %s" % (path, exc))
             return None
-        header = self._read_header(path, f)
+        header = self._read_header(path, f, newest)
         if header is None:
             return None
         f.close()
@@ -158,10 +163,12 @@ class Recovery:
 
     def _journal_segments(self):
         found = []
-        for name in listdir(self.journal.seg_dir):
-            if len(name) != 8 or not name.isdigit():          # seg/NNNNNNNN
-                continue
-            seg = self._open_segment(self.journal.seg_dir + "/" + name, int(name), "j")
+        names = [name for name in listdir(self.journal.seg_dir)
+                 if len(name) == 8 and name.isdigit()]          # seg/NNNNNNNN
+        top = max(names) if names else None     # a new segment takes the highest number
+        for name in names:
+            seg = self._open_segment(self.journal.seg_dir + "/" + name, int(name), "j",
+                                     name == top)
             if seg is not None:
                 found.append(seg)
         found.sort(key=lambda s: s.seq)
@@ -178,6 +185,26 @@ class Recovery:
             seg.end = reader.end
             for damage in reader.damage:
                 self._report_damage(seg, f, damage)
+            if fmt.read_frame(f, seg.end, size, seg.gen)[0] == fmt.TORN:
+                self._torn.append((seg, size))
+
+    def _report_torn(self, found):
+        # a torn last frame is a normal end only in the newest segment holding data
+        # (an append cut by a crash); in an older one the file lost its end
+        last = None
+        for seg in found:
+            if seg.end > seg.start:
+                last = seg
+        for seg, size in self._torn:
+            if seg is last or self.readonly:
+                continue
+            name = "seg-%08d-%d-%d-truncated" % (seg.key, seg.gen, seg.end)
+            with open(seg.path, "rb") as f:
+                self._copy_range(f, seg.end, size, name)
+            log("warning", "%s: truncated at offset %d (%d bytes of a cut frame): the messages"
+                " written after it are lost; saved to corrupt/%s" % (
+                    seg.path, seg.end, size - seg.end, name))
+        self._torn = []
 
     def _report_damage(self, seg, f, damage):
         start, stop, ftype, tag = damage

@@ -135,6 +135,20 @@ def test_smtputf8():
     assert bad.reply[:2] == (553, "5.6.7")
 
 
+def test_invalid_utf8_is_refused_on_both_runtimes():
+    # issue 11 item 6: MicroPython's decode accepted overlong and surrogate forms (250)
+    for raw in (b"\xc0\xaf", b"\xed\xa0\x80", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf",
+                b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xc3", b"\x80", b"\xc3\x28",
+                b"\xe2\x82", b"\xff"):
+        bad = raises(address.AddressError, address.parse_path,
+                     b"<a" + raw + b"@example.org>", smtputf8=True)
+        assert bad.reply == address.replies.BAD_UTF8, raw
+        assert not address.valid_utf8(raw)
+    for text in ("\u00e9", "\u20ac", "\ud55c", "\U0001f600", "\U0010ffff", "\ud7ff", "\ue000"):
+        assert address.valid_utf8(text.encode("utf-8")), text
+        assert _parse("<a%s@example.org>" % text, smtputf8=True).utf8
+
+
 def test_split_path():
     assert address.split_path(b"<a@b> SIZE=10") == (b"<a@b>", b" SIZE=10")
     assert address.split_path(b" <a@b>") == (b"<a@b>", b"")

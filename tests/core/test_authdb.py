@@ -60,3 +60,72 @@ def test_lockout_after_max_failures_and_expiry():
         assert "192.0.2.3" not in lock.failures
     finally:
         compat.set_clock()
+
+
+def test_lockout_window_slides_with_each_failure():
+    # failures spread over more than one window, each within `lockout` of the last
+    now = [0.0]
+    compat.set_clock(lambda: now[0])
+    try:
+        lock = authdb.Lockout(max_failures=3, lockout_s=600)
+        for _ in range(3):
+            assert not lock.locked("192.0.2.1")
+            lock.failed("192.0.2.1")
+            now[0] += 500
+        assert lock.locked("192.0.2.1")
+        now[0] += 101
+        assert not lock.locked("192.0.2.1")     # 601 s after the latest failure
+        lock.failed("192.0.2.4")
+        now[0] += 601
+        assert lock.failed("192.0.2.4") == 1    # the old one is out of the window
+    finally:
+        compat.set_clock()
+
+
+def _ticking(coro):
+    # (result of coro, how often another task ran meanwhile)
+    ticks = [0]
+    done = []
+
+    async def ticker():
+        while not done:
+            ticks[0] += 1
+            await compat.asyncio.sleep(0)
+
+    async def main():
+        task = compat.asyncio.create_task(ticker())
+        result = await coro
+        done.append(1)
+        await task
+        return result
+    return compat.asyncio.run(main()), ticks[0]
+
+
+def test_derivation_yields_to_the_event_loop_and_matches():
+    iterations = 4 * authdb.SLICE_ITERATIONS
+    want = authdb.pbkdf2_sha256(b"pw", b"salt", iterations)
+    got, ticks = _ticking(authdb.pbkdf2_sha256_async(b"pw", b"salt", iterations))
+    assert got == want
+    assert ticks >= (1 if compat.HAS_THREADS else 3), ticks    # a thread, or 4 slices
+
+
+def test_unknown_users_cost_a_derivation_too():
+    stored = authdb.hash_password("right", 300)
+    users = {"alice": stored}
+    dummy = authdb.dummy_hash(users)
+    assert dummy.split("$")[1] == "300"
+    calls = []
+    real = authdb.pbkdf2_sha256_async
+
+    async def counting(*args):
+        calls.append(args[2])
+        return await real(*args)
+    authdb.pbkdf2_sha256_async = counting
+    try:
+        assert _ticking(authdb.verify_user(users, dummy, "alice", "right"))[0]
+        assert not _ticking(authdb.verify_user(users, dummy, "alice", "wrong"))[0]
+        assert not _ticking(authdb.verify_user(users, dummy, "mallory", "right"))[0]
+        assert not _ticking(authdb.verify_user(None, dummy, "alice", "right"))[0]
+    finally:
+        authdb.pbkdf2_sha256_async = real
+    assert calls == [300, 300, 300, 300], calls

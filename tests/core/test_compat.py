@@ -1,7 +1,7 @@
 # compat: the runtime-difference layer, tested on CPython and MicroPython alike.
 from support import fresh_dir
 
-from meta1lite import compat
+from meta1lite import compat, tls
 
 asyncio = compat.asyncio
 
@@ -64,10 +64,10 @@ def test_pid_is_stable_and_urandom_is_random():
 
 def test_pem_to_der_takes_the_base64_between_the_markers():
     pem = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAwQF\n-----END CERTIFICATE-----\n"
-    assert compat.pem_to_der(pem) == bytes([0, 1, 2, 3, 4, 5])
-    assert compat.pem_to_der(pem.encode()) == bytes([0, 1, 2, 3, 4, 5])
+    assert tls.pem_to_der(pem) == bytes([0, 1, 2, 3, 4, 5])
+    assert tls.pem_to_der(pem.encode()) == bytes([0, 1, 2, 3, 4, 5])
     try:
-        compat.pem_to_der("no pem here")
+        tls.pem_to_der("no pem here")
     except ValueError:
         pass
     else:

@@ -34,7 +34,7 @@ def test_default_config_has_every_option_at_design_values():
     assert cfg["smtpc"]["port"] == 25 and cfg["smtpc"]["credentials"] == []
     qmgr = cfg["qmgr"]
     assert (qmgr["retry_min"], qmgr["retry_max"], qmgr["max_queue_lifetime"]) == (300, 3600, 432000)
-    assert (qmgr["max_queue_size"], qmgr["min_free_space"]) == (2 * 1024 * 1024, 65536)
+    assert (qmgr["max_queue_size"], qmgr["min_free_space"]) == (32 * 1024 * 1024, 65536)
 
 
 def test_shipped_default_file_equals_the_schema_defaults():
@@ -130,6 +130,18 @@ def test_bad_values_point_at_the_value():
     assert "port 0 is not in 1..65535" in _one_error("smtpc { port = 0; }")
     assert "below the minimum" in _one_error("smtps { max_connections = 0; }")
     assert "takes one value, not a list" in _one_error("hostname = { a, b };")
+
+
+def test_a_permitted_message_must_fit_in_an_empty_queue():
+    # issue 11 item 5: SIZE 10485760 with max_queue_size = 2M refused 2-10 MB forever
+    error = _one_error("smtps {\n  max_message_size = 10M;\n}\nqmgr { max_queue_size = 2M; }")
+    assert error.startswith("t.conf:2:3: error: max_message_size (10485760 bytes")
+    assert "does not fit in qmgr.max_queue_size (2097152 bytes)" in error
+    assert error.endswith("lower max_message_size to at most 2095104 or raise max_queue_size")
+    assert _one_error("qmgr {\n max_queue_size = 1M; }").startswith("t.conf:2:2: error: ")
+    assert "max_message_size = 0 (no limit)" in _one_error("smtps { max_message_size = 0; }")
+    assert _one_error("smtps { max_message_size = 30M; }\nqmgr { max_queue_size = 30M; }")
+    assert conf.check("smtps { max_message_size = 1M; }\nqmgr { max_queue_size = 1026K; }") == []
 
 
 def test_bad_endpoints_networks_and_via():

@@ -418,3 +418,59 @@ def test_alias_expansion_and_unknown_local():
         assert b"nobody@relay.test" in dsn and b"Status: 5.1.1" in dsn
         await rig.stop()
     _run(main())
+
+
+def _failing_body(sp, exc):
+    def body(queue_id):
+        yield b"Subject: x\r\n\r\nfirst chunk\r\n"
+        raise exc
+    sp.read_body = body
+
+
+def _leaks_no_writer(exc):
+    async def main():
+        rig = Rig(cfg=_cfg(max_messages=2))
+        msg = rig.sp.get(await _queue(rig.sp))
+        _failing_body(rig.sp, exc)
+        try:
+            await rig.qm.attempts._fan_out(msg, [(0, ["p@x.test"])])
+        except BaseException as got:  # noqa: BLE001 - CancelledError too
+            assert type(got) is type(exc), repr(got)
+        else:
+            raise AssertionError("no exception")
+        assert not rig.sp._writers, rig.sp._writers
+        assert rig.sp.check_accept() is None, rig.sp.check_accept()
+        rig.sp.close()
+    _run(main())
+
+
+def test_alias_fan_out_aborts_its_writer_when_the_body_fails():
+    from meta1lite.spool import CorruptMessage
+    _leaks_no_writer(CorruptMessage("chunk 1 unreadable"))
+
+
+def test_alias_fan_out_aborts_its_writer_when_cancelled():
+    _leaks_no_writer(asyncio.CancelledError())
+
+
+def test_dsn_aborts_its_writer_when_building_fails():
+    from meta1lite.qmgr import bounce
+
+    async def main():
+        rig = Rig(cfg=_cfg(max_messages=2))
+        msg = rig.sp.get(await _queue(rig.sp))
+        build = bounce.build
+
+        def broken(*args):
+            raise MemoryError()
+        bounce.build = broken
+        try:
+            await bounce.queue_dsn(rig.cfg, rig.sp, msg, [], [], ("a@b.test", "sender"))
+        except MemoryError:
+            pass
+        finally:
+            bounce.build = build
+        assert not rig.sp._writers, rig.sp._writers
+        assert rig.sp.check_accept() is None
+        rig.sp.close()
+    _run(main())

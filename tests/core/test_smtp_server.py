@@ -552,3 +552,32 @@ def test_smtputf8_addresses():
     session = _greeted(smtputf8=False)
     session.feed(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n")
     assert session.last().startswith(b"555")
+
+
+def test_help_lists_starttls_and_auth_only_when_offered():
+    # issue 11 item 6: HELP listed STARTTLS and AUTH with neither configured
+    plain = Session()
+    plain.feed(b"HELP\r\n")
+    assert plain.last().startswith(b"214 2.0.0 ") and b"VRFY HELP" in plain.last()
+    assert b"STARTTLS" not in plain.last() and b"AUTH" not in plain.last()
+    full = Session(tls_available=True, auth_available=True)
+    full.feed(b"HELP\r\n")
+    assert full.last().endswith(b" HELP STARTTLS AUTH")
+    tls = Session(tls_available=True, tls_active=True)
+    tls.feed(b"HELP\r\n")
+    assert b"STARTTLS" not in tls.last()
+
+
+def test_junk_commands_are_limited_per_message():
+    # issue 11 item 4: NOOP/RSET/VRFY/HELP kept a slot forever (smtpd_junk_command_limit)
+    session = Session(max_junk_commands=4)
+    session.feed(b"EHLO c.example\r\nNOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n")
+    assert session.codes()[1:] == [250, 250, 252, 214]
+    session.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n")
+    session.clear()
+    session.feed(b"NOOP\r\n" * 4)               # a message sent: the count starts again
+    assert session.codes() == [250] * 4
+    session.clear()
+    session.feed(b"NOOP\r\nNOOP\r\n")
+    assert session.lines() == [b"421 4.7.0 Too many commands that do nothing, closing connection"]
+    assert session.conn.state == S.CLOSED

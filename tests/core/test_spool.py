@@ -514,3 +514,123 @@ def test_index_keeps_messages_sharing_a_tag_apart():
         index.remove(index.find(1234, t))
     assert index.count == 1 and head(*index.find(1234, 59))[5] == 590
     assert index.used[1234 % len(index.used)] == len(pack(m, {}))
+
+
+def test_a_message_that_can_never_fit_is_told_apart_from_a_full_queue():
+    # issue 11 item 5: bigger than max_queue_size (or than the file system less its
+    # reserves) is permanent (TOO_BIG: smtps answers 552); a fuller queue is not
+    from meta1lite.spool import TOO_BIG
+    _quiet()
+    d = fresh_dir("spool")
+    sp = _open(d, max_queue_size=3000, chunk_size=256)
+    assert sp.check_accept(3001) == TOO_BIG and sp.never_fits(3000) is None
+    _commit_sync(sp, _body(2000))
+    reason = sp.check_accept(2000)
+    assert reason and reason != TOO_BIG
+    exc = raises(SpoolFull, _commit_pat, sp, 1500)         # fits an empty queue: transient
+    assert exc.reason != TOO_BIG
+    exc = raises(SpoolFull, _commit_pat, sp, 4000)         # refused where the queue filled
+    assert exc.reason != TOO_BIG and sp.never_fits(4000) == TOO_BIG    # (smtps: 552)
+    sp.close()
+    sp = _open(fresh_dir("spool"), max_queue_size=3000, chunk_size=256)
+    assert raises(SpoolFull, _commit_pat, sp, 4000).reason == TOO_BIG
+    sp.close()
+    room = 10000
+    sp = _open(d, min_free_space=compat.fs_size(d) - room, record_reserve=0)
+    assert sp.check_accept(room + 1) == TOO_BIG and sp.check_accept(room) != TOO_BIG
+    sp.close()
+    sp = _open(d, min_free_space=1 << 62)                  # reserves beyond the disk: 452
+    assert "space" in sp.check_accept(1)
+    sp.close()
+
+
+def _write_failing(sp, body, exc_at, exc):
+    # write body into a new message while exc_at (a journal function name) raises exc
+    from meta1lite.spool import journal as jmod
+    real = getattr(jmod, exc_at)
+
+    def failing(*args):
+        raise exc
+    setattr(jmod, exc_at, failing)
+    writer = sp.new_message()
+    try:
+        writer.write(body)
+        writer.flush()
+    except MemoryError:
+        writer.abort()
+    else:
+        raise AssertionError("no MemoryError")
+    finally:
+        setattr(jmod, exc_at, real)
+
+
+def test_memory_error_while_rolling_or_appending_leaves_the_journal_usable():
+    # issue 11 item 2: a MemoryError in the roll left the current segment's handle
+    # None (every later append or sync: AttributeError, deliveries redone forever)
+    d = fresh_dir("oom-roll")
+    sp = _open(d, segment_size=4096)
+    first = _commit_sync(sp, _body(1500))
+    _write_failing(sp, _body(5000, 2), "open_rw", MemoryError())    # in _roll
+    assert sp.journal._cur.f is not None
+    _write_failing(sp, _body(800, 3), "write_all", MemoryError())   # in append
+    assert not sp._writers and sp.check_accept() is None
+    second = _commit_sync(sp, _body(6000, 4))
+    assert compat.asyncio.run(sp.record_attempt(first, [(0, "sent", "250 ok", None)]))
+    sp.close()
+    sp2 = _open(d, segment_size=4096)
+    assert [m.id for m in sp2.messages()] == [second]
+    assert b"".join(sp2.read_body(second)) == _body(6000, 4)
+    sp2.close()
+
+
+class _Lines:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+
+def _three_segments(d):
+    sp = _open(d, segment_size=4096, chunk_size=256)
+    ids = [_commit_pat(sp, 3000, i) for i in range(6)]
+    sp.close()
+    return ids
+
+
+def test_truncated_older_segment_warns_and_keeps_its_tail():
+    # issue 11 item 6: a non-final segment cut in a frame lost its messages silently
+    d = fresh_dir("spool")
+    _quiet()
+    ids = _three_segments(d)
+    path = d + "/seg/00000001"
+    assert os.stat(d + "/seg/00000002")[6] > 1000          # the cut one is not the newest
+    size = os.stat(path)[6]
+    with open(path, "r+b") as f:
+        f.seek(0)
+        data = f.read(size - 100)
+    with open(path, "wb") as f:
+        f.write(data)
+    lines = _Lines()
+    compat.configure_logging("test", "warning", lines)
+    sp = _open(d, segment_size=4096, chunk_size=256)
+    _quiet()
+    assert "truncated at offset" in lines.text and "are lost" in lines.text, lines.text
+    names = os.listdir(d + "/corrupt")
+    assert [n for n in names if n.startswith("seg-00000001-") and n.endswith("-truncated")], names
+    assert len(sp.messages()) < len(ids)
+    sp.close()
+
+
+def test_empty_older_segment_goes_to_corrupt_with_a_warning():
+    # issue 11 item 6: a zero-length segment was removed at info level with its messages
+    d = fresh_dir("spool")
+    _quiet()
+    _three_segments(d)
+    open(d + "/seg/00000001", "wb").close()
+    lines = _Lines()
+    compat.configure_logging("test", "warning", lines)
+    _open(d, segment_size=4096, chunk_size=256).close()
+    _quiet()
+    assert "empty segment" in lines.text and "corrupt/seg-00000001" in lines.text, lines.text
+    assert "seg-00000001" in os.listdir(d + "/corrupt")

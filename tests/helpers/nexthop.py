@@ -48,11 +48,14 @@ class _Handler:
         session.host_name = hostname
         if self.hop.pipelining:
             responses.insert(1, "250-PIPELINING")
+        if not self.hop.eightbitmime:
+            responses = [r for r in responses if r[4:] != "8BITMIME"]
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         with self.hop.lock:
             self.hop.mail_commands.append(address)
+            self.hop.mail_options.append(list(mail_options))
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
@@ -101,7 +104,7 @@ class NextHop:
 
     def __init__(self, host="127.0.0.1", port=0, cert=None, require_starttls=False, users=None,
                  rcpt_replies=None, pipelining=False, implicit_tls=False,
-                 data_reply=DEFAULT_DATA_REPLY):
+                 data_reply=DEFAULT_DATA_REPLY, eightbitmime=True):
         self.host = host
         self.port = port or free_port(host)
         self.cert = cert
@@ -114,6 +117,8 @@ class NextHop:
         self.lock = threading.Lock()
         self.messages = []
         self.mail_commands = []
+        self.mail_options = []          # the parameters of each MAIL (BODY=8BITMIME, ...)
+        self.eightbitmime = eightbitmime    # False: EHLO does not offer 8BITMIME
         self.auth_attempts = []
         self.connections = 0
         self.failures_left = 0

@@ -1,0 +1,133 @@
+# meta1lite.tls - TLS on both runtimes, the half of compat.py that only the modules
+# speaking TLS import: contexts for smtps and smtpc, STARTTLS on an open stream,
+# and, on boards, heap kept for mbedtls (TlsMemory).
+#
+# Owns: PEM to DER (this MicroPython build loads DER), the verification settings
+# (MicroPython has no system CA store: ca_file), STARTTLS (CPython:
+# StreamWriter.start_tls; MicroPython: wrap the stream's socket), and the TLS slot
+# of a board. Must never: verify nothing when verification was asked for, or hold
+# the TLS slot past the connection that took it.
+from meta1lite.compat import MICROPYTHON, asyncio
+
+
+def pem_to_der(text):
+    """DER bytes of the first PEM block in `text` (str or bytes)."""
+    import binascii
+    if isinstance(text, bytes):
+        text = text.decode()
+    begin = text.find("-----BEGIN")
+    if begin < 0:
+        raise ValueError("no PEM block found")
+    start = text.find("\n", begin) + 1
+    end = text.find("-----END", start)
+    if start <= 0 or end < 0:
+        raise ValueError("unterminated PEM block")
+    return binascii.a2b_base64("".join(text[start:end].split()))
+
+
+def _read_file(path, mode="rb"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def server_tls_context(certfile, keyfile):
+    """An SSL context for smtps (STARTTLS and implicit TLS)."""
+    import ssl
+    if not MICROPYTHON:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile, keyfile)
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem_to_der(_read_file(certfile)), pem_to_der(_read_file(keyfile)))
+    return ctx
+
+
+def client_tls_context(verify=True, ca_file=None):
+    """An SSL context for smtpc; verification uses ca_file (required on MicroPython)."""
+    import ssl
+    if not MICROPYTHON:
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify and ca_file:
+        ctx.load_verify_locations(cadata=pem_to_der(_read_file(ca_file)))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+
+
+async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
+    """Upgrade an open stream to TLS (STARTTLS); returns the new (reader, writer)."""
+    if not MICROPYTHON:
+        if server_side:
+            await writer.start_tls(ctx)
+        else:
+            await writer.start_tls(ctx, server_hostname=server_hostname)
+        return reader, writer
+    kwargs = {"server_side": server_side, "do_handshake_on_connect": False}
+    if not server_side and server_hostname:
+        kwargs["server_hostname"] = server_hostname
+    sock = ctx.wrap_socket(writer.s, **kwargs)
+    sock.setblocking(False)
+    writer.s = sock
+    return writer, writer
+
+
+# mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls
+# config takes 16K in and 4K out, plus header, IV, MAC and padding, plus the
+# tracked-allocation header, rounded up to 16-byte GC blocks.
+TLS_RECORD_BUFFERS = (16736, 4448)
+
+
+class TlsMemory:
+    """Heap kept for one TLS connection at a time (boards). mbedtls allocates its
+    record buffers from the GC heap, and a fragmented heap has 100K free but no
+    16K hole; blocks of exactly their sizes, freed just before a handshake and
+    taken back into the holes the buffers leave when the connection closes, keep
+    room for the next one. Off (CPython, routers): no reserve, no limit."""
+
+    def __init__(self):
+        self._blocks = None
+        self._lock = None
+
+    def configure(self, enabled):
+        """Keep the blocks from now on (call before the queue index is built)."""
+        enabled = enabled and MICROPYTHON
+        self._lock = asyncio.Lock() if enabled else None
+        self._take()
+
+    def _take(self):
+        blocks = []
+        for size in TLS_RECORD_BUFFERS if self._lock is not None else ():
+            try:
+                blocks.append(bytearray(size))
+            except MemoryError:
+                pass                # taken again when the next TLS connection ends
+        self._blocks = blocks
+
+    async def acquire(self):
+        """Wait for the TLS slot, then free the blocks for the handshake."""
+        if self._lock is None:
+            return
+        await self._lock.acquire()
+        self._blocks = None
+        import gc
+        gc.collect()
+
+    def release(self):
+        """The TLS connection is closed: take the blocks back, free the slot."""
+        if self._lock is None or not self._lock.locked():
+            return
+        import gc
+        gc.collect()
+        self._take()
+        self._lock.release()
+
+
+tls_memory = TlsMemory()
