@@ -197,3 +197,13 @@ def machine():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1
     return "%s, %d cpu, python %s, loadavg %.2f" % (platform.machine(), os.cpu_count() or 0,
                                                     platform.python_version(), load)
+
+
+def parse_size(text):
+    text = text.strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    return int(text.rstrip("KM")) * mult
+
+
+def kb(n):
+    return "%.1fK" % (n / 1024.0)

@@ -46,16 +46,6 @@ MAX_RETRIES = 60                         # per message, then the session counts 
 META1LITE_MODULES_SKIP = ("cli", "__main__")
 
 
-def parse_size(text):
-    text = text.strip().upper()
-    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
-    return int(text.rstrip("KM")) * mult
-
-
-def kb(n):
-    return "%.1fK" % (n / 1024.0)
-
-
 # --- import cost ----------------------------------------------------------------------
 
 def frozen_modules():
@@ -82,8 +72,8 @@ def import_cost(heap):
     out = board.run_tool(code).stdout.split()
     before, after, free = int(out[1]), int(out[2]), int(out[3])
     print("import cost (sim firmware, frozen, -X heapsize=%d): %d modules, heap in use %s "
-          "before, %s after: %s (%d bytes); %s free" % (heap, len(mods), kb(before), kb(after),
-                                                       kb(after - before), after - before, kb(free)))
+          "before, %s after: %s (%d bytes); %s free" % (heap, len(mods), C.kb(before), C.kb(after),
+                                                       C.kb(after - before), after - before, C.kb(free)))
 
 
 # --- one relay run -------------------------------------------------------------------
@@ -255,16 +245,16 @@ def bisect(name, args, pki):
 
     def attempt(heap):
         ok, got, secs, refused, why = relay_run(heap, args.messages, args.clients, pki)
-        rows.append([kb(heap), "%d/%d" % (got, args.messages), "%.0f" % secs, refused, why])
-        print("  %s %s: %s" % (name, kb(heap), why), flush=True)
+        rows.append([C.kb(heap), "%d/%d" % (got, args.messages), "%.0f" % secs, refused, why])
+        print("  %s %s: %s" % (name, C.kb(heap), why), flush=True)
         return ok
 
     lo, hi, step = args.lo, args.hi, args.step
     if args.no_bisect:
         ok = attempt(args.heap)
-        result = "%s at %s" % ("passes" if ok else "FAILS", kb(args.heap))
+        result = "%s at %s" % ("passes" if ok else "FAILS", C.kb(args.heap))
     elif not attempt(hi):
-        result = "fails at all heaps up to %s" % kb(hi)
+        result = "fails at all heaps up to %s" % C.kb(hi)
     else:
         while hi - lo > step:
             mid = lo + (hi - lo) // 2 // step * step
@@ -272,7 +262,7 @@ def bisect(name, args, pki):
                 hi = mid
             else:
                 lo = mid
-        result = "smallest heap that passes: %s (%d bytes; %s fails)" % (kb(hi), hi, kb(lo))
+        result = "smallest heap that passes: %s (%d bytes; %s fails)" % (C.kb(hi), hi, C.kb(lo))
     C.table("%s: %d clients, %d messages of 2-20 KB" % (name, args.clients, args.messages),
             ["heapsize", "delivered", "seconds", "4xx retried", "result"], rows)
     print("%s: %s" % (name, result), flush=True)
@@ -283,11 +273,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=100, help="messages per run (issue: 500)")
     ap.add_argument("--clients", type=int, default=3)
-    ap.add_argument("--lo", type=parse_size, default=parse_size("64K"))
-    ap.add_argument("--hi", type=parse_size, default=parse_size("384K"))
-    ap.add_argument("--step", type=parse_size, default=parse_size("8K"))
+    ap.add_argument("--lo", type=C.parse_size, default=C.parse_size("64K"))
+    ap.add_argument("--hi", type=C.parse_size, default=C.parse_size("384K"))
+    ap.add_argument("--step", type=C.parse_size, default=C.parse_size("8K"))
     ap.add_argument("--no-bisect", action="store_true", help="one run per scenario at --heap")
-    ap.add_argument("--heap", type=parse_size, default=load_profile()["heap_bytes"])
+    ap.add_argument("--heap", type=C.parse_size, default=load_profile()["heap_bytes"])
     ap.add_argument("--only", choices=("plain", "tls"), help="run one scenario")
     args = ap.parse_args()
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)    # aiosmtpd: failed handshakes

@@ -40,16 +40,6 @@ MODULES = ["compat", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", 
            "qmgr.bucketmap", "qmgr.manager", "qmgr.control", "mcp"]
 
 
-def parse_size(text):
-    text = text.strip().upper()
-    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
-    return int(text.rstrip("KM")) * mult
-
-
-def kb(n):
-    return "%.1fK" % (n / 1024.0)
-
-
 def bundle_modules():
     root = os.path.join(C.bundle(), "meta1lite")
     found = []
@@ -149,12 +139,12 @@ def session_peaks(args):
         p = rf.readline().split()
         return [int(x) for x in p[1:]]
 
-    rows = [["daemon started (after gc.collect)", kb(start[0]), "-", kb(start[1]), "-", "ok"]]
+    rows = [["daemon started (after gc.collect)", C.kb(start[0]), "-", C.kb(start[1]), "-", "ok"]]
     small = make_big(2048)
     idle = peak()
-    rows.append(["idle", kb(idle[0]), kb(idle[1]), kb(idle[2]), idle[3], "ok"])
+    rows.append(["idle", C.kb(idle[0]), C.kb(idle[1]), C.kb(idle[2]), idle[3], "ok"])
     phases = [("one session, one 2 KB message", lambda: send(port, small)),
-              ("one %s message" % args.big, lambda: send(port, make_big(parse_size(args.big)))),
+              ("one %s message" % args.big, lambda: send(port, make_big(C.parse_size(args.big)))),
               ("%d concurrent sessions x 5 msgs of 2 KB" % args.sessions,
                lambda: concurrent(port, small, args.sessions))]
     for name, fn in phases:
@@ -164,7 +154,7 @@ def session_peaks(args):
         except Exception as exc:  # noqa: BLE001 - a figure, not a test
             status = "FAILED: %s" % str(exc)[:60]
         p = peak()
-        rows.append([name, kb(p[0]), kb(p[1]), kb(p[2]), p[3], status])
+        rows.append([name, C.kb(p[0]), C.kb(p[1]), C.kb(p[2]), p[3], status])
     sock.sendall(b"STOP\n")
     rf.readline()
     try:
@@ -172,7 +162,7 @@ def session_peaks(args):
     except subprocess.TimeoutExpired:
         proc.kill()
     C.table("heap during SMTP (MicroPython -X heapsize=%s, daemon in-process, sampled every %d ms; "
-            "relative to the driver's baseline of %s)" % (args.heap, args.interval_ms, kb(start[2])),
+            "relative to the driver's baseline of %s)" % (args.heap, args.interval_ms, C.kb(start[2])),
             ["phase", "peak live", "peak alloc", "min free", "samples", "result"], rows)
 
 
@@ -217,27 +207,27 @@ def accepts_big(heap_bytes, big, timeout):
 
 
 def bisect(args):
-    lo, hi, step = parse_size(args.bisect_lo), parse_size(args.bisect_hi), parse_size(args.bisect_step)
-    big = parse_size(args.big)
+    lo, hi, step = C.parse_size(args.bisect_lo), C.parse_size(args.bisect_hi), C.parse_size(args.bisect_step)
+    big = C.parse_size(args.big)
     rows = []
     ok, why = accepts_big(hi, big, args.timeout)
-    rows.append([kb(hi), why])
+    rows.append([C.kb(hi), why])
     if not ok:
         C.table("bisection", ["heapsize", "result"], rows)
-        print("smallest heap: above %s" % kb(hi))
+        print("smallest heap: above %s" % C.kb(hi))
         return
     good = hi
     while hi - lo > step:
         mid = (lo + hi) // 2 // 1024 * 1024
         ok, why = accepts_big(mid, big, args.timeout)
-        rows.append([kb(mid), why])
+        rows.append([C.kb(mid), why])
         if ok:
             hi = good = mid
         else:
             lo = mid
     C.table("smallest -X heapsize accepting one %s message (`micropython -m meta1lite run`, "
             "bundle, all modules)" % args.big, ["heapsize", "result"], rows)
-    print("smallest heap that accepts a %s message: %s (resolution %s)" % (args.big, kb(good), args.bisect_step))
+    print("smallest heap that accepts a %s message: %s (resolution %s)" % (args.big, C.kb(good), args.bisect_step))
 
 
 def main():

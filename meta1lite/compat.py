@@ -486,10 +486,26 @@ else:
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 RING_LINES = 50             # lines kept in memory for `meta1lite status` on a board
+# The code keeps MeTA1's module names; the log shows the Postfix program that writes
+# the same line, because log tools (pflogsumm, mailgraph) count by program name:
+# smtpd's client= and NOQUEUE: reject lines, pickup's uid= lines (README: Logs).
+PROGRAMS = {
+    "smtps": "smtpd",       # client=, NOQUEUE: reject:, connect/disconnect
+    "smtpc": "smtp",        # to=<>, relay=, status=sent|deferred|bounced
+    "spool": "qmgr",        # from=<>, size=, nrcpt= (queue active), removed
+    "mcp": "master",        # daemon start/stop
+    "sendmail": "pickup",   # uid= from=<>: a sendmail message adopted from incoming/
+}
+
+
+def program_name(module):
+    """The Postfix program name a module's lines are logged under."""
+    return PROGRAMS.get(module, module)
 
 
 class Logger:
-    """Postfix-shaped log lines: 'Mon DD HH:MM:SS host meta1lite/smtps[pid]: ID: text'."""
+    """Postfix-shaped log lines: 'Mon DD HH:MM:SS host meta1lite/smtpd[pid]: ID: text'
+    (module smtps logs as program smtpd: PROGRAMS)."""
 
     def __init__(self, hostname="localhost", level="info", stream=None):
         self.hostname = hostname
@@ -503,7 +519,7 @@ class Logger:
             return
         prefix = "" if level == "info" else level + ": "
         line = "%s %s meta1lite/%s[%d]: %s%s" % (
-            format_time(wall_time()), self.hostname, module, getpid(), prefix, text)
+            format_time(wall_time()), self.hostname, program_name(module), getpid(), prefix, text)
         self.ring.append(line)
         if len(self.ring) > RING_LINES:
             self.ring.pop(0)

@@ -198,6 +198,8 @@ class _Session:
     async def _connect(self, implicit):
         try:
             ctx = self._context()[0] if implicit else None
+            if implicit:
+                tls.tls_memory.make_room()
             coro = compat.open_connection(self.hop.ip, self.hop.port, ctx, self.hop.host)
             self.reader, self.writer, self.preread = await compat.wait_for(
                 coro, min(CONNECT_TIMEOUT_S, self.client.io_timeout))

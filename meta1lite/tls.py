@@ -73,6 +73,7 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     kwargs = {"server_side": server_side, "do_handshake_on_connect": False}
     if not server_side and server_hostname:
         kwargs["server_hostname"] = server_hostname
+    tls_memory.make_room()          # no await between this and the buffers' allocation
     sock = ctx.wrap_socket(writer.s, **kwargs)
     sock.setblocking(False)
     writer.s = sock
@@ -112,13 +113,17 @@ class TlsMemory:
         self._blocks = blocks
 
     async def acquire(self):
-        """Wait for the TLS slot, then free the blocks for the handshake."""
-        if self._lock is None:
-            return
-        await self._lock.acquire()
-        self._blocks = None
-        import gc
-        gc.collect()
+        """Wait for the TLS slot (then start_tls frees the blocks)."""
+        if self._lock is not None:
+            await self._lock.acquire()
+
+    def make_room(self):
+        """Free the blocks just before mbedtls allocates its buffers: no other task
+        may run in between, or it takes the holes."""
+        if self._blocks:
+            self._blocks = None
+            import gc
+            gc.collect()
 
     def release(self):
         """The TLS connection is closed: take the blocks back, free the slot."""

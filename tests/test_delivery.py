@@ -123,7 +123,7 @@ def test_500_messages_exactly_once(runtime, tmp_path):
             log = daemon.log()
             assert log.count("status=sent") == count
             assert log.count(": removed") >= count
-            assert re.search(r"meta1lite/smtpc\[\d+\]: \w+: to=<user\d+@dest.test>, relay=127\.0\.0\.1"
+            assert re.search(r"meta1lite/smtp\[\d+\]: \w+: to=<user\d+@dest.test>, relay=127\.0\.0\.1"
                              r"\[127\.0\.0\.1\]:\d+, delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, "
                              r"dsn=2\.0\.0, status=sent \(250 ", log)
         finally:

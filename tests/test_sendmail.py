@@ -3,6 +3,7 @@
 # it was down or running at injection time. Checked through the spool API.
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -140,6 +141,16 @@ def test_meta1lite_sendmail_takes_dash_capital_c(tmp_path):
     assert proc.returncode == 78
 
 
+def assert_adoption_logged(log, queue_id, rcpt):
+    """Adopting a sendmail message logs Postfix's pickup line (pflogsumm: received) and
+    the from=, size=, nrcpt= line, once each."""
+    sender = "from=<[^>]*>"
+    assert len(re.findall(r"meta1lite/pickup\[\d+\]: %s: uid=%d %s\n" % (queue_id, os.getuid(), sender),
+                          log)) == 1, log
+    assert len(re.findall(r"meta1lite/qmgr\[\d+\]: %s: %s, size=\d+, nrcpt=1 \(queue active\)"
+                          % (queue_id, sender), log)) == 1, log
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_queued_while_the_daemon_is_down(runtime, tmp_path):
     path, port = write_config(tmp_path)
@@ -152,6 +163,7 @@ def test_queued_while_the_daemon_is_down(runtime, tmp_path):
         pass
     assert "recovered 1 messages" in daemon.log()
     assert queue_id in daemon.log()         # the qmgr's delivery attempt names it
+    assert_adoption_logged(daemon.log(), queue_id, "down@example.org")
     [(msg, _body)] = queued(tmp_path)
     assert msg.id == queue_id and msg.recipients[0].addr == "down@example.org"
 
@@ -170,5 +182,6 @@ def test_adopted_while_the_daemon_runs(runtime, tmp_path):
         while ["ADOPT", queue_id] not in read_trace(trace) and time.time() < deadline:
             time.sleep(0.2)
         assert ["ADOPT", queue_id] in read_trace(trace), daemon.log()[-2000:]
+    assert_adoption_logged(daemon.log(), queue_id, "running@example.org")
     [(msg, body)] = queued(tmp_path)
     assert msg.id == queue_id and body.endswith(b"line one\r\n")

@@ -195,13 +195,13 @@ class Session:
 
     def _mail_refusal(self, event):
         if compat.memory_low():
-            self.log("warning: out of memory: refusing mail from [%s]" % self.ip, "warning")
+            self.log("out of memory: refusing mail from [%s]" % self.ip, "warning")
             return replies.QUEUE_FULL
         reason = self.server.spool.check_accept(event.size or 0)
         if reason == TOO_BIG:
             return replies.QUEUE_TOO_SMALL      # never fits, not even in an empty queue
         if reason:
-            self.log("warning: queue refuses mail: %s" % reason, "warning")
+            self.log("queue refuses mail: %s" % reason, "warning")
             return replies.QUEUE_FULL
         if self.server.rate.over(self.ip):      # counted at the final dot (accepted only)
             return (450, "4.7.1", "Too much mail from %s, slow down" % self.ip)
@@ -231,7 +231,7 @@ class Session:
                 raise MemoryError("heap nearly full")
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
-            self.log("warning: cannot open queue file: %s" % exc, "warning")
+            self.log("cannot open queue file: %s" % exc, "warning")
             self.out.append(self.conn.reject_data(*replies.QUEUE_FULL))
             return
         self.failed = None
@@ -258,7 +258,7 @@ class Session:
             self.msg.write(data)
         except (SpoolFull, OSError) as exc:
             self.failed = exc
-            self.log("%s: warning: queue write failed: %s" % (self.msg.queue_id, exc), "warning")
+            self.log("%s: queue write failed: %s" % (self.msg.queue_id, exc), "warning")
 
     async def on_data_chunk(self, event):
         if self.msg is None:
@@ -302,7 +302,7 @@ class Session:
         try:
             queue_id = await self.server.spool.commit(msg, self.sender, self.rcpts, info)
         except (SpoolFull, OSError) as exc:
-            self.log("%s: warning: commit failed: %s" % (msg.queue_id, exc), "warning")
+            self.log("%s: commit failed: %s" % (msg.queue_id, exc), "warning")
             return self.conn.reject_message(*self._failure_reply(exc))
         self.server.rate.count(self.ip)
         self._queued(queue_id)
@@ -360,7 +360,7 @@ class Session:
             self.out.append(self.conn.accept_auth())
             return
         failures = lockout.failed(self.ip)
-        self.log("warning: unknown[%s]: SASL %s authentication failed (%d)"
+        self.log("unknown[%s]: SASL %s authentication failed (%d)"
                  % (self.ip, event.mechanism, failures), "warning")
         await self._flush()
         await compat.sleep(AUTH_FAILURE_DELAY_S)

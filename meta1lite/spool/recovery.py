@@ -23,6 +23,8 @@ from meta1lite.spool.message import (
 )
 
 TORN_HEADER = 128               # a segment file this small with no valid header: torn creation
+LOG_PICKUP = "sendmail"         # logs as Postfix's pickup: its uid= line counts as received
+STAT_UID = 4                    # os.stat()[4]: the owner (0 where the runtime cannot tell)
 
 
 def listdir(path):
@@ -31,6 +33,14 @@ def listdir(path):
         return os.listdir(path)
     except OSError:
         return []
+
+
+def owner_uid(path):
+    """The uid owning a file (who injected it); 0 if the runtime cannot tell."""
+    try:
+        return os.stat(path)[STAT_UID]
+    except (OSError, IndexError, TypeError):
+        return 0
 
 
 class Recovery:
@@ -51,6 +61,7 @@ class Recovery:
         self._chunk_counts = {}     # tag -> chunks seen in order (-1: a gap), while replaying
         self._in_key = 0            # key of the newest adopted incoming file
         self._torn = []             # (segment, file size) ending in a cut frame, while replaying
+        self._adopted = []          # (id, sender, size, nrcpt, uid) from incoming/, not yet logged
 
     # --- corrupt/ ----------------------------------------------------------------------
 
@@ -107,6 +118,7 @@ class Recovery:
         self.journal.prepare_next()
         self.journal.collect()
         self.journal.sync_now()
+        self._log_adopted(True)
         log("info", "recovered %d messages (%d bytes) from %s" % (
             self.index.count, self.index.live_bytes, self.path))
         return self.index.count
@@ -277,6 +289,9 @@ class Recovery:
             added = False
         if not added:
             log("error", "%s: envelope in %s cannot be indexed; ignored" % (msg.id, seg.path))
+        elif seg.kind == "i":
+            self._adopted.append((msg.id, msg.sender, msg.size, len(msg.recipients),
+                                  owner_uid(seg.path)))
 
     def _settle_damaged(self):
         for queue_id in list(self.damaged):
@@ -324,7 +339,24 @@ class Recovery:
         for name in sorted(listdir(self.incoming_dir)):
             if (self.incoming_dir + "/" + name) not in known:
                 adopted += self._adopt(name)
+        self._log_adopted(False)
         return adopted
+
+    def _log_adopted(self, restart):
+        """Postfix's pickup and qmgr lines for the messages just adopted that are still
+        live. restart: at startup, a message with delivery attempts was adopted (and
+        logged as received) by an earlier run: only its queue line is written again."""
+        adopted, self._adopted = self._adopted, []
+        if self.readonly:
+            return
+        for queue_id, sender, size, nrcpt, uid in adopted:
+            handle = self.index.find_id(queue_id)
+            if handle is None:
+                continue
+            if not (restart and any(self.index.states(handle)[1])):
+                compat.log.log("info", LOG_PICKUP, "%s: uid=%d from=<%s>" % (queue_id, uid, sender))
+            log("info", "%s: from=<%s>, size=%d, nrcpt=%d (queue active)" % (
+                queue_id, sender, size, nrcpt))
 
     def inject(self, sender, recipients, chunks, info=None):
         """Spool.inject(): write a complete standalone segment into incoming/."""

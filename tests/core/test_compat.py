@@ -173,11 +173,18 @@ def test_logger_writes_postfix_shaped_lines_and_keeps_a_ring():
     logger.log("warning", "qmgr", "disk low")
     lines = sink.text.splitlines()
     assert len(lines) == 2
-    assert " relay.test meta1lite/smtps[%d]: 4BQX0A1B2C3D: client=" % compat.getpid() in lines[0]
+    # MeTA1's module smtps logs under Postfix's program name smtpd (pflogsumm counts it)
+    assert " relay.test meta1lite/smtpd[%d]: 4BQX0A1B2C3D: client=" % compat.getpid() in lines[0]
     assert lines[1].endswith("meta1lite/qmgr[%d]: warning: disk low" % compat.getpid())
     for _ in range(compat.RING_LINES + 5):
         logger.log("info", "qmgr", "x")
     assert len(logger.ring) == compat.RING_LINES
+
+
+def test_log_program_names_are_postfix_ones():
+    names = [compat.program_name(m) for m in ("smtps", "smtpc", "spool", "qmgr", "mcp",
+                                             "sendmail", "bounce", "smar")]
+    assert names == ["smtpd", "smtp", "qmgr", "qmgr", "master", "pickup", "bounce", "smar"]
 
 
 def test_tls_failures_are_connection_errors():
