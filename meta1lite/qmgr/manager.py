@@ -154,7 +154,8 @@ class QueueManager:
             except Exception as exc:  # noqa: BLE001 - the scheduler must never die silently
                 compat.log.log("error", LOG, "scheduler: %r; retrying in %ds" % (exc, RECOVER_S))
                 self._rescan = True
-                wait = RECOVER_S
+                await compat.sleep(RECOVER_S)   # new mail must not cut this short: no spinning
+                continue
             await self._wait(wait)
 
     # --- the index -----------------------------------------------------------------

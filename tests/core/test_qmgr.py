@@ -474,3 +474,22 @@ def test_dsn_aborts_its_writer_when_building_fails():
         assert rig.sp.check_accept() is None
         rig.sp.close()
     _run(main())
+
+
+def test_a_failing_pass_does_not_spin_on_new_mail():
+    # a scheduler error (a MemoryError on a board) waits RECOVER_S whatever arrives
+    async def main():
+        rig = Rig()
+        passes = [0]
+
+        def failing():
+            passes[0] += 1
+            raise MemoryError("no room for the plan")
+        rig.qm._pass = failing
+        rig.start()
+        for _ in range(50):
+            rig.qm.wake()
+            await asyncio.sleep(0.01)
+        assert passes[0] == 1, passes[0]
+        await rig.stop()
+    _run(main())
