@@ -147,17 +147,24 @@ LOW_MEMORY_BYTES = 48 * 1024    # free heap under which new work is refused (Mic
 def memory_low():
     """True if the heap is too full to take new work (MicroPython; after a collect).
     Always False on CPython."""
-    import gc
-    if not hasattr(gc, "mem_free") or gc.mem_free() >= LOW_MEMORY_BYTES:
+    free = heap_free()
+    if free is None or free >= LOW_MEMORY_BYTES:
         return False
+    import gc
     gc.collect()
-    return gc.mem_free() < LOW_MEMORY_BYTES
+    return heap_free() < LOW_MEMORY_BYTES
 
 
 def heap_used():
     """Bytes of heap in use (MicroPython gc.mem_alloc), or None on CPython."""
     import gc
     return gc.mem_alloc() if hasattr(gc, "mem_alloc") else None
+
+
+def heap_free():
+    """Bytes of heap free (MicroPython gc.mem_free), or None on CPython."""
+    import gc
+    return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
 # --- identity and randomness -----------------------------------------------

@@ -25,24 +25,15 @@ LOG = "control"
 class HeapWatch:
     """The highest heap in use (gc.mem_alloc, garbage not yet collected included) seen
     by the daemon: sampled every HEAP_SAMPLE_MS and on each status request. Sampling
-    allocates nothing (small ints). On CPython (no gc.mem_alloc) every figure is None."""
+    allocates nothing (small ints). On CPython (no heap figures) it stays None."""
 
     def __init__(self):
-        self.high = 0
-        self.alloc = getattr(gc, "mem_alloc", None)
-        self.free = getattr(gc, "mem_free", None)
+        self.high = None
 
     def sample(self):
-        if self.alloc is not None:
-            used = self.alloc()
-            if used > self.high:
-                self.high = used
-
-    def high_water(self):
-        return self.high if self.alloc is not None else None
-
-    def heap_free(self):
-        return self.free() if self.free is not None else None
+        used = compat.heap_used()
+        if used is not None and (self.high is None or used > self.high):
+            self.high = used
 
     async def run(self):
         sleep_ms = getattr(asyncio, "sleep_ms", None)   # MicroPython: no float per tick
@@ -112,8 +103,8 @@ class Control:
         gc.collect()            # the heap figure counts live data, not garbage
         reply = {"ok": True, "running": True, "pid": compat.getpid(),
                  "uptime": int(compat.monotonic() - self.started),
-                 "heap": compat.heap_used(), "heap_free": heap_watch.heap_free(),
-                 "heap_high_water": heap_watch.high_water(), "log": compat.log.ring[-LOG_LINES:]}
+                 "heap": compat.heap_used(), "heap_free": compat.heap_free(),
+                 "heap_high_water": heap_watch.high, "log": compat.log.ring[-LOG_LINES:]}
         if self.qmgr is not None:
             reply.update(self.qmgr.status())
         else:
@@ -185,6 +176,6 @@ async def start_control(cfg, spool, qmgr):
 
 def _start_sampler():
     """The heap high-water task (MicroPython only: CPython has no GC heap figures)."""
-    if heap_watch.alloc is None:
+    if compat.heap_used() is None:
         return None
     return asyncio.create_task(heap_watch.run())

@@ -92,7 +92,7 @@ class Spool:
     changes nothing; count(), exists() and is_held() answer without building one."""
 
     def __init__(self, path, max_queue_size, max_messages, min_free_space,
-                 segment_size=SEGMENT_SIZE, hostname=None, chunk_size=CHUNK_SIZE,
+                 segment_size=SEGMENT_SIZE, chunk_size=CHUNK_SIZE,
                  free_segments=FREE_SEGMENTS, record_reserve=RECORD_RESERVE):
         self.path = path.rstrip("/") or "/"
         self.max_queue_size = max_queue_size
@@ -100,7 +100,6 @@ class Spool:
         # new mail stops record_reserve before min_free_space; delivery state and
         # done records ignore both (a full flash must still drain)
         self.min_free_space = min_free_space + record_reserve
-        self.hostname = hostname
         self.chunk_size = chunk_size
         self.journal = Journal(self.path + "/seg", segment_size, free_segments)
         self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
@@ -110,6 +109,7 @@ class Spool:
         self._writers = {}          # queue ID -> MessageWriter not yet committed
         self._pending = {}          # queue ID -> [(rcpt index, status index, attempts)] being synced
         self._inflight_bytes = 0    # body bytes of the writers in chunk frames
+        self._room = False          # _fs_room(), once known (None: cannot be told)
 
     # --- loading -----------------------------------------------------------------
 
@@ -156,11 +156,18 @@ class Spool:
         system refuse every message alike: a misconfiguration, not TOO_BIG (452)."""
         if size > self.max_queue_size:
             return TOO_BIG
-        try:
-            room = compat.fs_size(self.path) - self.min_free_space
-        except (OSError, AttributeError):
-            return None
-        return TOO_BIG if 0 < room < size else None
+        room = self._fs_room()
+        return TOO_BIG if room is not None and 0 < room < size else None
+
+    def _fs_room(self):
+        """The file system's usable size less the reserves (read once: it does not
+        change, and check_accept runs at every MAIL); None where it cannot be told."""
+        if self._room is False:
+            try:
+                self._room = compat.fs_size(self.path) - self.min_free_space
+            except (OSError, AttributeError):
+                self._room = None
+        return self._room
 
     def _tag_used(self, tag):
         if self.index.find(tag) is not None:
@@ -400,7 +407,7 @@ def open_configured(cfg, readonly=False):
     tools while the daemon runs); bad files are moved aside, never fatal."""
     q = cfg["qmgr"]
     spool = Spool(cfg["spool"], q["max_queue_size"], q["max_messages"], q["min_free_space"],
-                  segment_size=q["segment_size"], hostname=cfg["hostname"],
+                  segment_size=q["segment_size"],
                   free_segments=q["free_segments"], record_reserve=q["record_reserve"])
     spool.recover(readonly=readonly)
     return spool

@@ -63,14 +63,17 @@ def _flock(path, spool):
     return fd
 
 
-def _drop_dir(lock_dir, stale_pid):
-    if _read_pid(lock_dir) != stale_pid:
-        return                  # taken over meanwhile: look again
+def _remove_dir(lock_dir):
     remove(lock_dir + "/" + LOCK_PID)
     try:
         os.rmdir(lock_dir)
     except OSError:
         pass
+
+
+def _drop_dir(lock_dir, stale_pid):
+    if _read_pid(lock_dir) == stale_pid:    # else taken over meanwhile: look again
+        _remove_dir(lock_dir)
 
 
 def _take_dir(spool, me):
@@ -107,12 +110,7 @@ class SpoolLock:
         """Give the lock up (idempotent)."""
         if self.held:
             self.held = False
-            lock_dir = self.spool + "/" + LOCK_DIR
-            remove(lock_dir + "/" + LOCK_PID)
-            try:
-                os.rmdir(lock_dir)
-            except OSError:
-                pass
+            _remove_dir(self.spool + "/" + LOCK_DIR)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
