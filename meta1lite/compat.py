@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from meta1lite.logring import LogRing
+
 try:
     import asyncio
 except ImportError:  # very old MicroPython
@@ -219,7 +221,7 @@ async def read_some(reader, buf):
     while True:
         n = await reader.readinto(buf)
         if n is not None:   # None: a TLS socket that would block
-            return bytes(buf[:n])
+            return bytes(memoryview(buf)[:n])       # one copy: buf[:n] would be two
 
 
 async def write_all(writer, data):
@@ -492,7 +494,6 @@ else:
 # --- logging ----------------------------------------------------------------
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-RING_LINES = 50             # lines kept in memory for `meta1lite status` on a board
 # The code keeps MeTA1's module names; the log shows the Postfix program that writes
 # the same line, because log tools (pflogsumm, mailgraph) count by program name:
 # smtpd's client= and NOQUEUE: reject lines, pickup's uid= lines (README: Logs).
@@ -518,7 +519,7 @@ class Logger:
         self.hostname = hostname
         self.threshold = LEVELS.get(level, 20)
         self.stream = stream
-        self.ring = []
+        self.ring = LogRing()       # recent lines for `meta1lite status`
 
     def log(self, level, module, text):
         """Write one line if `level` passes the threshold; keep it in the ring."""
@@ -528,8 +529,6 @@ class Logger:
         line = "%s %s meta1lite/%s[%d]: %s%s" % (
             format_time(wall_time()), self.hostname, program_name(module), getpid(), prefix, text)
         self.ring.append(line)
-        if len(self.ring) > RING_LINES:
-            self.ring.pop(0)
         stream = self.stream or sys.stderr
         stream.write(line + "\n")
 

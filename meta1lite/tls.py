@@ -82,15 +82,19 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
 
 # mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls
 # config takes 16K in and 4K out, plus header, IV, MAC and padding, plus the
-# tracked-allocation header, rounded up to 16-byte GC blocks.
-TLS_RECORD_BUFFERS = (16736, 4448)
+# tracked-allocation header, rounded up to 16-byte GC blocks. mbedtls allocates the
+# two one after the other at wrap_socket, so they fit one hole of their sum; kept as
+# ONE block, the hole they leave at close is whole again and is taken back. Two
+# blocks were taken back apart, and the 4K hole was often gone (ENOMEM at the next
+# handshake); a larger block let other tasks settle in its unused tail.
+TLS_RECORD_BUFFERS = (16736 + 4448,)
 
 
 class TlsMemory:
     """Heap kept for one TLS connection at a time (boards). mbedtls allocates its
     record buffers from the GC heap, and a fragmented heap has 100K free but no
-    16K hole; blocks of exactly their sizes, freed just before a handshake and
-    taken back into the holes the buffers leave when the connection closes, keep
+    16K hole; a block of exactly their size, freed just before a handshake and
+    taken back into the hole the buffers leave when the connection closes, keeps
     room for the next one. Off (CPython, routers): no reserve, no limit."""
 
     def __init__(self):

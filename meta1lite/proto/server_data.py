@@ -33,11 +33,13 @@ class DataReader:
         self.size = 0
         self._line_start = True
         self._line_len = 0
+        self._out = _Pieces()
 
     def read(self, buf, pos):
         """Frame buf[pos:]: the message bytes found, at most chunk + 2 octets (maybe b"")."""
         end = len(buf)
-        out = []
+        out = self._out
+        out.reset(buf)
         room = self.chunk
         cr = lf = -2                      # the next CR and LF found (-1: none, -2: not looked)
         while pos < end and room > 0 and not self.finished:
@@ -64,7 +66,7 @@ class DataReader:
             if pos == stop:
                 break
         self.pos = pos
-        return b"".join(out) if out else b""
+        return out.join()
 
     def _dot(self, buf, pos, end):
         """At a line start with '.': the position after it (pos itself: wait for more)."""
@@ -80,14 +82,14 @@ class DataReader:
     def _line_end(self, out, buf, stop, end):
         """At the CR or LF at `stop`: the position after the line end (stop: wait)."""
         if buf[stop] == _LF:
-            self._newline(out, True)
+            self._newline(out, -1)
             return stop + 1
         if stop + 1 >= end:
             return stop
         if buf[stop + 1] == _LF:
-            self._newline(out, False)
+            self._newline(out, stop)
             return stop + 2
-        self._newline(out, True)
+        self._newline(out, -1)
         return stop + 1
 
     def _fault(self, reply):
@@ -103,14 +105,16 @@ class DataReader:
             self._fault(replies.DATA_LINE_TOO_LONG)
         self._count(count)
         if self.error is None:
-            out.append(buf[start:end])
+            out.take(start, end)
 
     def _count(self, count):
         self.size += count
         if self.max_size and self.size > self.max_size:
             self._fault(replies.MESSAGE_TOO_BIG)
 
-    def _newline(self, out, bare):
+    def _newline(self, out, crlf_at):
+        # crlf_at: where the CRLF is in the input; -1 for a bare CR or LF
+        bare = crlf_at < 0
         self._line_len = 0
         if bare and self.reject_bare:
             self._fault(replies.BARE_NEWLINE)
@@ -118,7 +122,52 @@ class DataReader:
         self._line_start = not bare
         self._count(2)
         if self.error is None:
-            out.append(b"\r\n")
+            if bare:
+                out.add(b"\r\n")
+            else:
+                out.take(crlf_at, crlf_at + 2)
+
+
+class _Pieces:
+    """The output of one read(): runs of the input are kept as (start, end) and
+    sliced once, so that a chunk of ordinary lines is one slice of the input (or the
+    input itself), not a slice per line joined: fewer and smaller allocations, which
+    a board's fragmented heap can still serve."""
+
+    def __init__(self):
+        self.reset(b"")
+
+    def reset(self, buf):
+        self.buf = buf
+        self.parts = []
+        self.start = self.end = -1
+
+    def take(self, start, end):
+        """Append buf[start:end]."""
+        if start != self.end:
+            self._close_run()
+            self.start = start
+        self.end = end
+
+    def add(self, literal):
+        """Append bytes that are not in the input."""
+        self._close_run()
+        self.parts.append(literal)
+
+    def _close_run(self):
+        if self.start < 0:
+            return
+        whole = self.start == 0 and self.end == len(self.buf)
+        self.parts.append(self.buf if whole else self.buf[self.start:self.end])
+        self.start = self.end = -1
+
+    def join(self):
+        """The bytes appended, as one bytes object."""
+        self._close_run()
+        parts, self.parts, self.buf = self.parts, [], b""
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
 
 
 def _first(a, b):

@@ -203,7 +203,10 @@ class ServerConnection(StateMachine):
         left = len(self._buf) - self._pos
         if left + len(data) > self.max_buffer:
             raise UsageError("receive_data: %d octets unprocessed" % (left + len(data)))
-        self._buf = self._buf[self._pos:] + bytes(data)
+        if self._pos < len(self._buf):
+            self._buf = self._buf[self._pos:] + data
+        else:
+            self._buf = bytes(data)     # the usual case: all read before; bytes: no copy
         self._pos = 0
 
     def next_event(self):

@@ -104,7 +104,7 @@ class Control:
         reply = {"ok": True, "running": True, "pid": compat.getpid(),
                  "uptime": int(compat.monotonic() - self.started),
                  "heap": compat.heap_used(), "heap_free": compat.heap_free(),
-                 "heap_high_water": heap_watch.high, "log": compat.log.ring[-LOG_LINES:]}
+                 "heap_high_water": heap_watch.high, "log": compat.log.ring.lines(LOG_LINES)}
         if self.qmgr is not None:
             reply.update(self.qmgr.status())
         else:

@@ -1,7 +1,7 @@
 # compat: the runtime-difference layer, tested on CPython and MicroPython alike.
 from support import fresh_dir
 
-from meta1lite import compat, tls
+from meta1lite import compat, logring, tls
 
 asyncio = compat.asyncio
 
@@ -176,9 +176,14 @@ def test_logger_writes_postfix_shaped_lines_and_keeps_a_ring():
     # MeTA1's module smtps logs under Postfix's program name smtpd (pflogsumm counts it)
     assert " relay.test meta1lite/smtpd[%d]: 4BQX0A1B2C3D: client=" % compat.getpid() in lines[0]
     assert lines[1].endswith("meta1lite/qmgr[%d]: warning: disk low" % compat.getpid())
-    for _ in range(compat.RING_LINES + 5):
-        logger.log("info", "qmgr", "x")
-    assert len(logger.ring) == compat.RING_LINES
+    kept = logger.ring.lines(3)
+    assert kept[0] == lines[0] and kept[1] == lines[1] and len(kept) == 2
+    for n in range(300):
+        sink.text = ""
+        logger.log("info", "qmgr", "line %d \u00e9" % n)
+    kept = logger.ring.lines(10)     # the ring wrapped several times: the newest ten, whole
+    assert [line.rsplit(" ", 2)[-2] for line in kept] == [str(n) for n in range(290, 300)]
+    assert len(logger.ring.buf) == logring.RING_BYTES
 
 
 def test_log_program_names_are_postfix_ones():
