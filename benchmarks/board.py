@@ -141,6 +141,7 @@ class Clients:
                 if not 400 <= exc.smtp_code < 500 or self.abort:
                     raise
                 self.refusals += 1
+                s.rset()            # smtplib leaves the transaction open after a DATA 4xx
                 time.sleep(RETRY_S)
         raise smtplib.SMTPException("message %d refused %d times" % (n, MAX_RETRIES))
 

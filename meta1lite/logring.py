@@ -7,7 +7,7 @@
 # allocate per line beyond the transient encoding, or grow.
 # Runs on MicroPython and CPython.
 
-RING_BYTES = 4096           # bytes of recent log text kept (about 30 lines)
+RING_BYTES = 3072           # bytes of recent log text kept (10-25 lines)
 _NL = 10
 
 

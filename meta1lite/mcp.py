@@ -38,6 +38,7 @@ class Daemon:
         from meta1lite.smtps.server import SmtpServer
         from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
+        compat.collect_often()
         tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
         self.spool = open_configured(self.cfg)
         self.smar = AddressResolver(self.cfg)

@@ -82,20 +82,26 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
 
 # mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls
 # config takes 16K in and 4K out, plus header, IV, MAC and padding, plus the
-# tracked-allocation header, rounded up to 16-byte GC blocks. mbedtls allocates the
-# two one after the other at wrap_socket, so they fit one hole of their sum; kept as
-# ONE block, the hole they leave at close is whole again and is taken back. Two
-# blocks were taken back apart, and the 4K hole was often gone (ENOMEM at the next
-# handshake); a larger block let other tasks settle in its unused tail.
-TLS_RECORD_BUFFERS = (16736 + 4448,)
+# tracked-allocation header, rounded up to 16-byte GC blocks. Kept as two blocks:
+# one block of their sum was tried, but mbedtls may put the 4K buffer in a lower
+# hole, other tasks then settle in the unused 4K of the block's hole, and the sum
+# can no longer be taken back when the connection closes (ENOMEM at the next
+# handshake); each buffer's own hole always comes back whole.
+TLS_RECORD_BUFFERS = (16736, 4448)
+# What a handshake allocates besides the record buffers (handshake state, transform,
+# session, the peer's certificate chain, ECDHE and signature arithmetic), kept free
+# by refusing new mail below it (compat.memory_low). Measured on the sim: a verified
+# STARTTLS handshake completes in a 43K heap with 14.6K in use before it, i.e.
+# ~28K with the 21K of record buffers; 16K leaves twice the rest.
+TLS_HANDSHAKE_HEAP = 16 * 1024
 
 
 class TlsMemory:
     """Heap kept for one TLS connection at a time (boards). mbedtls allocates its
     record buffers from the GC heap, and a fragmented heap has 100K free but no
-    16K hole; a block of exactly their size, freed just before a handshake and
-    taken back into the hole the buffers leave when the connection closes, keeps
-    room for the next one. Off (CPython, routers): no reserve, no limit."""
+    16K hole; blocks of exactly their sizes, freed just before a handshake and
+    taken back (synchronously, before another task can allocate) into the holes
+    the buffers leave when the connection closes, keep room for the next one. Off (CPython, routers): no reserve, no limit."""
 
     def __init__(self):
         self._blocks = None
@@ -106,6 +112,10 @@ class TlsMemory:
         enabled = enabled and MICROPYTHON
         self._lock = asyncio.Lock() if enabled else None
         self._take()
+
+    def headroom(self):
+        """Heap (bytes) that new mail must leave free for the next handshake."""
+        return TLS_HANDSHAKE_HEAP if self._lock is not None else 0
 
     def _take(self):
         blocks = []

@@ -135,7 +135,7 @@ def test_data_framing_never_ends_early(body, cuts):
 
     def collect(event):
         if isinstance(event, S.DataChunk):
-            chunks.append(event.data)
+            chunks.append(bytes(event.data))    # valid until the next receive_data
         original(event)
     driver.check = collect
     for cut in cuts + [len(stream)]:
@@ -170,6 +170,8 @@ def test_smtplib_is_happy_with_the_core():
             if event is S.NEED_DATA:
                 conn.receive_data(server_sock.recv(4096))
                 continue
+            if isinstance(event, S.DataChunk):      # valid until the next receive_data
+                event = S.DataChunk(bytes(event.data))
             events.append(event)
             data = event.data if isinstance(event, S.Reply) else _decide(conn, event, lambda: True)
             if data:

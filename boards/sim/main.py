@@ -15,6 +15,7 @@ import vfs
 
 MOUNT = "/flash"
 COPY_CHUNK = 512
+HEAP_UNLOCK_TRIES = 4          # nesting depth of heap locks undone at shutdown
 
 
 def mount(flash):
@@ -44,12 +45,26 @@ def put(host_path, name):
     flash.close()
 
 
+def _unlock_heap():
+    # The harness stops the sim with SIGINT; a KeyboardInterrupt that lands while a
+    # collection runs a finaliser (LittleFS closing a file through this Python block
+    # device) can leave the heap locked, and the report below could not allocate.
+    import micropython
+    for _ in range(HEAP_UNLOCK_TRIES):
+        try:
+            bytearray(1)
+            return
+        except MemoryError:
+            micropython.heap_unlock()
+
+
 def main():
     flash = simflash.from_env()
     mount(flash)
     try:
         status = m1lboot.run(MOUNT)
     finally:
+        _unlock_heap()
         flash.report()
         vfs.umount(MOUNT)
         flash.close()

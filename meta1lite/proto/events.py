@@ -109,7 +109,8 @@ class DataStart(Event):
 
 
 class DataChunk(Event):
-    """Unstuffed, CRLF-only message bytes (not in the repr)."""
+    """Unstuffed, CRLF-only message bytes (not in the repr); bytes-like, valid until
+    the next receive_data() (it may be the core's input buffer)."""
     _hidden = ("data",)
 
     def __init__(self, data):

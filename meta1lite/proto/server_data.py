@@ -70,7 +70,7 @@ class DataReader:
 
     def _dot(self, buf, pos, end):
         """At a line start with '.': the position after it (pos itself: wait for more)."""
-        if end - pos < 3 and b".\r\n".startswith(buf[pos:end]):
+        if end - pos < 3 and b".\r\n".startswith(bytes(buf[pos:end])):
             return pos
         self._line_start = False
         if buf[pos + 1] == _CR and buf[pos + 2] == _LF:
@@ -130,9 +130,9 @@ class DataReader:
 
 class _Pieces:
     """The output of one read(): runs of the input are kept as (start, end) and
-    sliced once, so that a chunk of ordinary lines is one slice of the input (or the
-    input itself), not a slice per line joined: fewer and smaller allocations, which
-    a board's fragmented heap can still serve."""
+    sliced once, so that a chunk of ordinary lines is one slice of the input, or the
+    input itself (no allocation at all), not a slice per line joined: a board's
+    fragmented heap has no room for a copy per read."""
 
     def __init__(self):
         self.reset(b"")

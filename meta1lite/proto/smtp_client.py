@@ -70,6 +70,7 @@ from meta1lite.proto.replies import (  # noqa: F401 - re-exported: the core's AP
 )
 from meta1lite.status import BOUNCED, DEFERRED, SENT  # noqa: F401 - re-exported for callers
 
+_DOT, _LF = 46, 10             # "." and LF, as indexing bytes returns them
 MAX_PIPELINE_RCPTS = 32        # RCPTs per pipelined write, so replies never fill a small window
 
 # --- RFC 5321 section 4.5.3.2 timeouts, seconds, by phase -------------------------
@@ -283,14 +284,16 @@ class ClientConnection(StateMachine):
     def encode_body_chunk(self, data):
         """Dot-stuff one chunk of the (CRLF, unstuffed) body; returns the bytes to send."""
         self._require(S_BODY, "encode_body_chunk")
-        data = bytes(data)
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
         if not data:
             return b""
-        stuffed = data.replace(b"\n.", b"\n..")
-        if self._at_line_start and data[0:1] == b".":
-            stuffed = b"." + stuffed
-        self._at_line_start = data[-1:] == b"\n"
-        return stuffed
+        lead = self._at_line_start and data[0] == _DOT
+        self._at_line_start = data[-1] == _LF
+        if not lead and data.find(b"\n.") < 0:
+            return data             # the usual chunk: sent as it is, no copy
+        stuffed = bytes(data).replace(b"\n.", b"\n..")
+        return b"." + stuffed if lead else stuffed
 
     def end_body(self):
         """End the body; returns the terminator (with a CRLF first if the body lacked one)."""

@@ -28,7 +28,10 @@
 # ever passed on. Over-long lines (> max_line octets incl. CRLF, counted as
 # received, stuffing dot included) -> 500 5.5.2, over max_message_size (counted
 # after unstuffing) -> 552 5.3.4; both only after the final dot, the session stays
-# usable. DataChunk bytes are unstuffed, CRLF-only, at most DATA_CHUNK + 2 octets.
+# usable. DataChunk bytes are unstuffed, CRLF-only, at most DATA_CHUNK + 2 octets,
+# and valid only until the next receive_data(): the input is kept in one bytearray
+# that is reused (no allocation per read on a board's fragmented heap), and a chunk
+# that is all of it is that bytearray itself. Copy what must outlive the call.
 #
 # Use (the I/O layer):
 #     conn = ServerConnection("relay.example", max_message_size=10485760, ...)
@@ -41,7 +44,7 @@
 #       MailFrom   -> write conn.accept_mail() or conn.reject_mail(452, "4.3.1", ...)
 #       RcptTo     -> write conn.accept_rcpt() or conn.reject_rcpt(554, "5.7.1", ...)
 #       DataStart  -> open a spool file; write conn.accept_data() (354) or reject_data
-#       DataChunk  -> append ev.data to the spool file as-is
+#       DataChunk  -> append ev.data to the spool file as-is (before the next read)
 #       DataEnd    -> ok: commit durably, then write conn.accept_message(...) (250);
 #                     not ok: discard the file (the core's Reply with the 5xx follows)
 #       AuthRequest-> check; write conn.accept_auth() or conn.reject_auth(...)
@@ -138,7 +141,7 @@ class ServerConnection(StateMachine):
         self.bad_commands = 0
         self.max_junk_commands = max_junk_commands
         self.junk_commands = 0          # since the session began or the last message
-        self._buf = b""
+        self._buf = bytearray()         # input not yet processed starts at _pos
         self._pos = 0
         self._eof = False
         self._draining = False          # an over-long command line is being skipped
@@ -176,15 +179,14 @@ class ServerConnection(StateMachine):
         return False
 
     def _close(self, reason):
-        self._buf = b""
-        self._pos = 0
+        self._discard_input()
         self._pending = None
         self._set_state(CLOSED, reason)
         self._closed_event = Close(reason)
         self._emit(self._closed_event)
 
     def _discard_input(self):
-        self._buf = b""
+        self._buf = bytearray()
         self._pos = 0
 
     # --- the h11-style surface -------------------------------------------------
@@ -203,11 +205,10 @@ class ServerConnection(StateMachine):
         left = len(self._buf) - self._pos
         if left + len(data) > self.max_buffer:
             raise UsageError("receive_data: %d octets unprocessed" % (left + len(data)))
-        if self._pos < len(self._buf):
-            self._buf = self._buf[self._pos:] + data
-        else:
-            self._buf = bytes(data)     # the usual case: all read before; bytes: no copy
-        self._pos = 0
+        if self._pos:
+            self._buf[:self._pos] = b""     # in place: the bytearray keeps its size
+            self._pos = 0
+        self._buf.extend(data)
 
     def next_event(self):
         """The next event, NEED_DATA, or PAUSED (a decision or tls_started() is due)."""
@@ -334,14 +335,15 @@ class ServerConnection(StateMachine):
             if self._draining or len(buf) - pos >= self.max_command_line:
                 self._draining = True
                 keep = 1 if buf.endswith(b"\r") else 0
-                self._buf, self._pos = buf[len(buf) - keep:], 0
+                buf[:len(buf) - keep] = b""
+                self._pos = 0
             return None
         self._pos = end + 2
         if self._draining or end + 2 - pos > self.max_command_line:
             self._draining = False
             self._error(replies.LINE_TOO_LONG)
             return None
-        return buf[pos:end]
+        return bytes(memoryview(buf)[pos:end])
 
     def _command_step(self):
         while not self._events and self.state not in (CLOSED, STARTTLS, DATA):

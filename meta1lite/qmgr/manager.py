@@ -313,7 +313,7 @@ class QueueManager:
         spool, queue_id = self.spool, msg.id
         info = msg.info or {}
         return Job(queue_id, msg.sender, rcpts, msg.size, bool(info.get("eightbit")),
-                   lambda: spool.read_body(queue_id))
+                   lambda: spool.read_body(queue_id, True))
 
     def _launch(self, plan):
         for dest in plan:

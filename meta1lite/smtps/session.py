@@ -194,8 +194,9 @@ class Session:
         self.out.append(self.conn.accept_mail())
 
     def _mail_refusal(self, event):
-        if compat.memory_low():
-            self.log("out of memory: refusing mail from [%s]" % self.ip, "warning")
+        if compat.memory_low(tls.tls_memory.headroom()):
+            self.log("low memory (%d bytes free): refusing mail from [%s]" % (
+                compat.heap_free(), self.ip), "warning")
             return replies.QUEUE_FULL
         reason = self.server.spool.check_accept(event.size or 0)
         if reason == TOO_BIG:
@@ -227,8 +228,8 @@ class Session:
     async def on_data_start(self, event):
         self._count("data")
         try:
-            if compat.memory_low():
-                raise MemoryError("heap nearly full")
+            if compat.memory_low(tls.tls_memory.headroom()):
+                raise MemoryError("low memory (%d bytes free)" % compat.heap_free())
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
             self.log("cannot open queue file: %s" % exc, "warning")

@@ -63,6 +63,7 @@ from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
 from meta1lite.spool.journal import Journal, low_space
 from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public API
+    BufferPool,
     CorruptMessage,
     Message,
     MessageWriter,
@@ -80,6 +81,7 @@ SEGMENT_SIZE = 256 * 1024       # bytes per journal segment (qmgr.segment_size)
 CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
 FREE_SEGMENTS = 2               # freed segments kept for reuse (qmgr.free_segments)
 RECORD_RESERVE = 16 * 1024      # free space only state/done records may use (qmgr.record_reserve)
+POOLED_BUFFERS = 8              # chunk buffers kept for reuse (writers + body readers at once)
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
 TOO_BIG = "message size exceeds what the queue can ever hold"   # check_accept/SpoolFull
                                 # reason that is permanent (smtps: 552 5.3.4)
@@ -101,6 +103,7 @@ class Spool:
         # done records ignore both (a full flash must still drain)
         self.min_free_space = min_free_space + record_reserve
         self.chunk_size = chunk_size
+        self.buffers = BufferPool(chunk_size, POOLED_BUFFERS)
         self.journal = Journal(self.path + "/seg", segment_size, free_segments)
         self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
         self.index = Index(self.journal)
@@ -212,6 +215,7 @@ class Spool:
         self._inflight_bytes -= writer.flushed
         self.journal.refs(writer.segs, ())
         writer.closed = True
+        self.buffers.give(writer._buf)
         writer._buf = None
 
     async def commit(self, writer, sender, recipients, info=None):
@@ -265,15 +269,17 @@ class Spool:
 
     # --- reading -------------------------------------------------------------------
 
-    def read_body(self, queue_id):
-        """Generator of the body's chunks (bytes); raises CorruptMessage if unreadable."""
+    def read_body(self, queue_id, reuse=False):
+        """Generator of the body's chunks (bytes); raises CorruptMessage if unreadable.
+        reuse: a full chunk is read into one pooled bytearray, valid until the next
+        chunk is taken (no allocation per chunk: delivery on a board)."""
         handle = self.index.find_id(queue_id)
         if handle is None:
             raise KeyError(queue_id)
         msg = self.index.build(handle, False)
         if msg is None:
             raise CorruptMessage("%s: envelope unreadable" % queue_id)
-        return self.journal.chunks(msg, True)
+        return self.journal.chunks(msg, True, self.buffers if reuse else None)
 
     def messages(self):
         """The live messages, oldest first: a sequence (len, truth, iteration,

@@ -423,9 +423,19 @@ class Journal:
             return None, 0
         return fmt.decode_record(frame[2]), frame[3]
 
-    def chunks(self, msg, strict):
+    def chunks(self, msg, strict, pool=None):
         """Generator of a message's body chunks (bytes), in order. strict: raise
-        CorruptMessage at the first missing one; else yield what verifies."""
+        CorruptMessage at the first missing one; else yield what verifies. pool (a
+        BufferPool): full chunks come in one of its buffers, reused for the next."""
+        buf = pool.take() if pool is not None else None
+        try:
+            for chunk in self._chunks(msg, strict, buf):
+                yield chunk
+        finally:
+            if pool is not None:
+                pool.give(buf)
+
+    def _chunks(self, msg, strict, buf):
         expected = 0
         for i, key in enumerate(msg.segs):
             seg = self.segs.get(key)
@@ -440,7 +450,7 @@ class Journal:
                     if number == expected or (not strict and number is not None):
                         expected += 1
                         f.seek(pos + fmt.HEAD_SIZE + chunk[1])
-                        yield f.read(chunk[2])
+                        yield _read_chunk(f, chunk[2], buf)
                     elif strict and number is not None and number > expected:
                         break
                     if expected >= msg.nchunks:
@@ -482,3 +492,11 @@ class Journal:
             return False
         del self.segs[seg.key]
         return True
+
+
+def _read_chunk(f, size, buf):
+    # into buf when it is exactly a chunk's size (the usual full chunk), else new bytes
+    if buf is None or size != len(buf):
+        return f.read(size)
+    got = f.readinto(buf)
+    return buf if got == size else bytes(buf[:got or 0])

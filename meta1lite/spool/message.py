@@ -107,6 +107,25 @@ def message_from_envelope(rec, tag, key):
     return msg
 
 
+class BufferPool:
+    """Chunk-sized bytearrays reused from message to message: a board's fragmented
+    heap may have no hole left for a new 1K buffer. At most `keep` are kept free."""
+
+    def __init__(self, size, keep):
+        self.size = size
+        self.keep = keep
+        self.free = []
+
+    def take(self):
+        """A buffer of self.size bytes (contents undefined)."""
+        return self.free.pop() if self.free else bytearray(self.size)
+
+    def give(self, buf):
+        """Return a buffer taken with take() (None is ignored)."""
+        if buf is not None and len(self.free) < self.keep:
+            self.free.append(buf)
+
+
 class MessageWriter:
     """Streams one message's body into the journal, chunk by chunk."""
 
@@ -131,7 +150,7 @@ class MessageWriter:
         if self.error is not None or self.closed:
             return
         if self._buf is None:
-            self._buf = bytearray(self._chunk_size)
+            self._buf = self._spool.buffers.take()
         mv = memoryview(data)
         self.size += len(mv)
         while len(mv) and self.error is None:

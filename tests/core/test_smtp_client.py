@@ -408,13 +408,13 @@ def test_misuse_raises_state_error():
 
 
 # --- body -------------------------------------------------------------------------------
-def stuff_in_pieces(body, cuts):
+def stuff_in_pieces(body, cuts, kind=bytes):
     conn = ready_conn("PIPELINING")
     conn.start_transaction("q1", "a@x.test", ["b@y.test"])
     feed(conn, b"250 ok\r\n250 ok\r\n354 go\r\n")
     out, last = [], 0
     for cut in cuts + [len(body)]:
-        out.append(conn.encode_body_chunk(body[last:cut]))
+        out.append(bytes(conn.encode_body_chunk(kind(body[last:cut]))))
         last = cut
     out.append(conn.end_body())
     return b"".join(out)
@@ -428,6 +428,20 @@ def test_dot_stuffing_split_at_every_position():
         assert stuff_in_pieces(body, [i]) == want, i
         for j in range(i, len(body) + 1, 3):
             assert stuff_in_pieces(body, [i, j]) == want, (i, j)
+
+
+def test_dot_stuffing_of_reused_buffers_and_views():
+    # delivery hands the spool's reused bytearray (or a memoryview): same bytes out
+    body = b".start\r\nmid\r\n.\r\n..two\r\nend.\r\n."
+    want = b"..start\r\nmid\r\n..\r\n...two\r\nend.\r\n..\r\n.\r\n"
+    for kind in (bytearray, memoryview):
+        for i in range(len(body) + 1):
+            assert stuff_in_pieces(body, [i], kind) == want, (kind, i)
+    conn = ready_conn("PIPELINING")
+    conn.start_transaction("q1", "a@x.test", ["b@y.test"])
+    feed(conn, b"250 ok\r\n250 ok\r\n354 go\r\n")
+    plain = bytearray(b"no dot at any line start\r\n")
+    assert conn.encode_body_chunk(plain) is plain      # nothing to stuff: not copied
 
 
 def test_dot_stuffing_byte_by_byte():

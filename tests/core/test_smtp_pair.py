@@ -129,7 +129,7 @@ class Pair:
         elif isinstance(ev, ss.DataStart):
             answer = server.accept_data()
         elif isinstance(ev, ss.DataChunk):
-            self.chunks.append(ev.data)
+            self.chunks.append(bytes(ev.data))     # valid until the next receive_data
         elif isinstance(ev, ss.DataEnd) and ev.ok:
             answer = server.accept_message()
         elif isinstance(ev, ss.AuthRequest):

@@ -39,6 +39,8 @@ class Session:
             event = self.conn.next_event()
             if event is S.NEED_DATA or event is S.PAUSED:
                 return event
+            if isinstance(event, S.DataChunk):      # valid until the next receive_data
+                event = S.DataChunk(bytes(event.data))
             self.events.append(event)
             self._answer(event)
             if isinstance(event, S.Close):
