@@ -14,7 +14,7 @@
 # different configurations.
 import sys
 
-from meta1lite import compat, tls
+from meta1lite import compat, process, tls
 
 asyncio = compat.asyncio
 LOG = "mcp"
@@ -59,7 +59,7 @@ class Daemon:
         self.smtps = SmtpServer(self.cfg, None, None, self.smar)      # keys read as root
         await self.smtps.start()            # ports below 1024 need root
         user = self.cfg["mcp"]["user"]
-        if compat.drop_privileges(user):
+        if process.drop_privileges(user):
             compat.log.log("info", LOG, "running as user %s" % user)
         self.spool = open_configured(self.cfg)      # the spool's files: the user's
         self.qmgr = QueueManager(self.cfg, self.spool, self.smar)
@@ -87,7 +87,7 @@ class Daemon:
             Module("smtps", ("smar", "qmgr"), None, lambda: self.smtps.reload(self.cfg)),
         ]
         supervisor = Supervisor(modules, opts["restart_max"],
-                                compat.watchdog(opts["watchdog_ms"]), opts["watchdog_ms"])
+                                process.watchdog(opts["watchdog_ms"]), opts["watchdog_ms"])
         supervisor.every(INCOMING_POLL_S, self._adopt_incoming)
         if compat.heap_free() is not None:
             supervisor.every(opts["heap_log_interval"], _log_heap)

@@ -22,7 +22,7 @@ from helpers.nexthop import NextHop
 from helpers.smtpclient import Client
 from test_delivery import cli, message, send, start_relay, via, wait_for
 
-from meta1lite import compat, conf, mcp
+from meta1lite import conf, mcp, process
 from meta1lite.cli.queuetool import request
 from meta1lite.smtps import authdb
 
@@ -293,12 +293,12 @@ class _FakePwd:
 
 def test_drop_privileges_becomes_the_user_only_when_root():
     root = _FakeOs(0)
-    assert compat.drop_privileges("meta1lite", root, _FakePwd())
+    assert process.drop_privileges("meta1lite", root, _FakePwd())
     assert root.calls == [("setgroups", []), ("setgid", 4343), ("setuid", 4242)]
     for user, fake in (("meta1lite", _FakeOs(1000)), (None, _FakeOs(0))):
-        assert not compat.drop_privileges(user, fake, _FakePwd()) and fake.calls == []
+        assert not process.drop_privileges(user, fake, _FakePwd()) and fake.calls == []
     with pytest.raises(OSError, match="mcp.user: no such user 'nobody-here'"):
-        compat.drop_privileges("nobody-here", _FakeOs(0), _FakePwd())
+        process.drop_privileges("nobody-here", _FakeOs(0), _FakePwd())
 
 
 def test_listeners_are_bound_before_root_is_dropped_and_the_spool_opened_after(tmp_path, monkeypatch):
@@ -311,7 +311,7 @@ def test_listeners_are_bound_before_root_is_dropped_and_the_spool_opened_after(t
     def drop(user):
         seen.append((user, daemon.smtps.endpoints(), daemon.spool))
         return False
-    monkeypatch.setattr(compat, "drop_privileges", drop)
+    monkeypatch.setattr(process, "drop_privileges", drop)
 
     async def go():
         await daemon.start()

@@ -7,7 +7,7 @@
 # clock is driven by hand (_look(now)). Shared subset: CPython and MicroPython.
 import sys
 
-from meta1lite import compat
+from meta1lite import compat, process
 from meta1lite import supervisor as sup
 
 asyncio = compat.asyncio
@@ -183,8 +183,8 @@ def test_watchdog_is_started_and_fed_by_the_watcher():
     saved = sys.modules.get("machine")
     sys.modules["machine"] = _FakeMachine()
     try:
-        assert compat.watchdog(0) is None               # 0 = off: never started
-        wdt = compat.watchdog(300)
+        assert process.watchdog(0) is None               # 0 = off: never started
+        wdt = process.watchdog(300)
         assert _FakeWDT.made == [wdt] and wdt.timeout == 300
 
         async def go():
