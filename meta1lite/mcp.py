@@ -1,15 +1,16 @@
 # meta1lite.mcp - the main control program (MeTA1's mcp): builds the modules,
 # has the supervisor run them, reloads the configuration and stops in order.
 #
-# Owns: start-up order (logging, the smtps listeners, dropping root to mcp.user,
-# spool recovery, the modules as supervised tasks: smar, smtpc, qmgr, smtps, see
-# supervisor.py), the control channel's mcp requests (reload, stop, fault MODULE),
-# signals on CPython (SIGTERM/SIGINT stop, SIGHUP reload), a reload that every
-# module takes or none does (a bad file keeps the old configuration and says
-# why), the orderly stop within mcp.stop_timeout (listeners closed, 421 4.3.2 to
-# open sessions, the queue synced, exit 0), and the board's periodic chores
-# (adopting sendmail's incoming/, the heap log). The MicroPython unix port has no
-# signals: reload and stop go through the control channel; Ctrl-C stops it.
+# Owns: start-up order (logging, spool recovery, the smtps listeners; as root with
+# mcp.user: the listeners, dropping root, then the spool; the modules as supervised
+# tasks: smar, smtpc, qmgr, smtps, see supervisor.py), the control channel's mcp
+# requests (reload, stop, fault MODULE), signals on CPython (SIGTERM/SIGINT stop,
+# SIGHUP reload), a reload that every module takes or none does (a bad file keeps
+# the old configuration and says why), the orderly stop within mcp.stop_timeout
+# (listeners closed, 421 4.3.2 to open sessions, the queue synced, exit 0), and
+# the board's periodic chores (adopting sendmail's incoming/, the heap log). The
+# MicroPython unix port has no signals: reload and stop go through the control
+# channel; Ctrl-C stops it.
 # Must never: hold protocol or queue logic of its own, or leave the modules on two
 # different configurations.
 import sys
@@ -44,7 +45,8 @@ class Daemon:
         self.stopped = False
 
     async def start(self):
-        """Bind the listeners, drop root, recover the queue, start the modules."""
+        """Recover the queue and bind the listeners (as root with mcp.user: bind, drop
+        root, then recover), then start the modules."""
         # Every module is imported before the queue index is built, so that the
         # long-lived bytecode is not scattered among index entries (a fragmented
         # MicroPython heap has no room for a module later).
@@ -57,18 +59,25 @@ class Daemon:
         tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
         self.smar = AddressResolver(self.cfg)
         self.smtps = SmtpServer(self.cfg, None, None, self.smar)      # keys read as root
-        await self.smtps.start()            # ports below 1024 need root
         user = self.cfg["mcp"]["user"]
-        if process.drop_privileges(user):
+        dropping = process.can_drop(user)
+        if not dropping:            # a client never meets a queue still recovering
+            self._open_queue(open_configured, QueueManager)
+        await self.smtps.start()            # ports below 1024 need root
+        if dropping:                # the spool's files must be the user's: open it after
+            process.drop_privileges(user)
             compat.log.log("info", LOG, "running as user %s" % user)
-        self.spool = open_configured(self.cfg)      # the spool's files: the user's
-        self.qmgr = QueueManager(self.cfg, self.spool, self.smar)
-        self.smtps.spool, self.smtps.qmgr = self.spool, self.qmgr
+            self._open_queue(open_configured, QueueManager)
         self.control = await self._start_control(start_control)
         self.supervisor = self._supervise()
         self.supervisor.start()
         compat.log.log("info", LOG, "daemon started; listening on %s" % ", ".join(
             "%s:%d" % ep for ep in self.smtps.endpoints()))
+
+    def _open_queue(self, open_configured, queue_manager):
+        self.spool = open_configured(self.cfg)
+        self.qmgr = queue_manager(self.cfg, self.spool, self.smar)
+        self.smtps.spool, self.smtps.qmgr = self.spool, self.qmgr
 
     async def _start_control(self, start_control):
         try:

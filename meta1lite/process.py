@@ -23,11 +23,17 @@ def watchdog(timeout_ms):
     return None if wdt is None else wdt(timeout=timeout_ms)
 
 
+def can_drop(user, os_module=os):
+    """True if drop_privileges(user) would change ids: a user is set and this is
+    root on a runtime with setuid (CPython on POSIX)."""
+    return bool(user) and hasattr(os_module, "setuid") and os_module.getuid() == 0
+
+
 def drop_privileges(user, os_module=os, pwd_module=None):
     """Started as root (CPython) with `user` set: become that user, with its group
     and no supplementary groups; True if done. False where there is nothing to do
     (no user, not root, a runtime without setuid). OSError for an unknown user."""
-    if not user or not hasattr(os_module, "setuid") or os_module.getuid() != 0:
+    if not can_drop(user, os_module):
         return False
     if pwd_module is None:
         import pwd as pwd_module

@@ -312,6 +312,7 @@ def test_listeners_are_bound_before_root_is_dropped_and_the_spool_opened_after(t
         seen.append((user, daemon.smtps.endpoints(), daemon.spool))
         return False
     monkeypatch.setattr(process, "drop_privileges", drop)
+    monkeypatch.setattr(process, "can_drop", lambda user: user == "meta1lite")
 
     async def go():
         await daemon.start()
