@@ -16,6 +16,7 @@
 import sys
 
 from meta1lite import compat, process, tls
+from meta1lite.supervisor import Module, Supervisor
 
 asyncio = compat.asyncio
 LOG = "mcp"
@@ -87,7 +88,6 @@ class Daemon:
             return None
 
     def _supervise(self):
-        from meta1lite.supervisor import Module, Supervisor
         opts = self.cfg["mcp"]
         modules = [
             Module("smar", (), None, lambda: self.smar.reload(self.cfg)),
