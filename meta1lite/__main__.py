@@ -6,7 +6,6 @@
 import sys
 
 RUN_USAGE = "usage: micropython -m meta1lite [-c FILE] run [-c FILE]"
-CONFIG_MODULES = ("meta1lite.conf.hints", "meta1lite.conf.schema", "meta1lite.conf")
 
 
 def _parse_run(argv):
@@ -44,8 +43,9 @@ def micro_main(argv):
     except OSError as exc:
         sys.stderr.write("meta1lite: cannot read %s: %s\n" % (path, exc))
         return 2
+    modules = conf.MODULES
     del conf
-    compat.forget_modules(CONFIG_MODULES)   # the parser is not needed after start-up
+    compat.forget_modules(modules)          # the parser is not needed after start-up
     from meta1lite import mcp
     status = mcp.main(cfg, rest)
     return 0 if status is None else status

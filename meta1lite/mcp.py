@@ -1,18 +1,33 @@
-# meta1lite.mcp - the main control program: starts the modules in one event loop
-# and stops them in order.
+# meta1lite.mcp - the main control program (MeTA1's mcp): builds the modules,
+# has the supervisor run them, reloads the configuration and stops in order.
 #
-# Owns: start-up order (logging, spool recovery, smtps listeners, the queue
-# manager when present), the orderly stop, and signal handling on CPython (SIGTERM/
-# SIGINT stop, SIGHUP reload). The MicroPython unix port has no signals: Ctrl-C
-# (KeyboardInterrupt) stops it gracefully and SIGTERM kills it, which the queue's
-# durability survives. Must never: hold protocol or queue logic of its own.
+# Owns: start-up order (logging, spool recovery, the smtps listeners; as root with
+# mcp.user: the listeners, dropping root, then the spool; the modules as supervised
+# tasks: smar, smtpc, qmgr, smtps, see supervisor.py), the control channel's mcp
+# requests (reload, stop, fault MODULE), signals on CPython (SIGTERM/SIGINT stop,
+# SIGHUP reload), a reload that every module takes or none does (a bad file keeps
+# the old configuration and says why), the orderly stop within mcp.stop_timeout
+# (listeners closed, 421 4.3.2 to open sessions, the queue synced, exit 0), and
+# the board's periodic chores (adopting sendmail's incoming/, the heap log). The
+# MicroPython unix port has no signals: reload and stop go through the control
+# channel; Ctrl-C stops it.
+# Must never: hold protocol or queue logic of its own, or leave the modules on two
+# different configurations.
 import sys
 
-from meta1lite import compat, tls
+from meta1lite import compat, process, tls
+from meta1lite.supervisor import Module, Supervisor
 
 asyncio = compat.asyncio
+LOG = "mcp"
 INCOMING_POLL_S = 5          # how often new `meta1lite sendmail` submissions are adopted
 EXIT_BUSY = 75               # the spool is locked by another process (EX_TEMPFAIL)
+MODULE_NAMES = ("smar", "smtpc", "qmgr", "smtps")   # start order (dependencies first)
+# options a reload cannot change in a running daemon (logged: "at the next start")
+RESTART_ONLY = (("spool",), ("control",), ("smtps", "listen"), ("smtps", "listen_tls"),
+                ("mcp", "user"), ("mcp", "watchdog_ms"), ("smtpc", "tls_reserve"),
+                ("qmgr", "min_free_space"), ("qmgr", "record_reserve"),
+                ("qmgr", "segment_size"), ("qmgr", "free_segments"))
 
 
 class Daemon:
@@ -25,10 +40,14 @@ class Daemon:
         self.smar = None
         self.qmgr = None
         self.control = None
+        self.supervisor = None
         self.stopping = asyncio.Event()
-        self.tasks = []
+        self.stop_reason = "stop requested"
+        self.stopped = False
 
     async def start(self):
+        """Recover the queue and bind the listeners (as root with mcp.user: bind, drop
+        root, then recover), then start the modules."""
         # Every module is imported before the queue index is built, so that the
         # long-lived bytecode is not scattered among index entries (a fragmented
         # MicroPython heap has no room for a module later).
@@ -40,82 +59,224 @@ class Daemon:
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
         compat.collect_often()
         tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
-        self.spool = open_configured(self.cfg)
         self.smar = AddressResolver(self.cfg)
-        self.qmgr = QueueManager(self.cfg, self.spool, self.smar)
-        self.tasks.append(asyncio.create_task(self.qmgr.run()))
-        self.smtps = SmtpServer(self.cfg, self.spool, self.qmgr, self.smar)
-        await self.smtps.start()
-        self.tasks.append(asyncio.create_task(self._adopt_incoming()))
+        self.smtps = SmtpServer(self.cfg, None, None, self.smar)      # keys read as root
+        user = self.cfg["mcp"]["user"]
+        dropping = process.can_drop(user)
+        if not dropping:            # a client never meets a queue still recovering
+            self._open_queue(open_configured, QueueManager)
+        await self.smtps.start()            # ports below 1024 need root
+        if dropping:                # the spool's files must be the user's: open it after
+            process.drop_privileges(user)
+            compat.log.log("info", LOG, "running as user %s" % user)
+            self._open_queue(open_configured, QueueManager)
         self.control = await self._start_control(start_control)
-        compat.log.log("info", "mcp", "daemon started; listening on %s" % ", ".join(
+        self.supervisor = self._supervise()
+        self.supervisor.start()
+        compat.log.log("info", LOG, "daemon started; listening on %s" % ", ".join(
             "%s:%d" % ep for ep in self.smtps.endpoints()))
+
+    def _open_queue(self, open_configured, queue_manager):
+        self.spool = open_configured(self.cfg)
+        self.qmgr = queue_manager(self.cfg, self.spool, self.smar)
+        self.smtps.spool, self.smtps.qmgr = self.spool, self.qmgr
 
     async def _start_control(self, start_control):
         try:
-            return await start_control(self.cfg, self.spool, self.qmgr)
+            return await start_control(self.cfg, self.spool, self.qmgr, self)
         except OSError as exc:
-            compat.log.log("warning", "mcp", "control channel not started: %s" % exc)
+            compat.log.log("warning", LOG, "control channel not started: %s" % exc)
             return None
 
-    async def _adopt_incoming(self):
-        while True:
-            await compat.sleep(INCOMING_POLL_S)
-            try:
-                n = self.spool.scan_incoming()
-            except OSError as exc:
-                compat.log.log("warning", "qmgr", "incoming scan failed: %s" % exc)
-                continue
-            if n and self.qmgr is not None:
-                self.qmgr.wake()
+    def _supervise(self):
+        opts = self.cfg["mcp"]
+        modules = [
+            Module("smar", (), None, lambda: self.smar.reload(self.cfg)),
+            Module("smtpc", (), None, lambda: self.qmgr.smtpc.reload(self.cfg)),
+            Module("qmgr", ("smar", "smtpc"), self.qmgr.run, lambda: self.qmgr.reload(self.cfg)),
+            Module("smtps", ("smar", "qmgr"), None, lambda: self.smtps.reload(self.cfg)),
+        ]
+        supervisor = Supervisor(modules, opts["restart_max"],
+                                process.watchdog(opts["watchdog_ms"]), opts["watchdog_ms"])
+        supervisor.every(INCOMING_POLL_S, self._adopt_incoming)
+        if compat.heap_free() is not None:
+            supervisor.every(opts["heap_log_interval"], _log_heap)
+        return supervisor
+
+    def _adopt_incoming(self):
+        try:
+            n = self.spool.scan_incoming()
+        except OSError as exc:
+            compat.log.log("warning", "qmgr", "incoming scan failed: %s" % exc)
+            return
+        if n:
+            self.qmgr.wake()
+
+    # --- stop ---------------------------------------------------------------------
 
     async def stop(self):
-        compat.log.log("info", "mcp", "stopping")
+        """Stop in order within mcp.stop_timeout: no new connections, 421 4.3.2 to
+        the open sessions, the modules, then the queue synced and closed."""
+        if self.stopped:
+            return
+        self.stopped = True
+        bound = self.cfg["mcp"]["stop_timeout"]
+        compat.log.log("info", LOG, "stopping (%s)" % self.stop_reason)
+        try:
+            await asyncio.wait_for(self._stop_modules(), bound)    # real seconds
+        except compat.TIMEOUT_ERRORS:
+            compat.log.log("warning", LOG, "stop: not done after %ds; closing the queue"
+                           " (everything acknowledged is in it)" % bound)
+        if self.spool is not None:
+            self.spool.close()
+        compat.log.log("info", LOG, "stopped")
+
+    async def _stop_modules(self):
         if self.smtps is not None:
             await self.smtps.stop()
         if self.control is not None:
             self.control.close()
             await self.control.wait_closed()
-        for task in self.tasks:
-            task.cancel()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         if self.qmgr is not None:
             await self.qmgr.stop()
         if self.spool is not None:
-            self.spool.close()
-        compat.log.log("info", "mcp", "stopped")
+            await self.spool.sync()
 
     async def serve(self):
-        """Run until stop is requested (signal, Ctrl-C or request_stop())."""
+        """Run until stop is requested (signal, control channel, Ctrl-C or request_stop())."""
         await self.start()
         try:
             await self.stopping.wait()
         finally:
             await self.stop()
 
-    def request_stop(self):
+    def request_stop(self, reason="stop requested"):
+        """Begin the orderly stop (serve() returns when it is done)."""
+        self.stop_reason = reason
         self.stopping.set()
 
+    # --- reload -------------------------------------------------------------------
+
     def reload(self, cfg):
-        """Take a new configuration: logging and smtps limits apply at once."""
+        """Give every module the new configuration, or none of them: returns None,
+        or the error that kept the old one."""
+        old = self.cfg
+        try:
+            self._apply(cfg)
+        except Exception as exc:  # noqa: BLE001 - a TLS key, an aliases or users file
+            self._apply_back(old)
+            return "%s: %s" % (type(exc).__name__, exc)
         self.cfg = cfg
+        for path in RESTART_ONLY:
+            if _option(old, path) != _option(cfg, path):
+                compat.log.log("warning", LOG, "reload: %s changed; it takes effect at the next"
+                               " start" % ".".join(path))
+        compat.log.log("info", LOG, "configuration reloaded")
+        return None
+
+    def _apply(self, cfg):
         compat.configure_logging(cfg["hostname"], cfg["log_level"])
-        if self.smtps is not None:
-            self.smtps.reload(cfg)
-        compat.log.log("info", "mcp", "configuration reloaded")
+        self.smar.reload(cfg)
+        self.qmgr.smtpc.reload(cfg)
+        self.qmgr.reload(cfg)
+        self.smtps.reload(cfg)
+        self.spool.max_queue_size = cfg["qmgr"]["max_queue_size"]
+        self.spool.max_messages = cfg["qmgr"]["max_messages"]
+        if self.supervisor is not None:
+            self.supervisor.restart_max = cfg["mcp"]["restart_max"]
+
+    def _apply_back(self, old):
+        try:
+            self._apply(old)
+        except Exception as exc:  # noqa: BLE001 - the old files changed too
+            compat.log.log("error", LOG, "reload: the old configuration could not be"
+                           " re-applied either: %r" % (exc,))
+
+    def reload_file(self):
+        """Re-read the configuration file and reload(); returns None or the error
+        (FILE:LINE:COL: error: ... lines, as `meta1lite check` prints them)."""
+        path = self.cfg.get("config_file")
+        if not path:
+            error = "no configuration file to re-read (running on the embedded default)"
+        else:
+            error = _load_and(path, self.reload)
+        if error is not None:
+            compat.log.log("error", LOG, "reload of %s refused, keeping the old configuration:"
+                           " %s" % (path, error.replace("\n", "; ")))
+        return error
+
+    # --- the control channel's mcp requests -----------------------------------
+
+    def request(self, verb, args):
+        """The control channel's reload | stop | fault MODULE: the reply (dict)."""
+        if verb == "reload":
+            error = self.reload_file()
+            return {"ok": True} if error is None else {"ok": False, "error": error}
+        if verb == "stop":
+            self.request_stop("stop requested on the control channel")
+            return {"ok": True, "stopping": True}
+        if len(args) != 1 or args[0] not in MODULE_NAMES:
+            return {"ok": False, "error": "usage: fault %s" % "|".join(MODULE_NAMES)}
+        if not self.cfg["mcp"]["fault_injection"]:
+            return {"ok": False, "error": "fault injection is off (mcp { fault_injection = yes; })"}
+        if not self.supervisor.fault(args[0]):
+            return {"ok": False, "error": "%s is not running (restarting?)" % args[0]}
+        compat.log.log("warning", LOG, "fault injected into %s on request" % args[0])
+        return {"ok": True, "module": args[0]}
+
+    def status(self):
+        """The modules' state for `meta1lite status`."""
+        return {} if self.supervisor is None else {"modules": self.supervisor.status()}
 
 
-def _install_signals(daemon, reload_cb):
+def _option(cfg, path):
+    for name in path:
+        cfg = cfg.get(name) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def _load_and(path, apply):
+    # conf.load(path), then apply(cfg); the error text, or None. On MicroPython the
+    # parser was dropped after start-up: it is imported for the reload and dropped again.
+    loaded = "meta1lite.conf" in sys.modules
+    from meta1lite import conf
+    try:
+        new = conf.load(path)
+    except conf.ConfigError as exc:
+        return str(exc)
+    except OSError as exc:
+        return "cannot read %s: %s" % (path, exc)
+    finally:
+        if not loaded:
+            compat.forget_modules(conf.MODULES)
+    return apply(new)
+
+
+def _log_heap():
+    # as `status` reports it: the high-water before collecting, free and in use after
+    import gc
+
+    from meta1lite.qmgr.control import heap_watch
+    heap_watch.sample()
+    gc.collect()
+    compat.log.log("info", LOG, "heap: %d bytes free, %d in use, high-water %s" % (
+        compat.heap_free(), compat.heap_used(), heap_watch.high))
+
+
+def _install_signals(daemon):
     try:
         import signal
         loop = asyncio.get_event_loop()
-        loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-        loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, reload_cb)
+        loop.add_signal_handler(signal.SIGTERM, daemon.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, daemon.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload_file)
     except (ImportError, AttributeError, NotImplementedError, RuntimeError):
         pass        # MicroPython: no signals; KeyboardInterrupt ends asyncio.run
 
 
-def run(cfg, reload_config=None):
+def run(cfg):
     """Run the daemon in the foreground until stopped; returns an exit code.
     The spool's lock is taken first and held for the daemon's whole life: a second
     daemon on the same spool exits EXIT_BUSY before touching anything."""
@@ -126,27 +287,22 @@ def run(cfg, reload_config=None):
         sys.stderr.write("meta1lite: %s\n" % exc)
         return EXIT_BUSY
     try:
-        return _run_locked(cfg, reload_config)
+        return _run_locked(cfg)
     finally:
         lock.release()
 
 
-def _run_locked(cfg, reload_config):
+def _run_locked(cfg):
     daemon = Daemon(cfg)
 
-    def reload():
-        compat.log.log("info", "mcp", "SIGHUP: reload requested")
-        if reload_config is not None:
-            reload_config(daemon)
-
     async def main():
-        _install_signals(daemon, reload)
+        _install_signals(daemon)
         await daemon.serve()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
-        compat.log.log("info", "mcp", "interrupted")
+        daemon.stop_reason = "interrupted"
         try:
             asyncio.run(daemon.stop())
         except Exception:  # noqa: BLE001 - best effort after Ctrl-C
@@ -162,19 +318,4 @@ def main(cfg, argv):
     if argv:
         sys.stderr.write("meta1lite: run takes no arguments besides -c FILE\n")
         return 2
-    return run(cfg, _reload_config)
-
-
-def _reload_config(daemon):
-    """SIGHUP: re-read the file; a bad file keeps the running configuration."""
-    path = daemon.cfg.get("config_file")
-    if not path:
-        return
-    from meta1lite import conf
-    try:
-        new = conf.load(path)
-    except (conf.ConfigError, OSError) as exc:
-        compat.log.log("error", "mcp", "reload of %s failed, keeping the old configuration: %s"
-                       % (path, exc))
-        return
-    daemon.reload(new)
+    return run(cfg)

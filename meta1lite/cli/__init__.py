@@ -69,6 +69,8 @@ COMMANDS = {
     "mailq": (_mailq, "config", "= queue list"),
     "passwd": ("meta1lite.cli.passwd:main", "config", "add or change an AUTH user"),
     "status": ("meta1lite.cli.queuetool:status_main", "config", "the daemon's state [--json]"),
+    "reload": ("meta1lite.cli.daemonctl:reload_main", "config", "the daemon re-reads its configuration"),
+    "stop": ("meta1lite.cli.daemonctl:stop_main", "config", "the daemon stops in order"),
 }
 
 

@@ -51,6 +51,11 @@ class ConfError:
         return "ConfError(%r)" % str(self)
 
 
+# the modules of the parser: a MicroPython daemon drops them after start-up (and
+# after a reload) with compat.forget_modules(MODULES)
+MODULES = ("meta1lite.conf.hints", "meta1lite.conf.schema", "meta1lite.conf")
+
+
 class ConfigError(Exception):
     # raised by load()/loads() with .errors, the list of every ConfError
 

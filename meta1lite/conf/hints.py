@@ -19,6 +19,7 @@ smtps|the SMTP server
 smar|the address resolver: routes, aliases, DNS
 smtpc|the SMTP client
 qmgr|the queue manager
+mcp|the supervisor: restarts, stop, privileges, watchdog
 """,
     "smtps": """
 listen|SMTP endpoints (STARTTLS if tls is set)
@@ -89,6 +90,14 @@ min_free_space|free space kept on the spool's file system
 record_reserve|more free space only delivery state and done records may use
 segment_size|bytes per queue journal segment (a multiple of the flash block)
 free_segments|freed queue segments kept for reuse; more are removed
+""",
+    "mcp": """
+user|started as root (CPython): bind the listeners, then run as this user
+stop_timeout|longest orderly stop (SIGTERM, control stop) before exit 0
+restart_max|longest wait before restarting a module that died (backoff)
+watchdog_ms|boards: machine.WDT timeout fed by mcp; 0 = off
+heap_log_interval|MicroPython: log heap free and high-water this often; 0 = off
+fault_injection|test aid: allow the control request fault MODULE
 """,
 }
 

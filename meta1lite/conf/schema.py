@@ -43,6 +43,7 @@ smtps|section|smtps|
 smar|section|smar|
 smtpc|section|smtpc|
 qmgr|section|qmgr|
+mcp|section|mcp|
 """,
     "smtps": """
 listen|endpoints||127.0.0.1:2525
@@ -113,6 +114,14 @@ min_free_space|size||64K
 record_reserve|size||16K
 segment_size|size||256K
 free_segments|int|0|2
+""",
+    "mcp": """
+user|str||
+stop_timeout|duration|1|10s
+restart_max|duration|1|1m
+watchdog_ms|int|0|0
+heap_log_interval|duration|0|10m
+fault_injection|bool||no
 """,
 }
 

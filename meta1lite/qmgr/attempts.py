@@ -69,14 +69,18 @@ class Attempts:
     """Records attempts for the queue manager; wake(queue_id) tells it of new mail."""
 
     def __init__(self, cfg, spool, wake):
-        q = cfg["qmgr"]
-        self.cfg = cfg
         self.spool = spool
         self.wake = wake
-        self.retry_min, self.retry_max = q["retry_min"], max(q["retry_min"], q["retry_max"])
-        self.lifetime = q["max_queue_lifetime"]
+        self.reload(cfg)
         self.counts = {status.SENT: 0, status.DEFERRED: 0, status.BOUNCED: 0, "dsn": 0}
         self.unrecorded = {}    # queue id -> records an attempt could not write (disk full)
+
+    def reload(self, cfg):
+        """Take a (new) configuration: retries, lifetime, bounce addresses."""
+        q = cfg["qmgr"]
+        self.cfg = cfg
+        self.retry_min, self.retry_max = q["retry_min"], max(q["retry_min"], q["retry_max"])
+        self.lifetime = q["max_queue_lifetime"]
 
     def backoff(self, attempts):
         """Seconds until the next try after `attempts` tries."""

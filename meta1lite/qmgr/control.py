@@ -3,6 +3,7 @@
 # Owns: a small server on cfg["control"] (a unix socket path, or a loopback
 # (host, port) where there are no unix sockets) that takes one-line requests
 #   flush | hold ID | release ID | delete ID | status | ping
+#   reload | stop | fault MODULE      (mcp's, handed to mcp.Daemon.request)
 # and answers each with one line of JSON ({"ok": true, ...} or {"ok": false,
 # "error": "..."}). Must never: listen on anything but loopback or a socket file,
 # accept a request line longer than MAX_REQUEST, or block the event loop (every
@@ -20,6 +21,7 @@ IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
 LOG_LINES = 10                  # recent log lines in a status reply
 HEAP_SAMPLE_MS = 250            # how often the heap high-water is sampled (MicroPython)
 LOG = "control"
+MCP_VERBS = ("reload", "stop", "fault")     # requests mcp answers
 
 
 class HeapWatch:
@@ -58,9 +60,10 @@ def describe(endpoint):
 class Control:
     """The request handlers: one line in, one dict out."""
 
-    def __init__(self, spool, qmgr):
+    def __init__(self, spool, qmgr, mcp=None):
         self.spool = spool
         self.qmgr = qmgr
+        self.mcp = mcp
         self.started = compat.monotonic()
 
     def handle(self, line):
@@ -79,6 +82,8 @@ class Control:
             if len(args) != 1:
                 return {"ok": False, "error": "usage: %s QUEUEID" % verb}
             return self.change(verb, args[0])
+        if verb in MCP_VERBS and self.mcp is not None:
+            return self.mcp.request(verb, args)
         return {"ok": False, "error": "unknown request %r" % verb[:40]}
 
     def flush(self):
@@ -109,6 +114,8 @@ class Control:
             reply.update(self.qmgr.status())
         else:
             reply["messages"] = self.spool.count()
+        if self.mcp is not None:
+            reply.update(self.mcp.status())
         return reply
 
 
@@ -153,10 +160,11 @@ async def _serve(control, reader, writer):
         await compat.close_stream(writer)
 
 
-async def start_control(cfg, spool, qmgr):
+async def start_control(cfg, spool, qmgr, mcp=None):
     """Start the control channel on cfg["control"]; returns a ControlServer (its
-    .server is None when this runtime cannot listen on a socket path)."""
-    control = Control(spool, qmgr)
+    .server is None when this runtime cannot listen on a socket path). mcp: the
+    daemon answering reload, stop and fault."""
+    control = Control(spool, qmgr, mcp)
     endpoint = cfg.get("control")
 
     def handler(reader, writer):

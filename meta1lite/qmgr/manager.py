@@ -60,7 +60,6 @@ class QueueManager:
     """Schedules deliveries of the spool's messages through smar and smtpc."""
 
     def __init__(self, cfg, spool, smar=None, smtpc=None):
-        self.cfg = cfg
         self.spool = spool
         if smar is None:
             from meta1lite.smar.resolver import AddressResolver
@@ -70,11 +69,7 @@ class QueueManager:
             smtpc = SmtpClient(cfg)
         self.smar = smar
         self.smtpc = smtpc
-        q, c = cfg["qmgr"], cfg["smtpc"]
-        self.retry_min = q["retry_min"]
-        self.retry_max = max(q["retry_min"], q["retry_max"])
-        self.max_connections = c["max_connections"]
-        self.max_per_destination = c["max_per_destination"]
+        self._limits(cfg)
         self._due = BucketMap()     # queue id -> monotonic second it is due
         self._born = BucketMap()    # queue id -> monotonic second it arrived (may be < 0)
         self._busy = BucketMap()    # queue id -> deliveries running
@@ -91,7 +86,22 @@ class QueueManager:
         self.attempts = Attempts(cfg, spool, self.wake)
         self.counts = self.attempts.counts
 
+    def _limits(self, cfg):
+        q, c = cfg["qmgr"], cfg["smtpc"]
+        self.cfg = cfg
+        self.retry_min = q["retry_min"]
+        self.retry_max = max(q["retry_min"], q["retry_max"])
+        self.max_connections = c["max_connections"]
+        self.max_per_destination = c["max_per_destination"]
+
     # --- public control ---------------------------------------------------------
+
+    def reload(self, cfg):
+        """Take a new configuration (retries, lifetime, concurrency); the schedule
+        is kept and the spool rescanned."""
+        self._limits(cfg)
+        self.attempts.reload(cfg)
+        self.wake()
 
     def wake(self, queue_id=None):
         """New mail in the spool: `queue_id`, or anything (None: rescan the spool)."""

@@ -34,31 +34,25 @@ class SmtpServer:
         self.bound = []
         self.sessions = set()
         self.per_client = {}
+        self.rate = self.lockout = None
         self.reload(cfg)
 
     def reload(self, cfg):
-        """Apply a (new) configuration; listeners stay as they are."""
-        self.cfg = cfg
-        self.opts = cfg["smtps"]
-        self.hostname = cfg["hostname"]
-        self.rate = RateLimiter(self.opts["max_messages_per_client_per_minute"])
-        self.policy = RelayPolicy(self.opts, self.smar)
-        self.tls_ctx = self._tls_context()
-        self.users, self.lockout = self._auth()
-        self.dummy_hash = authdb.dummy_hash(self.users)   # derived for unknown users
-
-    def _tls_context(self):
-        opts = self.opts.get("tls") or {}
-        if not opts.get("certificate"):
-            return None
-        return tls.server_tls_context(opts["certificate"], opts["key"])
-
-    def _auth(self):
-        auth = self.opts.get("auth") or {}
-        if not auth.get("users"):
-            return None, None
-        users = authdb.load_users(auth["users"])
-        return users, authdb.Lockout(auth["max_failures"], auth["lockout"])
+        """Apply a (new) configuration, all of it or (an exception) none of it;
+        listeners and open sessions stay as they are, the counters of the clients
+        seen so far (message rates, AUTH lockouts) carry over."""
+        opts = cfg["smtps"]
+        tls_ctx = _tls_context(opts)
+        users, lockout = _auth(opts)
+        rate = RateLimiter(opts["max_messages_per_client_per_minute"])
+        if self.rate is not None:
+            rate.windows = self.rate.windows
+        if lockout is not None and self.lockout is not None:
+            lockout.failures = self.lockout.failures
+        self.cfg, self.opts, self.hostname = cfg, opts, cfg["hostname"]
+        self.rate, self.policy, self.tls_ctx = rate, RelayPolicy(opts, self.smar), tls_ctx
+        self.users, self.lockout = users, lockout
+        self.dummy_hash = authdb.dummy_hash(users)   # derived for unknown users
 
     async def start(self):
         """Open every listener (raises OSError if an address cannot be bound)."""
@@ -105,7 +99,7 @@ class SmtpServer:
 
     async def _accept(self, reader, writer, implicit_tls):
         ip = compat.peer_address(writer)[0]
-        refusal = self._admission(ip)
+        refusal = self._admission(ip) if self.spool is not None else replies.SHUTTING_DOWN
         if refusal is not None:
             compat.log.log("warning", LOG, "%s from [%s]: refused" % (refusal[2], ip))
             await _refuse(writer, refusal)
@@ -161,6 +155,21 @@ class SmtpServer:
     async def check_password(self, user, password):
         """True if the password is user's; as slow for unknown users, never blocking."""
         return await authdb.verify_user(self.users, self.dummy_hash, user, password)
+
+
+def _tls_context(opts):
+    opts = opts.get("tls") or {}
+    if not opts.get("certificate"):
+        return None
+    return tls.server_tls_context(opts["certificate"], opts["key"])
+
+
+def _auth(opts):
+    auth = opts.get("auth") or {}
+    if not auth.get("users"):
+        return None, None
+    users = authdb.load_users(auth["users"])
+    return users, authdb.Lockout(auth["max_failures"], auth["lockout"])
 
 
 async def _refuse(writer, reply):

@@ -132,6 +132,18 @@ def test_bad_values_point_at_the_value():
     assert "takes one value, not a list" in _one_error("hostname = { a, b };")
 
 
+def test_mcp_section_defaults_values_and_errors():
+    assert conf.loads("")["mcp"] == {"user": None, "stop_timeout": 10, "restart_max": 60,
+                                     "watchdog_ms": 0, "heap_log_interval": 600,
+                                     "fault_injection": False}
+    mcp = conf.loads('mcp { user = "meta1lite"; watchdog_ms = 8000; heap_log_interval = 0;'
+                     ' fault_injection = yes; stop_timeout = 30s; }')["mcp"]
+    assert (mcp["user"], mcp["watchdog_ms"], mcp["heap_log_interval"]) == ("meta1lite", 8000, 0)
+    assert mcp["fault_injection"] is True and mcp["stop_timeout"] == 30
+    assert "below the minimum" in _one_error("mcp { stop_timeout = 0s; }")
+    assert "did you mean 'watchdog_ms'?" in _one_error("mcp { watchdogms = 8000; }")
+
+
 def test_a_permitted_message_must_fit_in_an_empty_queue():
     # issue 11 item 5: SIZE 10485760 with max_queue_size = 2M refused 2-10 MB forever
     error = _one_error("smtps {\n  max_message_size = 10M;\n}\nqmgr { max_queue_size = 2M; }")

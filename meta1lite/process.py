@@ -1,0 +1,47 @@
+# meta1lite.process - compat's process half, imported only by mcp: the board's
+# hardware watchdog and dropping root after the listeners are bound. Kept out of
+# compat.py, which every module imports (on the unix port its bytecode lives in
+# the heap), as tls.py and spool/lock.py are.
+# Owns: starting machine.WDT where the board has one, and becoming mcp.user on a
+# POSIX CPython started as root. Must never: start a watchdog nobody feeds (the
+# caller feeds it until the process ends), or change ids when not root.
+# Shared code: MicroPython and CPython.
+import os
+
+
+def watchdog(timeout_ms):
+    """The board's hardware watchdog (machine.WDT) started with timeout_ms, or None
+    where there is none (CPython, the unix port) or timeout_ms is 0. Once started
+    it cannot be stopped: the caller must feed() it until the process ends."""
+    if not timeout_ms:
+        return None
+    try:
+        import machine
+    except ImportError:
+        return None
+    wdt = getattr(machine, "WDT", None)
+    return None if wdt is None else wdt(timeout=timeout_ms)
+
+
+def can_drop(user, os_module=os):
+    """True if drop_privileges(user) would change ids: a user is set and this is
+    root on a runtime with setuid (CPython on POSIX)."""
+    return bool(user) and hasattr(os_module, "setuid") and os_module.getuid() == 0
+
+
+def drop_privileges(user, os_module=os, pwd_module=None):
+    """Started as root (CPython) with `user` set: become that user, with its group
+    and no supplementary groups; True if done. False where there is nothing to do
+    (no user, not root, a runtime without setuid). OSError for an unknown user."""
+    if not can_drop(user, os_module):
+        return False
+    if pwd_module is None:
+        import pwd as pwd_module
+    try:
+        entry = pwd_module.getpwnam(user)
+    except KeyError:
+        raise OSError("mcp.user: no such user '%s'" % user)
+    os_module.setgroups([])
+    os_module.setgid(entry.pw_gid)
+    os_module.setuid(entry.pw_uid)
+    return True
