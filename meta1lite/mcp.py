@@ -25,6 +25,7 @@ class Daemon:
         self.smar = None
         self.qmgr = None
         self.control = None
+        self.on_reload = None       # what a `reload` on the control channel calls
         self.stopping = asyncio.Event()
         self.tasks = []
 
@@ -52,7 +53,7 @@ class Daemon:
 
     async def _start_control(self, start_control):
         try:
-            return await start_control(self.cfg, self.spool, self.qmgr)
+            return await start_control(self.cfg, self.spool, self.qmgr, self.on_reload)
         except OSError as exc:
             compat.log.log("warning", "mcp", "control channel not started: %s" % exc)
             return None
@@ -134,10 +135,11 @@ def _run_locked(cfg, reload_config):
     daemon = Daemon(cfg)
 
     def reload():
-        compat.log.log("info", "mcp", "SIGHUP: reload requested")
+        compat.log.log("info", "mcp", "reload requested")
         if reload_config is not None:
             reload_config(daemon)
 
+    daemon.on_reload = reload
     async def main():
         _install_signals(daemon, reload)
         await daemon.serve()
