@@ -3,7 +3,9 @@
 # Owns: the asyncio import, the clocks (replaceable by tests), random bytes, a
 # process number, PEM->DER for MicroPython TLS, durable file primitives (fsync,
 # directory sync, atomic rename), stream helpers (bounded reads, chunked writes,
-# timeouts, STARTTLS), errno classification, the CBOR codec choice and the logger.
+# timeouts, STARTTLS), errno classification, the CBOR codec choice and the logger;
+# for the command line: the user's id and name, a blocking client socket, local
+# times and OSError texts that read the same on both runtimes.
 # Must never: hold protocol or queue logic, or import anything CPython-only at
 # module level without a fallback.
 import errno

@@ -22,15 +22,6 @@ class DaemonDown(Exception):
         self.sent = sent
 
 
-def _send(sock, data):
-    mv = memoryview(data)
-    while len(mv):
-        n = sock.send(mv)
-        if not n:
-            raise OSError(32, "short send")
-        mv = mv[n:]
-
-
 def _reply(sock):
     data = b""
     while not data.endswith(b"\n") and len(data) < MAX_REPLY:
@@ -51,9 +42,9 @@ def request(cfg, line, payload=()):
     sent = False
     try:
         sock.settimeout(REPLY_TIMEOUT_S)
-        _send(sock, line.encode() + b"\n")
+        sock.sendall(line.encode() + b"\n")
         for part in payload:
-            _send(sock, part)
+            sock.sendall(part)
         sent = True
         data = _reply(sock)
     except OSError as exc:
