@@ -7,6 +7,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -166,3 +167,34 @@ def test_sendmail_exit_0_survives_kill_9(runtime, daemon_up, tmp_path):
             wait_for(lambda: hop.messages, "the delivery after kill -9", daemon)
     assert hop.messages[0].rcpt_tos == ["ops@dest.test"] and b"backup done" in hop.messages[0].content
     assert queue_id in daemon.log()
+
+
+def control_request(port, data):
+    """Raw bytes to the control channel; the reply lines (dicts)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            more = s.recv(4096)
+            if not more:
+                break
+            got += more
+    return [json.loads(line) for line in got.decode().splitlines()]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_bad_inject_is_refused_and_nothing_is_queued(runtime, tmp_path):
+    conf, port = write_conf(tmp_path)
+    control = int(re.search(r"control = \"127.0.0.1:(\d+)\"", open(conf).read()).group(1))
+    with start_daemon(runtime, tmp_path, conf, port) as daemon:
+        envelopes = (b'{"from": "a@b", "rcpt": ["bad address@x"]}', b'{"from": "a@b"}', b"not json")
+        for env in envelopes:
+            [reply] = control_request(control, b"inject %d 4\n%sbody" % (len(env), env))
+            assert not reply["ok"] and reply["error"].startswith("bad envelope"), reply
+        [reply] = control_request(control, b"inject 999999999 4\n")
+        assert reply == {"ok": False, "error": "bad inject sizes"}
+        env = b'{"from": "", "rcpt": ["x@dest.test"], "uid": 7}'
+        [reply] = control_request(control, b"inject %d 100\n%scut short" % (len(env), env))
+        assert daemon.proc.poll() is None
+    assert queue_ids(runtime, conf) == []
