@@ -140,6 +140,7 @@ def _run_locked(cfg, reload_config):
             reload_config(daemon)
 
     daemon.on_reload = reload
+
     async def main():
         _install_signals(daemon, reload)
         await daemon.serve()

@@ -24,16 +24,21 @@ class Busy(Exception):
     """The message could not be queued now (sendmail exits 75)."""
 
 
+class Refused(Exception):
+    """The daemon will never take this message (sendmail exits 65)."""
+
+
 def _to_daemon(cfg, sender, rcpts, pieces, size):
     env = json.dumps({"from": sender, "rcpt": rcpts, "uid": compat.getuid()}).encode()
     reply = request(cfg, "inject %d %d" % (len(env), size), [env] + pieces)
     if reply.get("ok"):
         return reply["queue_id"]
-    raise Busy(reply.get("error", "the daemon refused the message"))
+    error = reply.get("error", "the daemon refused the message")
+    raise Busy(error) if reply.get("temporary") else Refused(error)
 
 
 def _to_journal(cfg, sender, rcpts, pieces):
-    from meta1lite.spool import open_configured
+    from meta1lite.spool import TOO_BIG, open_configured
     from meta1lite.spool.lock import lock_spool
     lock = lock_spool(cfg["spool"])                 # SpoolBusy: a live daemon has it
     try:
@@ -41,7 +46,7 @@ def _to_journal(cfg, sender, rcpts, pieces):
         try:
             reason = spool.check_accept(sum(len(p) for p in pieces))
             if reason:
-                raise Busy(reason)
+                raise Refused(reason) if reason == TOO_BIG else Busy(reason)
             return _commit(spool, sender, rcpts, pieces)
         finally:
             spool.close()
@@ -68,7 +73,7 @@ def _to_incoming(cfg, sender, rcpts, pieces):
 
 def queue_message(cfg, sender, rcpts, pieces):
     """Queue one message (pieces: its bytes); its queue ID once it is durable.
-    Raises Busy, SpoolFull or OSError (all: try again later)."""
+    Raises Refused (never), or Busy, SpoolFull or OSError (try again later)."""
     from meta1lite.spool.lock import SpoolBusy
     size = sum(len(p) for p in pieces)
     deadline = time.time() + BUSY_WAIT_S

@@ -16,7 +16,7 @@ import sys
 
 from meta1lite import compat, headers
 from meta1lite.cli import addrlist
-from meta1lite.cli.inject import Busy, queue_message
+from meta1lite.cli.inject import Busy, Refused, queue_message
 from meta1lite.proto import address
 from meta1lite.spool.message import SpoolFull
 
@@ -279,7 +279,7 @@ def main(cfg, argv, stdin=None):
     except UsageError as exc:
         sys.stderr.write("sendmail: %s\n" % exc)
         return EX_USAGE
-    except DataError as exc:
+    except (DataError, Refused) as exc:
         sys.stderr.write("sendmail: %s\n" % exc)
         return EX_DATAERR
     except (SpoolFull, Busy, OSError) as exc:

@@ -6,10 +6,11 @@
 #   inject ENVELOPE_BYTES BODY_BYTES   (followed by that many bytes: a JSON
 #       envelope {"from", "rcpt", "uid"} and the message; `meta1lite sendmail`)
 # and answers each with one line of JSON ({"ok": true, ...} or {"ok": false,
-# "error": "..."}; an inject that may succeed later adds "temporary": true). An
-# inject is answered only after the spool's commit (the journal's sync). Must never: listen on anything but loopback or a socket file,
-# accept a request line longer than MAX_REQUEST, or block the event loop (every
-# request is a quick call on the spool or the queue manager).
+# "error": "..."}; an inject that may succeed later adds "temporary": true).
+# Must never: answer an inject before the spool's commit (the journal's sync),
+# listen on anything but loopback or a socket file, accept a request line longer
+# than MAX_REQUEST, or block the event loop (every request is a quick call on the
+# spool or the queue manager; an inject streams its body in like an SMTP DATA).
 # Shared code: MicroPython and CPython.
 import gc
 import json
@@ -135,10 +136,10 @@ class Control:
             sender, rcpts, uid = self._envelope(b"".join(parts).decode("utf-8"))
         except (ValueError, TypeError, AttributeError, UnicodeError, address.AddressError) as exc:
             return {"ok": False, "error": "bad envelope: %s" % exc}, False
-        reason = self.spool.check_accept(body_len)
+        reason, temporary = self._refusal(body_len)
         if reason:
             await _read_into(lines, body_len, None)
-            return {"ok": False, "error": reason, "temporary": reason != TOO_BIG}, True
+            return {"ok": False, "error": reason, "temporary": temporary}, True
         try:
             queue_id = await self._commit(lines, body_len, sender, rcpts)
         except (SpoolFull, OSError) as exc:
@@ -147,6 +148,16 @@ class Control:
         if self.qmgr is not None:
             self.qmgr.wake(queue_id)
         return {"ok": True, "queue_id": queue_id}, True
+
+    def _refusal(self, size):
+        # (why a message of size bytes is refused, or None; whether it may pass later)
+        limit = self.cfg.get("smtps", {}).get("max_message_size")
+        if limit and size > limit:
+            return "message size %d exceeds max_message_size %d" % (size, limit), False
+        if compat.memory_low():
+            return "out of memory, try again later", True
+        reason = self.spool.check_accept(size)
+        return reason, reason != TOO_BIG
 
     async def _commit(self, lines, body_len, sender, rcpts):
         writer = self.spool.new_message()
