@@ -198,3 +198,17 @@ def test_a_bad_inject_is_refused_and_nothing_is_queued(runtime, tmp_path):
         [reply] = control_request(control, b"inject %d 100\n%scut short" % (len(env), env))
         assert daemon.proc.poll() is None
     assert queue_ids(runtime, conf) == []
+
+
+def test_micropython_tools_reach_a_unix_socket_control_channel(tmp_path):
+    """A CPython daemon on its default control socket (SPOOL/control): the unix
+    port's tools connect with a raw sockaddr_un."""
+    conf, port = write_conf(tmp_path)
+    text = re.sub(r'control = "127.0.0.1:\d+";', "", open(conf).read())
+    with open(conf, "w") as f:
+        f.write(text)
+    with start_daemon("cpython", tmp_path, conf, port) as daemon:
+        status = tool("micropython", conf, ["status", "--json"])
+        assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+        queue_id = sendmail("micropython", conf, ["-t"])
+        assert "%s: uid=" % queue_id in daemon.log()
