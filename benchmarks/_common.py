@@ -199,6 +199,18 @@ def machine():
                                                     platform.python_version(), load)
 
 
+def bisect_heap(attempt, lo, hi, step):
+    """The smallest heap (a multiple of step above lo) at which attempt(heap) is true,
+    given attempt(hi) is; lo is taken to fail."""
+    while hi - lo > step:
+        mid = lo + (hi - lo) // 2 // step * step
+        if attempt(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, lo
+
+
 def parse_size(text):
     text = text.strip().upper()
     mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)

@@ -257,12 +257,7 @@ def bisect(name, args, pki):
     elif not attempt(hi):
         result = "fails at all heaps up to %s" % C.kb(hi)
     else:
-        while hi - lo > step:
-            mid = lo + (hi - lo) // 2 // step * step
-            if attempt(mid):
-                hi = mid
-            else:
-                lo = mid
+        hi, lo = C.bisect_heap(attempt, lo, hi, step)
         result = "smallest heap that passes: %s (%d bytes; %s fails)" % (C.kb(hi), hi, C.kb(lo))
     C.table("%s: %d clients, %d messages of 2-20 KB" % (name, args.clients, args.messages),
             ["heapsize", "delivered", "seconds", "4xx retried", "result"], rows)

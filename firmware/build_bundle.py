@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 # Builds the .mpy bundle: every shared module of meta1lite compiled with mpy-cross
 # into firmware/build/bundle/meta1lite/, then prints a table of module sizes.
-# Owns: the list of shared modules (everything but the CPython-only CLI) and the
-# .mpy version check. Must never: copy CPython-only modules into the bundle.
+# Owns: the list of modules of the unix port's bundle (all of meta1lite, the
+# command line included: a router runs sendmail, mailq and the queue tools from
+# it; boards freeze everything but cli/, see manifest.py) and the .mpy version
+# check. Must never: copy anything but meta1lite's .py modules into the bundle.
 import argparse
 import os
 import shutil
@@ -12,17 +14,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "meta1lite")
 DEFAULT_OUT = os.path.join(ROOT, "firmware", "build", "bundle")
-CPYTHON_ONLY = "cli"               # meta1lite/cli/: the command-line tools, never on a board
+CPYTHON_ONLY = ("cli/passwd.py",)  # getpass and a terminal: `meta1lite passwd` runs on CPython
 MPY_MAGIC = ord("M")
 
 
 def shared_modules():
-    """Paths (relative to the package) of every module that runs on a board."""
+    """Paths (relative to the package) of every module of the bundle."""
     found = []
     for folder, _dirs, files in os.walk(PACKAGE):
         for name in files:
             rel = os.path.relpath(os.path.join(folder, name), PACKAGE)
-            if name.endswith(".py") and rel.split(os.sep)[0] != CPYTHON_ONLY:
+            if name.endswith(".py") and rel.replace(os.sep, "/") not in CPYTHON_ONLY:
                 found.append(rel)
     return sorted(found)
 

@@ -1,8 +1,9 @@
 # Entry points: `python -m meta1lite`, the console scripts `meta1lite` and
-# `meta1lite-sendmail`, and `micropython -m meta1lite run -c FILE`.
-# Owns: choosing between the full command line (cli.py, CPython) and the
-# minimal `run` parser for MicroPython (compat.MICROPYTHON). Must never import
-# cli.py on MicroPython (a board, the unix port): there only `run` exists.
+# `meta1lite-sendmail`, and `micropython -m meta1lite COMMAND ...`.
+# Owns: choosing between the full command line (cli/, both runtimes) and the
+# minimal `run` parser of MicroPython (compat.MICROPYTHON), which keeps the
+# daemon's heap free of the command-line tools. Must never import cli/ for `run`
+# on MicroPython (on a board cli/ is not even there).
 import sys
 
 RUN_USAGE = "usage: micropython -m meta1lite [-c FILE] run [-c FILE]"
@@ -52,12 +53,12 @@ def micro_main(argv):
 
 
 def main():
-    """`meta1lite ...` (console script and python -m)."""
+    """`meta1lite ...` (console script, python -m and micropython -m)."""
     from meta1lite.compat import MICROPYTHON
-    if not MICROPYTHON:
-        from meta1lite import cli
-        return cli.main(sys.argv[1:])
-    return micro_main(sys.argv[1:])
+    if MICROPYTHON and _parse_run(sys.argv[1:])[1] is not None:
+        return micro_main(sys.argv[1:])
+    from meta1lite import cli
+    return cli.main(sys.argv[1:])
 
 
 def sendmail_main():

@@ -3,7 +3,9 @@
 # Owns: the asyncio import, the clocks (replaceable by tests), random bytes, a
 # process number, PEM->DER for MicroPython TLS, durable file primitives (fsync,
 # directory sync, atomic rename), stream helpers (bounded reads, chunked writes,
-# timeouts, STARTTLS), errno classification, the CBOR codec choice and the logger.
+# timeouts, STARTTLS), errno classification, the CBOR codec choice and the logger;
+# for the command line: the user's id and name, a blocking client socket, local
+# times and OSError texts that read the same on both runtimes.
 # Must never: hold protocol or queue logic, or import anything CPython-only at
 # module level without a fallback.
 import errno
@@ -121,6 +123,12 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
+def format_arrival(epoch):
+    """'Mon Nov 24 14:08:00' in local time (mailq's arrival column)."""
+    t = time.localtime(int(epoch)) if hasattr(time, "localtime") else time.gmtime(int(epoch))
+    return "%s %s %02d %02d:%02d:%02d" % (_DAYS[t[6]], _MONTHS[t[1] - 1], t[2], t[3], t[4], t[5])
+
+
 def rfc5322_date(epoch):
     """RFC 5322 Date: value in UTC, e.g. 'Tue, 24 Nov 2026 14:08:00 +0000'."""
     t = time.gmtime(int(epoch))
@@ -223,6 +231,72 @@ def getpid():
 
 
 TLS_ERRORS = (OSError, ValueError) if MICROPYTHON else (OSError,)
+
+
+def getuid():
+    """The real user id (the unix port reads /proc/self/status); 0 where unknown."""
+    if hasattr(os, "getuid"):
+        return os.getuid()
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+USER_ENV = ("LOGNAME", "USER", "LNAME", "USERNAME")    # getpass.getuser()'s order
+
+
+def username():
+    """The login name, as getpass.getuser() finds it (environment, then
+    /etc/passwd by uid), the same on both runtimes; "root" if nothing says."""
+    for name in USER_ENV:
+        value = os.getenv(name)
+        if value:
+            return value
+    uid = b"%d" % getuid()
+    try:
+        with open("/etc/passwd", "rb") as f:
+            for line in f:
+                fields = line.split(b":")
+                if len(fields) > 2 and fields[2] == uid:
+                    return fields[0].decode()
+    except (OSError, UnicodeError):
+        pass
+    return "root"
+
+
+def connect_blocking(endpoint, timeout_s):
+    """A blocking client socket to a (host, port) or a unix socket path (the
+    queue tools' side of the control channel); raises OSError."""
+    import socket
+    if isinstance(endpoint, (tuple, list)):
+        family, _, _, _, addr = socket.getaddrinfo(endpoint[0], endpoint[1], 0,
+                                                   socket.SOCK_STREAM)[0]
+    else:
+        family = socket.AF_UNIX
+        addr = endpoint if not MICROPYTHON else _sockaddr_un(endpoint)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _sockaddr_un(path):
+    # MicroPython takes a raw struct sockaddr_un (Linux: sa_family in host order)
+    import socket
+    import struct
+    return struct.pack("H108s", socket.AF_UNIX, path.encode())
+
+
+CAN_SYNC_DIR = hasattr(os, "fsync") and hasattr(os, "O_RDONLY")   # see sync_dir()
 
 
 # --- streams ----------------------------------------------------------------
@@ -364,6 +438,15 @@ def errno_of(exc):
     return code
 
 
+def os_error_text(exc):
+    """'[Errno 2] ENOENT' for an OSError, the same on both runtimes (MicroPython
+    has no strerror); other exceptions as str()."""
+    number = errno_of(exc) if isinstance(exc, OSError) else None
+    if number is None:
+        return str(exc)
+    return "[Errno %d] %s" % (number, errno.errorcode.get(number, "?"))
+
+
 def is_timeout(exc):
     """True for a timeout of either runtime's kind."""
     if TIMEOUT_ERRORS and isinstance(exc, TIMEOUT_ERRORS):
@@ -406,7 +489,7 @@ def sync_dir(path):
 
     CPython/POSIX: fsync of the directory. The MicroPython unix port has no way to
     do this; LittleFS commits metadata itself. Returns True if a sync happened."""
-    if not hasattr(os, "fsync") or not hasattr(os, "O_RDONLY"):
+    if not CAN_SYNC_DIR:
         return False
     fd = os.open(path, os.O_RDONLY)
     try:

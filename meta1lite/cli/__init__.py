@@ -1,4 +1,5 @@
-# The command line of meta1lite (CPython only; never imported on a board).
+# The command line of meta1lite (CPython and the MicroPython unix port; never
+# imported on a board, nor by `run` on MicroPython: the daemon's heap keeps none of it).
 # Owns: finding the configuration (-c FILE before or after the command,
 # sendmail's -C FILE, $META1LITE_CONF, else the embedded default), the dispatch
 # table COMMANDS, and `meta1lite check`. Must never implement a command's work
@@ -16,7 +17,7 @@
 import os
 import sys
 
-from meta1lite import conf
+from meta1lite import compat, conf
 
 USAGE = "usage: meta1lite [-c FILE] COMMAND [ARGS...]   (meta1lite help: the commands)"
 ENV_CONF = "META1LITE_CONF"
@@ -41,7 +42,7 @@ def cmd_check(path, argv):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeError) as exc:
-        sys.stderr.write("meta1lite: cannot read %s: %s\n" % (path, exc))
+        sys.stderr.write("meta1lite: cannot read %s: %s\n" % (path, compat.os_error_text(exc)))
         return EXIT_USAGE
     errors = conf.check(text, path)
     for error in errors:
@@ -132,7 +133,7 @@ def _load(name, path):
         sys.stderr.write("%s\n" % exc)
         return None, bad_file if name == "sendmail" else EXIT_INVALID
     except (OSError, UnicodeError) as exc:
-        sys.stderr.write("meta1lite: cannot read %s: %s\n" % (path, exc))
+        sys.stderr.write("meta1lite: cannot read %s: %s\n" % (path, compat.os_error_text(exc)))
         return None, bad_file
 
 
@@ -150,7 +151,7 @@ def main(argv=None):
         return _usage(str(exc))
     if name not in COMMANDS:
         return _usage("unknown command %r" % name)
-    path = later or path or os.environ.get(ENV_CONF) or None
+    path = later or path or os.getenv(ENV_CONF) or None
     target, wants, _ = COMMANDS[name]
     if wants == "path":
         return _call(target, path, argv)

@@ -1,6 +1,6 @@
-# meta1lite.cli.daemonctl - `meta1lite reload` and `meta1lite stop` (CPython only):
-# mcp's requests sent to the running daemon over its control channel, on either
-# runtime (the MicroPython unix port has no signals: this is how it reloads and stops).
+# meta1lite.cli.daemonctl - `meta1lite reload` and `meta1lite stop`, on both runtimes:
+# mcp's requests sent to the running daemon over its control channel (the
+# MicroPython unix port has no signals: this is how it reloads and stops).
 #
 # Owns: printing mcp's answer (a refused reload prints the configuration's errors
 # as FILE:LINE:COL: error: ..., exit 1) and, for stop, waiting until the daemon no
@@ -9,6 +9,7 @@
 import sys
 import time
 
+from meta1lite import compat
 from meta1lite.cli.queuetool import EXIT_FAIL, EXIT_OK, EXIT_USAGE, DaemonDown, _where, request
 
 STOP_WAIT_MARGIN_S = 5          # beyond mcp.stop_timeout, how long stop waits for the exit
@@ -43,8 +44,8 @@ def stop_main(cfg, argv):
     reply, status = _ask(cfg, argv, "stop")
     if reply is None:
         return status
-    deadline = time.monotonic() + cfg["mcp"]["stop_timeout"] + STOP_WAIT_MARGIN_S
-    while time.monotonic() < deadline:
+    deadline = compat.monotonic() + cfg["mcp"]["stop_timeout"] + STOP_WAIT_MARGIN_S
+    while compat.monotonic() < deadline:
         try:
             request(cfg, "ping")
         except (DaemonDown, ValueError):

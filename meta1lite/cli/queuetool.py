@@ -1,5 +1,5 @@
-# meta1lite.cli.queuetool - `meta1lite queue ...`, `meta1lite mailq`, `meta1lite status`
-# (CPython only).
+# meta1lite.cli.queuetool - `meta1lite queue ...`, `meta1lite mailq`, `meta1lite status`,
+# `meta1lite reload` (CPython and the MicroPython unix port, with the same output).
 #
 # Owns: the queue tools people use every day. When the daemon runs (its control
 # channel answers), changes (flush, hold, release, delete) go through it; when it
@@ -10,62 +10,28 @@
 # Exit status: 0 done, 1 failed (unknown queue ID, daemon down for flush/status),
 # 2 bad usage. Must never: write to the spool while the daemon answers on its
 # control channel or without holding the spool's lock (meta1lite/spool/lock.py), or print a message body except for `show`.
-import json
-import socket
 import sys
-import time
 
 from meta1lite import compat
+from meta1lite.cli.channel import DaemonDown, request, where
+from meta1lite.cli.jsonline import dumps
 
 USAGE = "usage: meta1lite queue list|show ID|flush|delete ID...|hold ID...|release ID... [--json]"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-CONNECT_TIMEOUT_S = 5
-REPLY_TIMEOUT_S = 30
-MAX_REPLY = 1 << 20
 SHOW_HEADER_LIMIT = 64 * 1024
+# key order of the JSON objects (postqueue -j's first; the rest sorted)
+JSON_ORDER = ("ok", "queue_name", "queue_id", "arrival_time", "message_size", "forced_expire",
+              "sender", "recipients", "address", "delay_reason", "status", "attempts",
+              "next_try", "reply", "recipients_state", "info", "headers", "running", "error")
 
 
-# --- the control channel (client side) -------------------------------------------
-
-class DaemonDown(Exception):
-    """Nobody answers on the control channel."""
-
-
-def request(cfg, line):
-    """Send one request to the running daemon; its reply (dict). Raises DaemonDown."""
-    endpoint = cfg["control"]
-    try:
-        if isinstance(endpoint, (tuple, list)):
-            sock = socket.create_connection(tuple(endpoint), timeout=CONNECT_TIMEOUT_S)
-        else:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(endpoint)
-    except OSError as exc:
-        raise DaemonDown(str(exc))
-    try:
-        sock.settimeout(REPLY_TIMEOUT_S)
-        sock.sendall(line.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n") and len(data) < MAX_REPLY:
-            more = sock.recv(65536)
-            if not more:
-                break
-            data += more
-    except OSError as exc:
-        raise DaemonDown(str(exc))
-    finally:
-        sock.close()
-    if not data:
-        raise DaemonDown("no reply")
-    return json.loads(data.decode("utf-8", "replace"))
-
+# --- the control channel (client side: cli/channel.py) --------------------------------
 
 def daemon_running(cfg):
     """True if the daemon answers on its control channel."""
     try:
         return bool(request(cfg, "ping").get("ok"))
-    except (DaemonDown, ValueError):
+    except DaemonDown:
         return False
 
 
@@ -97,7 +63,7 @@ def as_json(msg):
 
 
 def _arrival(epoch):
-    return time.strftime("%a %b %d %H:%M:%S", time.localtime(epoch))
+    return compat.format_arrival(epoch)
 
 
 def print_list(messages, out):
@@ -133,7 +99,7 @@ def show(spool, msg, as_json_flag, out):
         obj["info"] = msg.info
         head = b"".join(_limited(spool.read_body(msg.id), SHOW_HEADER_LIMIT))
         obj["headers"] = head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-        out.write(json.dumps(obj) + "\n")
+        out.write(_json(obj) + "\n")
         return
     out.write("*** ENVELOPE RECORDS %s ***\n" % msg.id)
     out.write("queue_name: %s\narrival_time: %s\nmessage_size: %d\nsender: %s\n" % (
@@ -171,7 +137,7 @@ def cmd_list(cfg, args, as_json_flag):
     messages = spool.messages()
     if as_json_flag:
         for msg in messages:
-            sys.stdout.write(json.dumps(as_json(msg)) + "\n")
+            sys.stdout.write(_json(as_json(msg)) + "\n")
     else:
         print_list(messages, sys.stdout)
     return EXIT_OK
@@ -242,7 +208,7 @@ def _change_directly(spool, verb, queue_id):
 
 def _report(reply, as_json_flag, text):
     if as_json_flag:
-        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.write(_json(reply) + "\n")
     elif reply.get("ok"):
         sys.stdout.write(text + "\n")
     if not reply.get("ok"):
@@ -253,8 +219,11 @@ def _report(reply, as_json_flag, text):
 
 
 def _where(cfg):
-    endpoint = cfg["control"]
-    return "%s:%d" % tuple(endpoint) if isinstance(endpoint, (tuple, list)) else endpoint
+    return where(cfg)
+
+
+def _json(obj):
+    return dumps(obj, JSON_ORDER)
 
 
 def _usage(message):
@@ -300,7 +269,7 @@ def status_main(cfg, argv):
         except OSError:
             pass
     if as_json_flag:
-        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.write(_json(reply) + "\n")
     else:
         _print_status(reply)
     return EXIT_OK if reply.get("ok") else EXIT_FAIL

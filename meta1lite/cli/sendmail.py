@@ -1,24 +1,24 @@
-# meta1lite.cli.sendmail - sendmail-compatible injection from stdin (CPython only).
+# meta1lite.cli.sendmail - sendmail-compatible injection from stdin (CPython and the
+# MicroPython unix port: `micropython -m meta1lite sendmail`).
 #
 # Owns: sendmail's command line (-t -i -oi -f -r -F -v, recipients, `--`, the
 # options cron/mailx/PHP pass and that mean nothing here), reading the message from
 # stdin (LF or CRLF; a lone "." ends it unless -i/-oi), the fields a local
 # submission needs (Received:, and From:/Date:/Message-ID: when missing), Bcc:
 # removal with -t, and sendmail's exit codes (0, 64 usage, 65 data, 75 tempfail).
-# The message goes into the spool through Spool.inject (a complete, synced segment
-# renamed into incoming/), so mail queues while the daemon is down; the daemon
-# adopts incoming/ at start and every few seconds while it runs.
+# The message goes to the queue through cli/inject.py: the running daemon over its
+# control channel, else the spool's journal under the spool's lock, so mail queues
+# while the daemon is down and exit 0 means durable on both runtimes.
 # Must never: talk SMTP, exit 0 before the message is durable, write a queue ID
 # that is not the message's own, or pass on a bare CR (SMTP smuggling).
 import binascii
-import email.utils
-import getpass
-import os
 import sys
 
 from meta1lite import compat, headers
+from meta1lite.cli import addrlist
+from meta1lite.cli.inject import Busy, Refused, queue_message
 from meta1lite.proto import address
-from meta1lite.spool import SpoolFull, open_configured
+from meta1lite.spool.message import SpoolFull
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 0, 64, 65, 75
 MAX_LINE = 1000                       # octets incl. CRLF (RFC 5321 4.5.3.1.6)
@@ -154,7 +154,7 @@ def recipients_from_headers(fields):
     names = RESENT_FIELDS if [f for f in fields if f[0] in RESENT_FIELDS] else ADDRESS_FIELDS
     values = [raw.partition(b":")[2].decode("utf-8", "replace").replace("\r\n", "")
               for name, raw in fields if name in names]
-    found = [addr for _name, addr in email.utils.getaddresses(values) if addr]
+    found = addrlist.addresses(values)
     return found, [f for f in fields if f[0] not in (b"bcc", b"resent-bcc")]
 
 
@@ -176,8 +176,8 @@ def envelope_sender(value, hostname):
     """The envelope sender from -f/-r (or the user), qualified; "" for -f '<>'."""
     if value is None:
         try:
-            value = getpass.getuser()
-        except (KeyError, OSError):
+            value = compat.username()
+        except (KeyError, OSError, ValueError):
             value = "root"
     value = value.strip()
     if value.startswith("<") and value.endswith(">"):
@@ -195,7 +195,7 @@ def recipients(args, found, hostname, limit):
     out = []
     for source, error, values in (("argument", UsageError, args), ("header", DataError, found)):
         for value in values:
-            parsed = [a for _n, a in email.utils.getaddresses([value]) if a] if source == "argument" else [value]
+            parsed = addrlist.addresses([value]) if source == "argument" else [value]
             if not parsed:
                 raise error("bad recipient %s %r" % (source, value))
             for addr in parsed:
@@ -217,12 +217,12 @@ def received_field(hostname, when=None):
     ID inside inject(), after this field is written, so there is no `id` clause."""
     when = compat.wall_time() if when is None else when
     return ("Received: by %s (meta1lite, from userid %d);\r\n\t%s\r\n"
-            % (hostname, os.getuid(), compat.rfc5322_date(when))).encode()
+            % (hostname, compat.getuid(), compat.rfc5322_date(when))).encode()
 
 
 def unique_token():
     """Random characters for a Message-ID (the queue ID is not known yet)."""
-    return binascii.hexlify(os.urandom(8)).decode()
+    return binascii.hexlify(compat.urandom(8)).decode()
 
 
 def build(cfg, opts, args, lines):
@@ -237,7 +237,7 @@ def build(cfg, opts, args, lines):
     names = [name for name, _raw in fields]
     top = received_field(hostname)
     if b"from" not in names and sender:
-        from_field = email.utils.formataddr((opts["F"], sender)) if opts["F"] else sender
+        from_field = addrlist.format_from(opts["F"], sender) if opts["F"] else sender
         top += ("From: %s\r\n" % from_field).encode("utf-8")
     if cfg["smtps"]["add_missing_headers"]:
         top += headers.missing_fields(names, hostname, unique_token())
@@ -266,26 +266,23 @@ def submit(cfg, opts, args, stream):
     size = sum(len(line) for line in message)
     if size > smtps["max_message_size"]:
         raise DataError("message size %d exceeds max_message_size %d" % (size, smtps["max_message_size"]))
-    spool = open_configured(cfg, readonly=True)    # the daemon may be running
-    reason = spool.check_accept(size)
-    if reason:
-        raise SpoolFull(reason)
-    return spool.inject(sender, rcpts, chunks_of(message), {"client": "local", "proto": "sendmail"})
+    return queue_message(cfg, sender, rcpts, list(chunks_of(message)))
 
 
 def main(cfg, argv, stdin=None):
     """`meta1lite sendmail` / `meta1lite-sendmail`; returns a sendmail exit code."""
     stream = stdin if stdin is not None else sys.stdin.buffer
+    compat.configure_logging(cfg["hostname"], "error")     # the spool's lines are not ours
     try:
         opts, args = parse_args(argv)
         queue_id = submit(cfg, opts, args, stream)
     except UsageError as exc:
         sys.stderr.write("sendmail: %s\n" % exc)
         return EX_USAGE
-    except DataError as exc:
+    except (DataError, Refused) as exc:
         sys.stderr.write("sendmail: %s\n" % exc)
         return EX_DATAERR
-    except (SpoolFull, OSError) as exc:
+    except (SpoolFull, Busy, OSError) as exc:
         sys.stderr.write("sendmail: cannot queue the message now: %s\n" % exc)
         return EX_TEMPFAIL
     if opts["v"]:

@@ -4,15 +4,21 @@
 # (host, port) where there are no unix sockets) that takes one-line requests
 #   flush | hold ID | release ID | delete ID | status | ping
 #   reload | stop | fault MODULE      (mcp's, handed to mcp.Daemon.request)
+#   inject ENVELOPE_BYTES BODY_BYTES   (followed by that many bytes: a JSON
+#       envelope {"from", "rcpt", "uid"} and the message; `meta1lite sendmail`)
 # and answers each with one line of JSON ({"ok": true, ...} or {"ok": false,
-# "error": "..."}). Must never: listen on anything but loopback or a socket file,
-# accept a request line longer than MAX_REQUEST, or block the event loop (every
-# request is a quick call on the spool or the queue manager).
+# "error": "..."}; an inject that may succeed later adds "temporary": true).
+# Must never: answer an inject before the spool's commit (the journal's sync),
+# listen on anything but loopback or a socket file, accept a request line longer
+# than MAX_REQUEST, or block the event loop (every request is a quick call on the
+# spool or the queue manager; an inject streams its body in like an SMTP DATA).
 # Shared code: MicroPython and CPython.
 import gc
 import json
 
 from meta1lite import compat
+from meta1lite.proto import address
+from meta1lite.spool import TOO_BIG, SpoolFull
 
 asyncio = compat.asyncio
 MAX_REQUEST = 512               # bytes of one request line
@@ -22,6 +28,8 @@ LOG_LINES = 10                  # recent log lines in a status reply
 HEAP_SAMPLE_MS = 250            # how often the heap high-water is sampled (MicroPython)
 LOG = "control"
 MCP_VERBS = ("reload", "stop", "fault")     # requests mcp answers
+LOG_PICKUP = "sendmail"         # logs as Postfix's pickup (pflogsumm: received)
+MAX_ENVELOPE = 64 * 1024        # bytes of an inject's JSON envelope
 
 
 class HeapWatch:
@@ -60,9 +68,10 @@ def describe(endpoint):
 class Control:
     """The request handlers: one line in, one dict out."""
 
-    def __init__(self, spool, qmgr, mcp=None):
+    def __init__(self, spool, qmgr, cfg=None, mcp=None):
         self.spool = spool
         self.qmgr = qmgr
+        self.cfg = cfg or {}
         self.mcp = mcp
         self.started = compat.monotonic()
 
@@ -92,6 +101,69 @@ class Control:
         n = self.qmgr.flush()
         compat.log.log("info", LOG, "flush requested: %d deferred messages due now" % n)
         return {"ok": True, "flushed": n}
+
+    def _envelope(self, data):
+        env = json.loads(data)
+        sender, rcpts, uid = env.get("from"), env.get("rcpt"), env.get("uid", 0)
+        limit = self.cfg.get("smtps", {}).get("max_recipients", 100)
+        if not isinstance(sender, str) or not isinstance(rcpts, list) or not rcpts \
+                or len(rcpts) > limit or not isinstance(uid, int):
+            raise ValueError("bad envelope")
+        if sender:
+            address.parse_path(("<%s>" % sender).encode(), sender=True, smtputf8=True)
+        for rcpt in rcpts:
+            if not isinstance(rcpt, str):
+                raise ValueError("bad recipient")
+            address.parse_path(("<%s>" % rcpt).encode(), smtputf8=True)
+        return sender, rcpts, uid
+
+    async def inject(self, lines, args):
+        """`inject ENV BODY`: read the envelope and the body, commit them to the
+        spool; (the reply, keep the connection) once the message is durable."""
+        try:
+            env_len, body_len = int(args[0]), int(args[1])
+        except (IndexError, ValueError):
+            return {"ok": False, "error": "usage: inject ENVELOPE_BYTES BODY_BYTES"}, False
+        if not 0 < env_len <= MAX_ENVELOPE or body_len < 0:
+            return {"ok": False, "error": "bad inject sizes"}, False
+        parts = []
+        await _read_into(lines, env_len, parts.append)
+        try:
+            sender, rcpts, uid = self._envelope(b"".join(parts).decode("utf-8"))
+        except (ValueError, TypeError, AttributeError, UnicodeError, address.AddressError) as exc:
+            return {"ok": False, "error": "bad envelope: %s" % exc}, False
+        reason, temporary = self._refusal(body_len)
+        if reason:
+            await _read_into(lines, body_len, None)
+            return {"ok": False, "error": reason, "temporary": temporary}, True
+        try:
+            queue_id = await self._commit(lines, body_len, sender, rcpts)
+        except (SpoolFull, OSError) as exc:
+            return {"ok": False, "error": "%s" % exc, "temporary": True}, False
+        compat.log.log("info", LOG_PICKUP, "%s: uid=%d from=<%s>" % (queue_id, uid, sender))
+        if self.qmgr is not None:
+            self.qmgr.wake(queue_id)
+        return {"ok": True, "queue_id": queue_id}, True
+
+    def _refusal(self, size):
+        # (why a message of size bytes is refused, or None; whether it may pass later)
+        limit = self.cfg.get("smtps", {}).get("max_message_size")
+        if limit and size > limit:
+            return "message size %d exceeds max_message_size %d" % (size, limit), False
+        if compat.memory_low():
+            return "out of memory, try again later", True
+        reason = self.spool.check_accept(size)
+        return reason, reason != TOO_BIG
+
+    async def _commit(self, lines, body_len, sender, rcpts):
+        writer = self.spool.new_message()
+        try:
+            await _read_into(lines, body_len, writer.write)
+            return await self.spool.commit(writer, sender, rcpts,
+                                           {"client": "local", "proto": "sendmail"})
+        except BaseException:
+            writer.abort()          # idempotent; nothing of it will load
+            raise
 
     def change(self, verb, queue_id):
         done = getattr(self.spool, verb)(queue_id)
@@ -141,6 +213,21 @@ class ControlServer:
             await self.server.wait_closed()
 
 
+async def _read_into(lines, n, sink):
+    """n bytes after the request line (what LineReader already holds first) to
+    sink(bytes), or dropped (sink None); ValueError if the stream ends early."""
+    while n > 0:
+        if not lines.pending:
+            lines.pending = await compat.wait_for(compat.read_some(lines.reader, lines.buf),
+                                                  IO_TIMEOUT_S)
+            if not lines.pending:
+                raise ValueError("the request ended early")
+        piece, lines.pending = lines.pending[:n], lines.pending[n:]
+        if sink is not None:
+            sink(piece)
+        n -= len(piece)
+
+
 async def _serve(control, reader, writer):
     lines = compat.LineReader(reader, MAX_REQUEST)
     try:
@@ -148,11 +235,17 @@ async def _serve(control, reader, writer):
             raw = await compat.wait_for(lines.readline(), IO_TIMEOUT_S)
             if not raw:
                 break
+            text, keep = raw.decode("utf-8", "replace").strip(), True
             try:
-                reply = control.handle(raw.decode("utf-8", "replace").strip())
+                if text.startswith("inject "):
+                    reply, keep = await control.inject(lines, text.split()[1:])
+                else:
+                    reply = control.handle(text)
             except Exception as exc:  # noqa: BLE001 - a bad request must not kill the daemon
-                reply = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+                reply, keep = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}, False
             await compat.write_all(writer, (json.dumps(reply) + "\n").encode())
+            if not keep:
+                break
     except Exception as exc:  # noqa: BLE001 - a peer gone, a timeout, a long line
         if not (compat.is_timeout(exc) or compat.is_connection_error(exc) or isinstance(exc, ValueError)):
             compat.log.log("warning", LOG, "request failed: %r" % (exc,))
@@ -164,7 +257,7 @@ async def start_control(cfg, spool, qmgr, mcp=None):
     """Start the control channel on cfg["control"]; returns a ControlServer (its
     .server is None when this runtime cannot listen on a socket path). mcp: the
     daemon answering reload, stop and fault."""
-    control = Control(spool, qmgr, mcp)
+    control = Control(spool, qmgr, cfg, mcp)
     endpoint = cfg.get("control")
 
     def handler(reader, writer):

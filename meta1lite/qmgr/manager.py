@@ -180,14 +180,14 @@ class QueueManager:
         return False
 
     def _scan(self):
+        # no set of every queue ID: its table is one block that grows with the queue,
+        # which a fragmented MicroPython heap lacks (1,000 messages: MemoryError below 3.2M)
         self._rescan = False
-        seen = set()
         for msg in self.spool.messages():
-            seen.add(msg.id)
             if msg.id not in self._due:
                 self._track(msg)
         for queue_id in self._due:         # BucketMap iterates over a snapshot per bucket
-            if queue_id not in seen and not self._busy.get(queue_id):
+            if not self.spool.exists(queue_id) and not self._busy.get(queue_id):
                 self._forget(queue_id)
 
     def _take_arrivals(self):

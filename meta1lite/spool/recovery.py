@@ -292,6 +292,10 @@ class Recovery:
         elif seg.kind == "i":
             self._adopted.append((msg.id, msg.sender, msg.size, len(msg.recipients),
                                   owner_uid(seg.path)))
+        elif isinstance(msg.info, dict) and isinstance(msg.info.get("pickup"), int):
+            # committed by `meta1lite sendmail` while no daemon ran: logged as adopted
+            self._adopted.append((msg.id, msg.sender, msg.size, len(msg.recipients),
+                                  msg.info["pickup"]))
 
     def _settle_damaged(self):
         for queue_id in list(self.damaged):
