@@ -360,10 +360,28 @@ async def open_connection(host, port, ctx=None, server_hostname=None):
 async def close_stream(writer):
     """Close a stream, ignoring errors from a peer that is already gone."""
     try:
+        if MICROPYTHON:
+            forget_io_wait(writer.s)
         writer.close()
         await writer.wait_closed()
     except Exception:  # noqa: BLE001 - closing must never raise
         pass
+
+
+def forget_io_wait(sock):
+    """MicroPython: drop sock from asyncio's I/O queue. A MemoryError inside its
+    IOQueue._enqueue (map entry made, poller.register failed) leaves sock mapped to
+    a task that is not waiting on it; left there, a later socket with the same id or
+    a retry corrupts the scheduler (seen: SIGSEGV under load). No-op elsewhere."""
+    if not MICROPYTHON:
+        return
+    import asyncio.core
+    queue = asyncio.core._io_queue
+    if queue.map.pop(id(sock), None) is not None:
+        try:
+            queue.poller.unregister(sock)
+        except (OSError, KeyError, ValueError):
+            pass
 
 
 def peer_address(writer):

@@ -15,7 +15,7 @@
 # different configurations.
 import sys
 
-from meta1lite import compat, process, tls
+from meta1lite import compat, listener, process, tls
 from meta1lite.supervisor import Module, Supervisor
 
 asyncio = compat.asyncio
@@ -58,6 +58,7 @@ class Daemon:
         from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
         compat.collect_often()
+        listener.reserve_poll_slots(self.cfg)
         tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
         self.smar = AddressResolver(self.cfg)
         self.smtps = SmtpServer(self.cfg, None, None, self.smar)      # keys read as root

@@ -7,7 +7,7 @@
 # AUTH users and lockout), and the stop (sessions end before the loop does).
 # Must never: speak SMTP itself (session.py does), or let a refused client cost
 # more than one reply.
-from meta1lite import compat, tls
+from meta1lite import compat, listener, tls
 from meta1lite.proto import replies
 from meta1lite.smtps import authdb
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
@@ -19,6 +19,9 @@ LISTEN_BACKLOG_MIN = 16         # pending connections the kernel may queue per l
 STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
 STOP_POLLS = 100
 TOO_MANY_FROM_CLIENT = (421, "4.7.0", "Too many connections from your address")
+LOW_MEMORY = (421, "4.3.2", "System resources low, try again later")   # MicroPython heap
+SESSION_HEAP = 8 * 1024         # heap a session may need: ~4.5K idle (unix port), plus a
+                                # message in flight and room for fragmentation
 EVICT_MIN_IDLE_S = 2            # when full, a session waiting on its client this long
                                 # (real seconds since its last command) may be closed
 
@@ -53,6 +56,7 @@ class SmtpServer:
         self.rate, self.policy, self.tls_ctx = rate, RelayPolicy(opts, self.smar), tls_ctx
         self.users, self.lockout = users, lockout
         self.dummy_hash = authdb.dummy_hash(users)   # derived for unknown users
+        self.max_sessions = _session_cap(opts["max_connections"])
 
     async def start(self):
         """Open every listener (raises OSError if an address cannot be bound)."""
@@ -68,11 +72,8 @@ class SmtpServer:
 
         async def accept(reader, writer):
             await self._accept(reader, writer, implicit)
-        if ctx is None:
-            server = await asyncio.start_server(accept, host, port, backlog=self._backlog())
-        else:
-            server = await asyncio.start_server(accept, host, port, backlog=self._backlog(),
-                                                ssl=ctx)
+        server = await listener.start_server(accept, host, port, self._backlog(), ctx,
+                                             self._evict)
         self.servers.append(server)
         self.bound.append(_bound_address(server, host, port))
 
@@ -98,6 +99,13 @@ class SmtpServer:
             await asyncio.sleep(STOP_POLL_S)
 
     async def _accept(self, reader, writer, implicit_tls):
+        try:
+            await self._serve_client(reader, writer, implicit_tls)
+        except MemoryError:         # before its session ran: refused, never left open
+            compat.log.log("error", LOG, "out of memory: a new connection refused")
+            await _refuse(writer, LOW_MEMORY)
+
+    async def _serve_client(self, reader, writer, implicit_tls):
         ip = compat.peer_address(writer)[0]
         refusal = self._admission(ip) if self.spool is not None else replies.SHUTTING_DOWN
         if refusal is not None:
@@ -106,9 +114,10 @@ class SmtpServer:
             return
         try:
             session = Session(self, reader, writer, ip, implicit_tls)
-        except MemoryError:
+        except MemoryError:         # the idlest session makes room for the next client
             compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
-            await _refuse(writer, replies.TOO_MANY_CONNECTIONS)
+            self._evict()
+            await _refuse(writer, LOW_MEMORY)
             return
         self.sessions.add(session)
         self.per_client[ip] = self.per_client.get(ip, 0) + 1
@@ -123,19 +132,27 @@ class SmtpServer:
     def _admission(self, ip):
         if self.per_client.get(ip, 0) >= self.opts["max_connections_per_client"]:
             return TOO_MANY_FROM_CLIENT
-        live = [s for s in self.sessions if not s.stopping]
-        if len(live) >= self.opts["max_connections"] and not self._evict(live):
-            return replies.TOO_MANY_CONNECTIONS
+        low = compat.memory_low(tls.tls_memory.headroom())
+        if (low or self._live() >= self.max_sessions) and not self._evict():
+            return LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
         return None
 
-    def _evict(self, live):
+    def _live(self):
+        # sessions not being stopped (counted: no list of them on a full heap)
+        count = 0
+        for session in self.sessions:
+            if not session.stopping:
+                count += 1
+        return count
+
+    def _evict(self):
         # a full server makes room: the session that has waited longest on its
         # client since its last command (slowloris, idle keep-alives) gets 421 and
         # is closed; False if every session is busy or recently active
         now = compat.real_monotonic()
         idlest = None
-        for session in live:
-            if session.reading and now - session.progress >= EVICT_MIN_IDLE_S:
+        for session in self.sessions:
+            if not session.stopping and session.reading and now - session.progress >= EVICT_MIN_IDLE_S:
                 if idlest is None or session.progress < idlest.progress:
                     idlest = session
         if idlest is None:
@@ -178,6 +195,18 @@ async def _refuse(writer, reply):
     except Exception:  # noqa: BLE001 - the client may be gone already
         pass
     await compat.close_stream(writer)
+
+
+def _session_cap(configured):
+    # MicroPython: no more sessions than the free heap holds (SESSION_HEAP each), so
+    # that idle connections are evicted for a new client before the heap runs out
+    free = compat.heap_free()
+    if free is None or free // SESSION_HEAP >= configured:
+        return configured
+    cap = max(1, free // SESSION_HEAP)
+    compat.log.log("warning", LOG, "max_connections %d: %d fit the heap (%d bytes free, "
+                   "%d per session)" % (configured, cap, free, SESSION_HEAP))
+    return cap
 
 
 def _bound_address(server, host, port):
