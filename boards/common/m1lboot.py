@@ -22,7 +22,9 @@ CONF_NAME = "meta1lite.conf"
 SAFE_NAME = "SAFE"
 NTP_ATTEMPTS = 3
 MAX_CONSOLE_LINE = 512          # the control channel's own limit (qmgr/control.py)
-CONSOLE_PREFIX = "console: "
+CONSOLE_PREFIX = b"console: "
+CONSOLE_CHUNK = 256             # bytes of a control reply copied at a time
+NEWLINE = 10
 # The relay's modules, imported here, a few frames deep, rather than from mcp's start
 # inside the event loop: the C stack of a board (and of the sim, 40000 bytes) has no
 # room for the import chain below asyncio's frames once main.py runs under a boot.
@@ -110,8 +112,11 @@ def _console(cfg):
 
 
 async def _console_loop(asyncio, endpoint):
-    # created before mcp's asyncio.run: MicroPython's run() keeps the queued task
+    # created before mcp's asyncio.run: MicroPython's run() keeps the queued task.
+    # A reply (status carries log lines) is copied through one buffer made here: after
+    # hours of relaying, a 192K heap may hold no 2K run for a whole line.
     reader = asyncio.StreamReader(sys.stdin)
+    buf = bytearray(CONSOLE_CHUNK)
     while True:
         line = await reader.readline()
         if not line:
@@ -120,17 +125,26 @@ async def _console_loop(asyncio, endpoint):
             line = line.decode()
         line = line.strip()[:MAX_CONSOLE_LINE]
         if line:
-            print(CONSOLE_PREFIX + await _ask(asyncio, endpoint, line))
+            try:
+                await _ask(asyncio, endpoint, line, buf)
+            except (OSError, MemoryError) as exc:
+                print('%s{"ok": false, "error": "control channel: %s"}' % (CONSOLE_PREFIX, exc))
 
 
-async def _ask(asyncio, endpoint, line):
+async def _ask(asyncio, endpoint, line, buf):
+    r, w = await asyncio.open_connection(endpoint[0], endpoint[1])
     try:
-        r, w = await asyncio.open_connection(endpoint[0], endpoint[1])
         w.write((line + "\n").encode())
         await w.drain()
-        reply = await r.readline()
+        out = sys.stdout.buffer
+        out.write(CONSOLE_PREFIX)
+        while True:
+            n = await r.readinto(buf)
+            if not n:
+                break
+            out.write(memoryview(buf)[:n])
+            if buf[n - 1] == NEWLINE:
+                break
+    finally:
         w.close()
         await w.wait_closed()
-        return reply.decode().strip()
-    except OSError as exc:
-        return '{"ok": false, "error": "control channel: %s"}' % exc
