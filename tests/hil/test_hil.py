@@ -181,3 +181,18 @@ def test_safe_mode_keeps_the_relay_off_and_the_repl_free(rig):
     except OSError:
         listening = False
     assert not listening
+
+
+def test_flash_bundle_copies_the_mpy_bundle_once(rig):
+    """--bundle (a stock firmware): the .mpy bundle goes to lib/ too, and only once.
+    Copy only (--no-reset): run from flash, the bundle's bytecode would need the heap
+    of a router, not of a Pico W (README, Running on MicroPython)."""
+    conf = rig.config(free_port())
+    first = rig.flash(conf, "--bundle", "--no-reset")
+    assert first.returncode == 0, first.stdout + first.stderr
+    mpys = re.findall(r"copied (\S*/lib/meta1lite/\S+\.mpy)", first.stdout)
+    assert any(p.endswith("/lib/meta1lite/mcp.mpy") for p in mpys), first.stdout
+    assert any(p.endswith("/lib/meta1lite/spool/journal.mpy") for p in mpys), first.stdout
+    again = rig.flash(conf, "--bundle", "--no-reset")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "copied 0, skipped %d" % (len(mpys) + 2) in again.stdout, again.stdout
