@@ -6,7 +6,8 @@
 # path as `micropython -m meta1lite run -c FILE`: meta1lite.__main__.micro_main loads
 # the configuration, drops the parser, runs mcp), the console's commands while the
 # relay runs (a line typed on the console, e.g. `status`, goes to the relay's control
-# channel and its one-line reply is printed as `console: {...}`), and the heap figures
+# channel and its reply is printed as `console: {...}`, in `console~ ` lines of 256
+# bytes first when longer), and the heap figures
 # printed at start and at exit (micropython.mem_info(): its "max free sz" is the
 # largest free run of 16-byte blocks on a 32-bit board, what a TLS handshake's 16K
 # record buffer needs).
@@ -23,7 +24,8 @@ SAFE_NAME = "SAFE"
 NTP_ATTEMPTS = 3
 MAX_CONSOLE_LINE = 512          # the control channel's own limit (qmgr/control.py)
 CONSOLE_PREFIX = b"console: "
-CONSOLE_CHUNK = 256             # bytes of a control reply copied at a time
+CONSOLE_MORE = b"console~ "     # a reply's earlier pieces, each a line of its own
+CONSOLE_CHUNK = 256             # bytes of a reply per console line
 NEWLINE = 10
 # The relay's modules, imported here, a few frames deep, rather than from mcp's start
 # inside the event loop: the C stack of a board (and of the sim, 40000 bytes) has no
@@ -113,8 +115,10 @@ def _console(cfg):
 
 async def _console_loop(asyncio, endpoint):
     # created before mcp's asyncio.run: MicroPython's run() keeps the queued task.
-    # A reply (status carries log lines) is copied through one buffer made here: after
-    # hours of relaying, a 192K heap may hold no 2K run for a whole line.
+    # A reply (status carries log lines) goes through one small buffer made here: after
+    # hours of relaying a 192K heap may hold no 2K run for it whole. Each piece is a
+    # console line of its own (`console~ ` pieces, then the `console: ` last one), so
+    # that the relay's log lines fall between pieces, never inside one.
     reader = asyncio.StreamReader(sys.stdin)
     buf = bytearray(CONSOLE_CHUNK)
     while True:
@@ -133,17 +137,17 @@ async def _console_loop(asyncio, endpoint):
 
 async def _ask(asyncio, endpoint, line, buf):
     r, w = await asyncio.open_connection(endpoint[0], endpoint[1])
+    out = sys.stdout.buffer
     try:
         w.write((line + "\n").encode())
         await w.drain()
-        out = sys.stdout.buffer
-        out.write(CONSOLE_PREFIX)
         while True:
             n = await r.readinto(buf)
-            if not n:
-                break
-            out.write(memoryview(buf)[:n])
-            if buf[n - 1] == NEWLINE:
+            last = not n or buf[n - 1] == NEWLINE
+            out.write(CONSOLE_PREFIX if last else CONSOLE_MORE)
+            out.write(memoryview(buf)[:n - 1 if last and n else n])
+            out.write(b"\n")
+            if last:
                 break
     finally:
         w.close()

@@ -5,8 +5,8 @@
 # Owns: deploying to the board with the real command (scripts/flash/flash.py, run as a
 # process), the board's configuration for the rig (boards/sim/meta1lite.conf.in: the
 # sim on loopback, a real board on its LAN address, relaying to a next hop on this
-# host), the console's commands (`status`, `fault MODULE`: one line typed, one
-# `console: {json}` line back), resets over the console and power cuts (the sim:
+# host), the console's commands (`status`, `fault MODULE`: one line typed, the
+# `console: {json}` reply back, in `console~ ` pieces first when long), resets over the console and power cuts (the sim:
 # simflash's cut after N flash operations, then power back; a real board: the person
 # at the rig is asked to pull the plug).
 # Must never: reach the board other than through its console and its SMTP port, or
@@ -29,7 +29,8 @@ FLASH_TIMEOUT_S = 300
 CONSOLE_TIMEOUT_S = 30
 BOOT_TIMEOUT_S = 120
 SMTP_PORT_REAL = 25
-CONSOLE_REPLY = re.compile(rb"console: (\{[^\r\n]*\})")
+CONSOLE_REPLY = re.compile(rb"console: ([^\r\n]*)\r?\n")
+CONSOLE_PIECE = re.compile(rb"console~ ([^\r\n]*)\r?\n")
 PROMPT = b">>> "
 
 
@@ -90,7 +91,7 @@ class Rig:
         with self.open_console() as con:
             con.write(line.encode() + b"\r")
             data = read_until(con, CONSOLE_REPLY, CONSOLE_TIMEOUT_S)
-        return json.loads(CONSOLE_REPLY.search(data).group(1).decode())
+        return json.loads(reply_of(data))
 
     def reset(self):
         """Ctrl-C, then Ctrl-D at the REPL: the board boots main.py again."""
@@ -139,6 +140,14 @@ class Rig:
     def close(self):
         if self.console is not None:
             self.console.stop()
+
+
+def reply_of(console):
+    """The control reply in console output: its `console~ ` pieces and `console: ` end
+    joined (the relay's log lines may fall between them)."""
+    last = CONSOLE_REPLY.search(console)
+    pieces = CONSOLE_PIECE.findall(console[:last.start()])
+    return (b"".join(pieces) + last.group(1)).decode()
 
 
 def read_until(con, pattern, timeout_s):
