@@ -26,13 +26,13 @@ PICO_W_HEAP = 192448            # boards/rpi-pico-w/profile.json
 OUT_OF_MEMORY = ("MemoryError", "out of memory", "ENOMEM")
 
 
-def send_concurrently(port, count, clients, size, host="127.0.0.1"):
+def send_concurrently(port, count, clients, size):
     """CLIENTS smtplib sessions sending COUNT messages in all; {n: bytes sent}."""
     sent, errors = {}, []
 
     def worker(w):
         try:
-            with smtplib.SMTP(host, port, timeout=120) as s:
+            with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
                 for n in range(w, count, clients):
                     data = message(n, rcpt="user%d@dest.test" % n, size=size)
                     s.sendmail("dev@home.test", ["user%d@dest.test" % n], data)
