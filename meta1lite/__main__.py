@@ -26,8 +26,9 @@ def _print_errors(exc):
     sys.stderr.write("%s\n" % exc)
 
 
-def micro_main(argv):
-    """`run [-c FILE]` without cli.py (MicroPython); returns the exit status."""
+def micro_main(argv, on_config=None):
+    """`run [-c FILE]` without cli.py (MicroPython); returns the exit status.
+    A board's boot passes on_config(cfg), called once the configuration is loaded."""
     import os
 
     from meta1lite import compat, conf
@@ -47,6 +48,8 @@ def micro_main(argv):
     modules = conf.MODULES
     del conf
     compat.forget_modules(modules)          # the parser is not needed after start-up
+    if on_config is not None:
+        on_config(cfg)
     from meta1lite import mcp
     status = mcp.main(cfg, rest)
     return 0 if status is None else status

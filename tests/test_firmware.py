@@ -159,8 +159,8 @@ def test_sim_board_formats_and_mounts_its_flash(tmp_path):
     sim.create_flash("hostname = \"x.test\";\n")
     flash = sim.profile["flash"]
     assert os.path.getsize(sim.image) == flash["block_size"] * flash["block_count"]
-    proc = sim.run_tool("import main, simflash, vfs, os\n"
-                        "f = simflash.from_env(); main.mount(f)\n"
+    proc = sim.run_tool("import simboot, simflash, vfs, os\n"
+                        "f = simflash.from_env(); simboot.mount(f)\n"
                         "st = os.statvfs('/flash')\n"
                         "print('fs', st[0], st[2], open('/flash/meta1lite.conf').read())")
     assert "fs %d %d hostname" % (flash["block_size"], flash["block_count"]) in proc.stdout

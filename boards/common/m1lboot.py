@@ -1,17 +1,37 @@
 # boards/common/m1lboot.py - starts meta1lite on a board (frozen into every board's
 # firmware, next to the board's main.py; MicroPython only).
-# Owns: running the relay from a configuration file on flash (the same path as
-# `micropython -m meta1lite run -c FILE`: meta1lite.__main__.micro_main loads the
-# configuration, drops the parser, runs mcp) and the heap figures printed at start
-# and at exit (micropython.mem_info(): its "max free sz" is the largest free run of
-# 16-byte blocks on a 32-bit board, what a TLS handshake's 16K record buffer needs).
-# Must never: mount filesystems or bring up a network (main.py does), or hold relay
-# logic of its own.
+# Owns: what every board's main.py shares: the safe-mode escape (a file SAFE on the
+# flash, or a pin held low at boot), retrying a step such as bringing the network up,
+# the time from NTP, running the relay from a configuration file on flash (the same
+# path as `micropython -m meta1lite run -c FILE`: meta1lite.__main__.micro_main loads
+# the configuration, drops the parser, runs mcp), the console's commands while the
+# relay runs (a line typed on the console, e.g. `status`, goes to the relay's control
+# channel and its reply is printed as `console: {...}`, in `console~ ` lines of 256
+# bytes first when longer), and the heap figures
+# printed at start and at exit (micropython.mem_info(): its "max free sz" is the
+# largest free run of 16-byte blocks on a 32-bit board, what a TLS handshake's 16K
+# record buffer needs).
+# Must never: mount filesystems or bring up a network itself (main.py does, through
+# retry()), hold relay logic of its own, or start the relay in safe mode.
 import gc
+import sys
+import time
 
 import micropython
 
 CONF_NAME = "meta1lite.conf"
+SAFE_NAME = "SAFE"
+NTP_ATTEMPTS = 3
+MAX_CONSOLE_LINE = 512          # the control channel's own limit (qmgr/control.py)
+CONSOLE_PREFIX = b"console: "
+CONSOLE_MORE = b"console~ "     # a reply's earlier pieces, each a line of its own
+CONSOLE_CHUNK = 256             # bytes of a reply per console line
+NEWLINE = 10
+# The relay's modules, imported here, a few frames deep, rather than from mcp's start
+# inside the event loop: the C stack of a board (and of the sim, 40000 bytes) has no
+# room for the import chain below asyncio's frames once main.py runs under a boot.
+PRELOAD = ("meta1lite.spool", "meta1lite.smar.resolver", "meta1lite.qmgr.manager",
+           "meta1lite.qmgr.control", "meta1lite.smtps.server", "meta1lite.mcp")
 
 
 def heap_line(when):
@@ -19,11 +39,116 @@ def heap_line(when):
     return "m1lboot: %s heap used=%d free=%d" % (when, gc.mem_alloc(), gc.mem_free())
 
 
+def safe_mode(mount_point, pin_id, active=0):
+    """True (and says so) when the relay must not start: MOUNT/SAFE exists, or the
+    pin PIN_ID (None: no pin) reads ACTIVE at boot (0: held to ground, pulled up
+    otherwise; 1: a button to 3V3 with its own pull-down). The REPL stays free."""
+    try:
+        open(mount_point + "/" + SAFE_NAME).close()
+        why = "%s/%s exists" % (mount_point, SAFE_NAME)
+    except OSError:
+        why = _pin_held(pin_id, active)
+    if why:
+        print("m1lboot: safe mode (%s): the relay is not started; the REPL is free" % why)
+    return bool(why)
+
+
+def _pin_held(pin_id, active):
+    if pin_id is None:
+        return None
+    import machine
+    pull = machine.Pin.PULL_UP if active == 0 else None
+    if machine.Pin(pin_id, machine.Pin.IN, pull).value() == active:
+        return "pin %s held at %d" % (pin_id, active)
+    return None
+
+
+def retry(step, what, pause_s, attempts=0):
+    """Call step() until it returns True (attempts=0: for ever), pausing pause_s
+    between tries and saying so; True once it succeeded."""
+    n = 0
+    while True:
+        n += 1
+        try:
+            if step():
+                return True
+        except OSError as exc:
+            print("m1lboot: %s: %s" % (what, exc))
+        if attempts and n >= attempts:
+            print("m1lboot: %s failed %d times; going on" % (what, n))
+            return False
+        print("m1lboot: %s not done; retrying in %ds" % (what, pause_s))
+        time.sleep(pause_s)
+
+
+def set_time(pause_s):
+    """The wall clock from NTP (ntptime); the relay also runs without it (a clock
+    before 2020 counts as unknown in the queue)."""
+    def step():
+        import ntptime
+        ntptime.settime()
+        print("m1lboot: time from NTP: %d" % time.time())
+        return True
+    return retry(step, "NTP", pause_s, NTP_ATTEMPTS)
+
+
 def run(mount_point):
     """Run the relay with MOUNT_POINT/meta1lite.conf until it stops; its exit status."""
     print(heap_line("boot"))
+    for name in PRELOAD:
+        __import__(name)
     from meta1lite.__main__ import micro_main
-    status = micro_main(["run", "-c", mount_point + "/" + CONF_NAME])
+    status = micro_main(["run", "-c", mount_point + "/" + CONF_NAME], on_config=_console)
     print(heap_line("exit"))
     micropython.mem_info()
     return status
+
+
+def _console(cfg):
+    endpoint = cfg.get("control")
+    if isinstance(endpoint, (tuple, list)):
+        from meta1lite import compat
+        compat.asyncio.create_task(_console_loop(compat.asyncio, endpoint))
+    else:
+        print("m1lboot: no console commands: control is not a loopback endpoint")
+
+
+async def _console_loop(asyncio, endpoint):
+    # created before mcp's asyncio.run: MicroPython's run() keeps the queued task.
+    # A reply (status carries log lines) goes through one small buffer made here: after
+    # hours of relaying a 192K heap may hold no 2K run for it whole. Each piece is a
+    # console line of its own (`console~ ` pieces, then the `console: ` last one), so
+    # that the relay's log lines fall between pieces, never inside one.
+    reader = asyncio.StreamReader(sys.stdin)
+    buf = bytearray(CONSOLE_CHUNK)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        if isinstance(line, bytes):
+            line = line.decode()
+        line = line.strip()[:MAX_CONSOLE_LINE]
+        if line:
+            try:
+                await _ask(asyncio, endpoint, line, buf)
+            except (OSError, MemoryError) as exc:
+                print('%s{"ok": false, "error": "control channel: %s"}' % (CONSOLE_PREFIX, exc))
+
+
+async def _ask(asyncio, endpoint, line, buf):
+    r, w = await asyncio.open_connection(endpoint[0], endpoint[1])
+    out = sys.stdout.buffer
+    try:
+        w.write((line + "\n").encode())
+        await w.drain()
+        while True:
+            n = await r.readinto(buf)
+            last = not n or buf[n - 1] == NEWLINE
+            out.write(CONSOLE_PREFIX if last else CONSOLE_MORE)
+            out.write(memoryview(buf)[:n - 1 if last and n else n])
+            out.write(b"\n")
+            if last:
+                break
+    finally:
+        w.close()
+        await w.wait_closed()

@@ -1,9 +1,12 @@
 # boards/rpi-pico-w/main.py - main.py of a Raspberry Pi Pico W running meta1lite
-# (frozen into the firmware by boards/rpi-pico-w/manifest.py). MicroPython only.
+# (frozen into the firmware by boards/rpi-pico-w/manifest.py; scripts/flash also
+# copies it to /main.py, which rp2 runs before the frozen one). MicroPython only.
 # Owns the board's boot after rp2's _boot.py (which mounts VfsLfs2(bdev, progsize=256)
-# at "/"): join the WLAN named in /wlan.conf (two lines: SSID, password), then run the
-# relay from /meta1lite.conf (m1lboot). Must never: format the flash, or start the
-# relay without a network (it would bind nothing useful; it retries instead).
+# at "/"): the safe-mode escape (GP15 held to GND at reset, or a file /SAFE), joining
+# the WLAN named in /wlan.conf (two lines: SSID, password) with retries, the time
+# from NTP, then the relay from /meta1lite.conf (m1lboot).
+# Must never: format the flash, start the relay in safe mode, or start it without a
+# network (it would bind nothing useful; it retries instead).
 import time
 
 import m1lboot
@@ -12,6 +15,7 @@ import network
 WLAN_CONF = "/wlan.conf"
 WLAN_TIMEOUT_S = 30
 RETRY_S = 10
+SAFE_PIN = 15                   # GP15 (physical pin 20) to GND (pin 18) at reset
 MOUNT = ""                      # rp2 mounts its flash at "/": the config is /meta1lite.conf
 
 
@@ -37,10 +41,11 @@ def join_wlan():
 
 
 def main():
-    while not join_wlan():
-        print("main: wlan not up; retrying in %ds" % RETRY_S)
-        time.sleep(RETRY_S)
-    m1lboot.run(MOUNT)
+    if m1lboot.safe_mode(MOUNT, SAFE_PIN):
+        return 0
+    m1lboot.retry(join_wlan, "wlan", RETRY_S)
+    m1lboot.set_time(RETRY_S)
+    return m1lboot.run(MOUNT)
 
 
 main()

@@ -88,16 +88,22 @@ def queue_budget(profile):
 
 
 def sim_config(listen_port, routes, smtpc_extra="", qmgr_extra="", log_level="info",
-               profile=DEFAULT_PROFILE, queue=None):
+               profile=DEFAULT_PROFILE, queue=None, control_port=None, extra="",
+               listen_host="127.0.0.1", relay_from="127.0.0.0/8", spool="/flash/spool"):
     """The sim's meta1lite.conf (boards/sim/meta1lite.conf.in) filled in; the qmgr
-    flash budget from the profile's "queue" block, `queue` overriding some of it."""
+    flash budget from the profile's "queue" block, `queue` overriding some of it;
+    the control channel on 127.0.0.1:control_port (the console's commands) if given;
+    a real board of the hil rig listens on its LAN address for the host's network."""
     with open(CONF_TEMPLATE) as f:
         template = string.Template(f.read())
     prof = load_profile(profile) if isinstance(profile, str) else profile
     values = dict((k, prof["queue"][k]) for k in QUEUE_OPTIONS)
     values.update(queue or {})
+    control = "control = 127.0.0.1:%d;" % control_port if control_port else ""
     return template.substitute(listen_port=listen_port, routes=routes, smtpc_extra=smtpc_extra,
-                               qmgr_extra=qmgr_extra, log_level=log_level, **values)
+                               qmgr_extra=qmgr_extra, log_level=log_level, control=control,
+                               extra=extra, listen_host=listen_host, relay_from=relay_from,
+                               spool=spool, **values)
 
 
 def free_port(host="127.0.0.1"):
@@ -149,7 +155,7 @@ class SimBoard:
         flash = self.profile["flash"]
         with open(self.image, "wb") as f:
             f.write(b"\xff" * (flash["block_size"] * flash["block_count"]))
-        self.run_tool("import main; main.format_flash()")
+        self.run_tool("import simboot; simboot.format_flash()")
         if config_text is not None:
             self.put_text("meta1lite.conf", config_text)
 
@@ -157,7 +163,7 @@ class SimBoard:
         host = os.path.join(self.workdir, "put." + name.replace("/", "_"))
         with open(host, "w") as f:
             f.write(text)
-        self.run_tool("import main; main.put(%r, %r)" % (host, name))
+        self.run_tool("import simboot; simboot.put(%r, %r)" % (host, name))
         os.remove(host)
 
     def counters(self):
@@ -189,7 +195,7 @@ class SimBoard:
         """Boot the board (main.py: mount /flash, run the relay); wait until it listens."""
         self.port = port
         self._logfile = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command("-m", "main"), env=self.env(cut_after),
+        self.proc = subprocess.Popen(self.command("-m", "simboot"), env=self.env(cut_after),
                                      cwd=self.workdir, stdout=self._logfile,
                                      stderr=subprocess.STDOUT)
         if wait:
