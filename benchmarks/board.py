@@ -6,7 +6,8 @@ MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
                      [--lo 64K] [--hi 384K] [--step 8K] [--no-bisect --heap 192448]
 
   1. import cost: heap in use (gc.mem_alloc after gc.collect) after importing every
-     frozen module of the relay, minus the same figure before.
+     frozen module of the relay, minus the same figure before; and what one verified
+     TLS handshake needs (the smallest heap it completes in, less what was in use).
   2. the smallest -X heapsize (bisected in --step steps between --lo and --hi) at which
      the board still relays --messages messages of 2-20 KB sent by --clients concurrent
      smtplib sessions while smtpc delivers them:
@@ -24,6 +25,7 @@ import os
 import random
 import re
 import smtplib
+import socket
 import sys
 import tempfile
 import threading
@@ -74,6 +76,64 @@ def import_cost(heap):
     print("import cost (sim firmware, frozen, -X heapsize=%d): %d modules, heap in use %s "
           "before, %s after: %s (%d bytes); %s free" % (heap, len(mods), C.kb(before), C.kb(after),
                                                        C.kb(after - before), after - before, C.kb(free)))
+
+
+# --- what one TLS handshake needs ----------------------------------------------------
+
+HANDSHAKE_PROBE = """
+import gc, socket
+from meta1lite import tls
+ctx = tls.client_tls_context(True, %r)
+s = socket.socket()
+s.connect(socket.getaddrinfo('127.0.0.1', %d)[0][-1])
+gc.collect()
+used = gc.mem_alloc()
+ss = ctx.wrap_socket(s, server_hostname='smtp.isp.test')
+print('HANDSHAKE', used, ss.read(4))
+ss.close()
+"""
+HANDSHAKE_LO, HANDSHAKE_HI, HANDSHAKE_STEP = 24 * 1024, 128 * 1024, 1024
+
+
+def tls_server(pki):
+    """A host TLS server (the smarthost's certificate) answering b"ok" once per
+    connection; its port."""
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.cert, pki.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tconn:
+                    tconn.sendall(b"ok\r\n")
+            except (OSError, ssl.SSLError):
+                pass
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def handshake_heap(pki):
+    """The smallest -X heapsize at which the sim completes a verified handshake, and
+    the heap in use before it: what a handshake needs, record buffers included."""
+    code = HANDSHAKE_PROBE % (pki.ca, tls_server(pki))
+    board = SimBoard(tempfile.mkdtemp(prefix="m1l-board-tls-"))
+
+    def passes(heap):
+        try:
+            return "HANDSHAKE" in board.run_tool(code, heap).stdout
+        except AssertionError:
+            return False
+    lo, hi = HANDSHAKE_LO, HANDSHAKE_HI
+    while hi - lo > HANDSHAKE_STEP:
+        mid = (lo + hi) // 2 // HANDSHAKE_STEP * HANDSHAKE_STEP
+        lo, hi = (lo, mid) if passes(mid) else (mid, hi)
+    used = int(board.run_tool(code, hi).stdout.split()[1])
+    print("TLS handshake (sim, STARTTLS verified against ca_file): completes in a %s heap "
+          "with %s in use before it: it needs ~%s, its 21K of record buffers included"
+          % (C.kb(hi), C.kb(used), C.kb(hi - used)))
 
 
 # --- one relay run -------------------------------------------------------------------
@@ -285,6 +345,7 @@ def main():
     print("board.py: %s; sim firmware %s (%s, %d bytes frozen)" % (C.machine(), info["path"],
                                                                  info["compiler"], info["frozen_bytes"]))
     import_cost(load_profile()["heap_bytes"])
+    handshake_heap(Pki())
     results = []
     if args.only != "tls":
         results.append(("(a) plain SMTP next hop", bisect("(a) plain", args, None)))

@@ -502,6 +502,15 @@ def fsync_file(f):
         os.fsync(f.fileno())
 
 
+CAN_SYNC_ALL = hasattr(os, "system")   # the unix port: see sync_all()
+
+
+def sync_all():
+    """Flush every file system with the `sync` command: the unix port's only way to
+    make new directory entries durable (it has no fsync of a directory)."""
+    return os.system("sync") == 0
+
+
 def sync_dir(path):
     """Make directory entries (new files, renames) in `path` durable where possible.
 

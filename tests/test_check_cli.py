@@ -122,8 +122,8 @@ def test_check_never_crashes_and_positions_are_in_the_text(text):
 @given(st.integers(0, 10 ** 6), st.sampled_from(["", "K", "M", "G", "k"]))
 def test_sizes_round_trip(number, unit):
     factor = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "k": 1024}[unit]
-    cfg = conf.loads("qmgr { min_free_space = %d%s; }" % (number, unit))
-    assert cfg["qmgr"]["min_free_space"] == number * factor
+    cfg = conf.loads("qmgr { record_reserve = %d%s; }" % (number, unit))
+    assert cfg["qmgr"]["record_reserve"] == number * factor
 
 
 def _bundle(tmp_path):

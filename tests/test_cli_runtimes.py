@@ -212,3 +212,24 @@ def test_micropython_tools_reach_a_unix_socket_control_channel(tmp_path):
         assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
         queue_id = sendmail("micropython", conf, ["-t"])
         assert "%s: uid=" % queue_id in daemon.log()
+
+
+def test_unix_port_sendmail_syncs_a_new_queue_once(tmp_path):
+    # the unix port cannot fsync a directory: a daemon-down sendmail that creates the
+    # queue's first segment runs `sync` before exit 0, and only then (a spool with
+    # segments made ahead of need is appended to, durable without a directory sync)
+    conf, _port = write_conf(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "synced"
+    fake = bin_dir / "sync"
+    fake.write_text("#!/bin/sh\necho x >> %s\n" % marker)
+    fake.chmod(0o755)
+    env = {"PATH": "%s:%s" % (bin_dir, os.environ["PATH"])}
+    first = tool("micropython", conf, ["sendmail", "-t"], MESSAGE, env)
+    assert first.returncode == 0, first.stderr
+    assert marker.read_text().count("x") == 1
+    second = tool("micropython", conf, ["sendmail", "-t"], MESSAGE, env)
+    assert second.returncode == 0, second.stderr
+    assert marker.read_text().count("x") == 1
+    assert len(queue_ids("micropython", conf)) == 2

@@ -10,6 +10,7 @@
 # into incoming/; else Busy (exit 75). Must never: return before the message is
 # durable, or send a message to the daemon twice.
 import json
+import os
 import time
 
 from meta1lite import compat
@@ -42,16 +43,31 @@ def _to_journal(cfg, sender, rcpts, pieces):
     from meta1lite.spool.lock import lock_spool
     lock = lock_spool(cfg["spool"])                 # SpoolBusy: a live daemon has it
     try:
+        fresh = not compat.CAN_SYNC_DIR and not _has_segments(cfg["spool"])
+        if fresh and not compat.CAN_SYNC_ALL:
+            raise Busy("a new queue's first segment cannot be made durable here")
         spool = open_configured(cfg)
         try:
             reason = spool.check_accept(sum(len(p) for p in pieces))
             if reason:
                 raise Refused(reason) if reason == TOO_BIG else Busy(reason)
-            return _commit(spool, sender, rcpts, pieces)
+            queue_id = _commit(spool, sender, rcpts, pieces)
         finally:
             spool.close()
+        if fresh:           # the new files' directory entries: durable only now
+            compat.sync_all()
+        return queue_id
     finally:
         lock.release()
+
+
+def _has_segments(path):
+    # a spool a daemon has run on has segments made ahead of need: appending to one
+    # is durable without syncing a directory, which the unix port cannot do
+    try:
+        return bool(os.listdir(path + "/seg"))
+    except OSError:
+        return False
 
 
 def _commit(spool, sender, rcpts, pieces):

@@ -13,7 +13,7 @@
 #            networks | domains | nameservers | control   (values)
 #            section (always present) | optional (None unless written) |
 #            labelled (list of (label, dict) in file order)
-#   arg      int, duration: the minimum; enum: the choices, a/b/c; sections: the
+#   arg      int, duration, size: the minimum; enum: the choices, a/b/c; sections: the
 #            name of their table; str "credentials": must name a smtpc credentials
 #   default  text as in the file (lists: items joined by ","); empty = unset
 #            (None, or [] for lists); "!" = must be written when the section is.
@@ -110,7 +110,7 @@ retry_max|duration|1|1h
 max_queue_lifetime|duration|1|5d
 max_queue_size|size||32M
 max_messages|int|1|1000
-min_free_space|size||64K
+min_free_space|size|4096|64K
 record_reserve|size||16K
 segment_size|size||256K
 free_segments|int|0|2
@@ -128,7 +128,7 @@ fault_injection|bool||no
 SECTION_TYPES = ("section", "optional", "labelled")
 LIST_TYPES = ("endpoints", "networks", "domains", "nameservers")
 DEFAULT_VIA_PORT = 25
-_NUMERIC_ARG = ("int", "duration")
+_NUMERIC_ARG = ("int", "duration", "size")
 DNS_PORT = 53
 MAX_PORT = 65535
 _DIGITS = "0123456789"
@@ -321,7 +321,7 @@ def convert(kind, arg, text):
     if kind == "duration":
         return _at_least(to_duration(text), arg)
     if kind == "size":
-        return to_size(text)
+        return _at_least(to_size(text), arg)
     if kind == "bool":
         return _to_bool(text)
     if kind == "enum":

@@ -141,6 +141,8 @@ def test_mcp_section_defaults_values_and_errors():
     assert (mcp["user"], mcp["watchdog_ms"], mcp["heap_log_interval"]) == ("meta1lite", 8000, 0)
     assert mcp["fault_injection"] is True and mcp["stop_timeout"] == 30
     assert "below the minimum" in _one_error("mcp { stop_timeout = 0s; }")
+    # issue 11: min_free_space = 0 let a full disk take the space delivery records need
+    assert "below the minimum" in _one_error("qmgr { min_free_space = 0; }")
     assert "did you mean 'watchdog_ms'?" in _one_error("mcp { watchdogms = 8000; }")
 
 
