@@ -113,8 +113,10 @@ class SmtpClient:
             self.contexts[key] = ctx
         return ctx
 
-    async def deliver(self, route, hops, jobs):
+    async def deliver(self, route, hops, jobs, on_result=None):
         """Deliver jobs over one connection to the first hop that takes them.
+        on_result(job, [Result]): awaited as each job's transaction ends (qmgr records
+        it at once: a crash later in the batch does not send it again).
 
         Returns {queue_id: [Result per recipient]}. A hop that cannot be reached,
         greets with an error, lacks required TLS or refuses AUTH is skipped; jobs
@@ -128,11 +130,11 @@ class SmtpClient:
             left = [job for job in jobs if job.queue_id not in results]
             if not left:
                 break
-            session = _Session(self, route, hop, left, results, route.tls)
+            session = _Session(self, route, hop, left, results, route.tls, on_result)
             await session.run()
             if session.tls_failed and route.tls == core.TLS_OPPORTUNISTIC:
                 left = [job for job in left if job.queue_id not in results]
-                session = _Session(self, route, hop, left, results, core.TLS_OFF)
+                session = _Session(self, route, hop, left, results, core.TLS_OFF, on_result)
                 await session.run()
             failure = session.failure or failure
         for job in jobs:
@@ -145,8 +147,9 @@ class SmtpClient:
 class _Session:
     """One connection to one hop, carrying as many of the jobs as it can."""
 
-    def __init__(self, client, route, hop, jobs, results, tls_mode):
+    def __init__(self, client, route, hop, jobs, results, tls_mode, on_result=None):
         self.client = client
+        self.on_result = on_result
         self.route = route
         self.hop = hop
         self.jobs = list(jobs)
@@ -240,7 +243,9 @@ class _Session:
         elif isinstance(ev, core.ReadyForBody):
             await self._send_body()
         elif isinstance(ev, core.TransactionResult):
-            self._record(ev)
+            job = self._record(ev)
+            if self.on_result is not None:
+                await self.on_result(job, self.results[job.queue_id])
         elif isinstance(ev, core.ConnectionFailed):
             self._failed(ev.code, ev.enhanced, ev.text)
         elif isinstance(ev, core.ProtocolError):
@@ -352,6 +357,7 @@ class _Session:
             text = self._text(rcpt.code, enhanced, rcpt.text, rcpt.status)
             out.append(Result(job.rcpts[i][0], rcpt.status, rcpt.code, enhanced, text, self.relay))
         self.results[job.queue_id] = out
+        return job
 
     def _failed(self, code, enhanced, text):
         enhanced = enhanced or _default_enhanced(code)

@@ -25,15 +25,15 @@ SMTPS_LIMITS = "max_connections = 50; max_connections_per_client = 50; " \
                "max_messages_per_client_per_minute = 100000;"
 
 
-def relay_conf(tmp_path, port, routes, qmgr="", smtpc="", top=""):
+def relay_conf(tmp_path, port, routes, qmgr="", smtpc="", top="", per_destination=4):
     """A daemon config: routes is the smar body (e.g. route "*" {...})."""
     control = 'control = "127.0.0.1:%d";' % free_port()
     extra = """%s
 %s
 smar { %s }
-smtpc { io_timeout = 2d; max_per_destination = 4; %s }
+smtpc { io_timeout = 2d; max_per_destination = %d; %s }
 qmgr { %s }
-""" % (control, top, routes, smtpc, qmgr)
+""" % (control, top, routes, per_destination, smtpc, qmgr)
     text = config_text(str(tmp_path / "spool"), port, top_extra=extra, smtps_extra=SMTPS_LIMITS)
     if "postmaster =" in top:
         text = text.replace('postmaster = "postmaster@relay.test";', "", 1)
@@ -235,3 +235,30 @@ def test_body_8bitmime_is_passed_on_or_bounced(runtime, tmp_path):
     assert sorted(got) == ["dev@home.test", "plain@seven.test"], hop7.messages
     assert got["dev@home.test"].mail_from in ("", "<>") and b"5.6.3" in got["dev@home.test"].content
     assert "to=<u@seven.test>" in daemon.log() and "status=bounced" in daemon.log()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_message_is_recorded_when_its_own_transaction_ends(runtime, tmp_path):
+    # issue 11: results were recorded after a whole connection's batch, so a crash
+    # late in a batch sent every earlier message of it again. Two queued messages go
+    # out on one connection; while the second's final dot waits at the next hop, the
+    # first is already out of the queue.
+    down_port = free_port()
+    daemon = start_relay(runtime, tmp_path, via(down_port), qmgr="retry_min = 1h; retry_max = 4h;",
+                         per_destination=1)
+    try:
+        send(daemon.port, "dev@home.test", ["fast@dest.test"], message(1))
+        send(daemon.port, "dev@home.test", ["slow@dest.test"], message(2))
+        wait_for(lambda: daemon.log().count("status=deferred") >= 2, "deferrals", daemon)
+        with NextHop(port=down_port, slow_after=(1, 4)) as hop:
+            assert cli(daemon, "queue", "flush").returncode == 0
+            wait_for(lambda: len(hop.messages) == 1, "the first delivery", daemon)
+            first = hop.messages[0].rcpt_tos[0]
+            second = ({"fast@dest.test", "slow@dest.test"} - {first}).pop()
+            wait_for(lambda: first not in cli(daemon, "queue", "list").stdout,
+                     "the first recorded while the second is in flight", daemon, 3)
+            assert second in cli(daemon, "queue", "list").stdout and len(hop.messages) == 1
+            wait_for(lambda: len(hop.messages) == 2, "the second delivery", daemon)
+            assert hop.connections == 1
+    finally:
+        daemon.stop()

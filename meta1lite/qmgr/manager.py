@@ -378,15 +378,24 @@ class QueueManager:
 
     async def _deliver(self, route, domain, jobs):
         started = compat.monotonic()
+        settled = []                # recorded as their transactions ended
+
+        async def on_result(job, results):
+            await self._settle(job, results, started)
+            settled.append(job.queue_id)
         try:
             hops = await self.smar.next_hops(route, domain)
-            results = await self.smtpc.deliver(route, hops, jobs)
+            results = await self.smtpc.deliver(route, hops, jobs, on_result)
         except dnsresolve.DNSLookupError as exc:
             results = dns_failure(exc, jobs)
         for job in jobs:
-            delay = await self.attempts.settle(job, results.get(job.queue_id) or [], started,
-                                               self._born_at(job.queue_id, started))
-            self._retry_after(job.queue_id, delay)
+            if job.queue_id not in settled:
+                await self._settle(job, results.get(job.queue_id) or [], started)
+
+    async def _settle(self, job, results, started):
+        delay = await self.attempts.settle(job, results, started,
+                                           self._born_at(job.queue_id, started))
+        self._retry_after(job.queue_id, delay)
 
     def _born_at(self, queue_id, fallback):
         return self._born.get(queue_id, int(fallback))

@@ -75,7 +75,7 @@ from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public
     log,
 )
 from meta1lite.spool.recovery import Recovery
-from meta1lite.status import FINAL, STATUSES  # public API too (the spool stores the index)
+from meta1lite.status import FINAL, SENT, STATUSES  # public API too (the spool stores the index)
 
 SEGMENT_SIZE = 256 * 1024       # bytes per journal segment (qmgr.segment_size)
 CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
@@ -311,7 +311,10 @@ class Spool:
     async def record_attempt(self, queue_id, results):
         """Record delivery results [(rcpt_index, status, reply, next_try_wall_or_None)];
         appends a done record when every recipient is final. Durable when it returns,
-        and visible (get, messages) only then. False if the message is not queued."""
+        and visible (get, messages) only then; except the last results of a message
+        sent to every recipient, synced within journal.LAZY_SYNC_S or by the next
+        commit (a power cut before it sends the message again: a duplicate, never a
+        loss; one flash sync fewer per message). False if the message is not queued."""
         handle = self.index.find_id(queue_id)
         if handle is None:
             return False
@@ -337,9 +340,13 @@ class Spool:
                 data = {"id": queue_id, "i": index, "s": status, "r": reply[:MAX_REPLY] if reply else None,
                         "a": tries[index], "n": next_try, "t": int(compat.wall_time())}
                 self._written(written, data, fmt.T_STATE, tag, data)
-            if not [c for c in codes if STATUSES[c] not in FINAL]:
+            done = not [c for c in codes if STATUSES[c] not in FINAL]
+            if done:
                 self._written(written, None, fmt.T_DONE, tag, {"id": queue_id, "why": "done"})
-            await self.journal.sync()
+            if done and _all_sent(results):
+                self.journal.sync_later()   # lost in a power cut: sent again, not lost
+            else:
+                await self.journal.sync()
         finally:
             self._release(queue_id, written, pending, mine)
         self._apply(queue_id, written)
@@ -417,3 +424,10 @@ def open_configured(cfg, readonly=False):
                   free_segments=q["free_segments"], record_reserve=q["record_reserve"])
     spool.recover(readonly=readonly)
     return spool
+
+
+def _all_sent(results):
+    for _, status, _, _ in results:
+        if status != SENT:
+            return False
+    return True

@@ -17,6 +17,7 @@ from meta1lite.spool.message import CorruptMessage, SpoolFull, log
 SMALL_FRAME = 1024              # frames up to this are written with one write()
 RESERVE_CHUNK = compat.IO_CHUNK     # bytes per write when the record reserve is filled
 RESERVED_FOR = (fmt.T_STATE, fmt.T_DONE, fmt.T_HOLD)    # frames that may spend it
+LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
 
 
 def write_all(f, data):
@@ -157,6 +158,7 @@ class Journal:
         self._wseq = 0          # appends so far
         self._synced = 0        # appends covered by the last sync
         self._round = None      # the sync round running, if any
+        self._later = None      # the task of sync_later(), while it waits
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
 
     def is_open(self):
@@ -391,6 +393,23 @@ class Journal:
     async def sync(self):
         """Wait until everything appended so far is on stable storage (group sync)."""
         await self._sync_to(self._wseq)
+
+    def sync_later(self):
+        """Have what is appended so far synced within LAZY_SYNC_S, by the next sync
+        anyone waits for or else by a task: for records whose loss costs a duplicate,
+        never a message (a delivery's done record), one sync fewer per message."""
+        if self._later is None:
+            self._later = compat.asyncio.create_task(self._sync_soon())
+
+    async def _sync_soon(self):
+        try:
+            await compat.sleep(LAZY_SYNC_S)
+            if self._cur is not None:
+                await self.sync()
+        except OSError as exc:
+            log("warning", "deferred sync failed: %s" % exc)
+        finally:
+            self._later = None
 
     def close(self):
         """Sync and close the segment files (until the next start())."""

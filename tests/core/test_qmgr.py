@@ -75,7 +75,7 @@ class FakeSmtpc:
         self.active = {}
         self.peak = {}
 
-    async def deliver(self, route, hops, jobs):
+    async def deliver(self, route, hops, jobs, on_result=None):
         key = route.key
         self.active[key] = self.active.get(key, 0) + 1
         self.peak[key] = max(self.peak.get(key, 0), self.active[key])
@@ -90,7 +90,7 @@ class FakeSmtpc:
     def _results(self, jobs):
         out = {}
         for job in jobs:
-            body = b"".join(job.body())
+            body = b"".join([bytes(chunk) for chunk in job.body()])    # chunks: one reused buffer
             res = []
             for index, addr in job.rcpts:
                 st, code, enh, text = self.replies.get(addr, ("sent", 250, "2.0.0", "Ok"))

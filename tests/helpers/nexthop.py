@@ -14,6 +14,7 @@
 #   hop.fail_next(1, "451 4.3.0 try again later")   # the next message: refused at DATA
 #
 # Ports: start(port=0) picks a free one (hop.port); MX tests bind 127.0.0.3 etc.
+import asyncio
 import socket
 import ssl
 import threading
@@ -69,6 +70,8 @@ class _Handler:
 
     async def handle_DATA(self, server, session, envelope):
         hop = self.hop
+        if hop.slow_after and len(hop.messages) >= hop.slow_after[0]:
+            await asyncio.sleep(hop.slow_after[1])      # a slow reply to the final dot
         with hop.lock:
             if hop.failures_left > 0:
                 hop.failures_left -= 1
@@ -100,12 +103,14 @@ class NextHop:
     implicit_tls=True); require_starttls: refuse MAIL before STARTTLS; users:
     {login: password} to offer AUTH PLAIN/LOGIN (only after TLS); rcpt_replies:
     {address: "550 5.1.1 ..."} replies at RCPT; pipelining: advertise PIPELINING;
-    data_reply: the reply to the final dot."""
+    data_reply: the reply to the final dot; slow_after: (count, seconds): once count
+    messages arrived, each final dot's reply waits seconds."""
 
     def __init__(self, host="127.0.0.1", port=0, cert=None, require_starttls=False, users=None,
                  rcpt_replies=None, pipelining=False, implicit_tls=False,
-                 data_reply=DEFAULT_DATA_REPLY, eightbitmime=True):
+                 data_reply=DEFAULT_DATA_REPLY, eightbitmime=True, slow_after=None):
         self.host = host
+        self.slow_after = slow_after    # (count, seconds): later final dots wait
         self.port = port or free_port(host)
         self.cert = cert
         self.require_starttls = require_starttls
