@@ -32,6 +32,7 @@ SMTP_PORT_REAL = 25
 CONSOLE_REPLY = re.compile(rb"console: ([^\r\n]*)\r?\n")
 CONSOLE_PIECE = re.compile(rb"console~ ([^\r\n]*)\r?\n")
 PROMPT = b">>> "
+STOP_WAIT_S = 30                # Ctrl-C: mcp.stop_timeout (10 s) and margin, then Ctrl-C again
 
 
 class Rig:
@@ -97,7 +98,11 @@ class Rig:
         """Ctrl-C, then Ctrl-D at the REPL: the board boots main.py again."""
         with self.open_console() as con:
             con.write(b"\r\x03")
-            read_until(con, re.compile(re.escape(PROMPT)), BOOT_TIMEOUT_S)
+            try:
+                read_until(con, re.compile(re.escape(PROMPT)), STOP_WAIT_S)
+            except AssertionError:  # the orderly stop did not end: Ctrl-C again, as a person would
+                con.write(b"\r\x03")
+                read_until(con, re.compile(re.escape(PROMPT)), BOOT_TIMEOUT_S)
             con.write(b"\x04")
 
     def wait_log(self, pattern, after=0, deadline_s=BOOT_TIMEOUT_S):
