@@ -13,7 +13,7 @@ What it runs (one after the other, each against a fresh spool, every server on l
      Afterwards the queue is counted with `meta1lite queue list --json` (acknowledged
      must equal queued).
   2. fsyncs per message: the same daemon under tests/helpers/shim_daemon.py (which counts every
-     compat.fsync_file / compat.sync_dir) with S sessions and with 1 session; with
+     durable.fsync_file / durable.sync_dir) with S sessions and with 1 session; with
      --strace (or when the shim is missing) also the fsync/fdatasync syscalls via strace -f -c.
   3. The daemon under the MicroPython unix port from the .mpy bundle (-X heapsize=HEAP),
      --upy-msgs messages at each of --upy-sessions concurrencies; above 5 sessions also
@@ -230,7 +230,7 @@ def main():
                 per = "%.3f" % (calls / r["queued"]) if calls is not None and r["queued"] else "-"
                 frows.append([runtime, heap, s, n, "strace", calls, "-", "-", r["queued"], per, fmt_rate(r)])
     if frows:
-        C.table("fsyncs per message (shim: compat.fsync_file + compat.sync_dir calls; strace: "
+        C.table("fsyncs per message (shim: durable.fsync_file + durable.sync_dir calls; strace: "
                 "fsync/fdatasync syscalls; acks = 250s sent / messages queued)",
                 ["runtime", "heap", "sessions", "msgs", "counter", "syncs", "file", "dir", "acks",
                  "syncs/msg", "msg/s (slowed)"], frows)

@@ -22,6 +22,7 @@ asyncio = compat.asyncio
 LOG = "mcp"
 INCOMING_POLL_S = 5          # how often new `meta1lite sendmail` submissions are adopted
 EXIT_BUSY = 75               # the spool is locked by another process (EX_TEMPFAIL)
+INTERRUPT_SLACK_S = 2        # after Ctrl-C: stop_timeout plus this, then the queue is closed
 MODULE_NAMES = ("smar", "smtpc", "qmgr", "smtps")   # start order (dependencies first)
 # options a reload cannot change in a running daemon (logged: "at the next start")
 RESTART_ONLY = (("spool",), ("control",), ("smtps", "listen"), ("smtps", "listen_tls"),
@@ -290,6 +291,7 @@ def run(cfg):
     try:
         return _run_locked(cfg)
     finally:
+        compat.unlock_heap()        # after Ctrl-C: see _stop_interrupted
         lock.release()
 
 
@@ -303,15 +305,54 @@ def _run_locked(cfg):
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
-        daemon.stop_reason = "interrupted"
-        try:
-            asyncio.run(daemon.stop())
-        except Exception:  # noqa: BLE001 - best effort after Ctrl-C
-            pass
+        _stop_interrupted(daemon)
+    except MemoryError:
+        if not compat.unlock_heap():
+            raise
+        _stop_interrupted(daemon)   # a Ctrl-C that landed in a finaliser surfaces so
     except OSError as exc:
         sys.stderr.write("meta1lite: %s\n" % exc)
         return 1
     return 0
+
+
+class _StopOverdue(BaseException):
+    """Ends the event loop when the stop after Ctrl-C has not finished in time."""
+
+
+def _stop_interrupted(daemon):
+    # Ctrl-C (MicroPython) lands wherever the VM is: a task it lands in is dead, and
+    # whatever waits for that task would wait forever; in a collection, it can leave
+    # the heap locked (compat.unlock_heap). The orderly stop gets stop_timeout; then,
+    # or at a second Ctrl-C, the loop is ended and the queue closed without it (the
+    # queue holds everything acknowledged: that is what 250 means).
+    compat.unlock_heap()
+    daemon.stop_reason = "interrupted"
+    bound = daemon.cfg["mcp"]["stop_timeout"] + INTERRUPT_SLACK_S
+
+    async def overdue():
+        await asyncio.sleep(bound)
+        raise _StopOverdue()
+
+    async def stop():
+        asyncio.create_task(overdue())
+        await daemon.stop()
+    try:
+        asyncio.run(stop())
+    except Exception:  # noqa: BLE001 - best effort after Ctrl-C
+        pass
+    except _StopOverdue:
+        _close_now(daemon, "not done after %ds" % bound)
+    except KeyboardInterrupt:
+        compat.unlock_heap()
+        _close_now(daemon, "interrupted again")
+
+
+def _close_now(daemon, why):
+    compat.log.log("warning", LOG, "stop: %s; closing the queue" % why)
+    if daemon.spool is not None:
+        daemon.spool.close()
+    compat.log.log("info", LOG, "stopped")
 
 
 def main(cfg, argv):

@@ -1,5 +1,5 @@
 # CPython-only tests of meta1lite.spool: the order of durability primitives (counting
-# shims on compat.fsync_file / compat.sync_dir), group-commit fsync sharing, crash
+# shims on durable.fsync_file / durable.sync_dir), group-commit fsync sharing, crash
 # simulation with SIGKILLed subprocesses, and hypothesis-driven damage to spool files.
 import asyncio
 import os
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.spool import CorruptMessage, Spool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.events = []
-        real_fsync, real_sync_dir = compat.fsync_file, compat.sync_dir
+        real_fsync, real_sync_dir = durable.fsync_file, durable.sync_dir
 
         def fsync_file(f):
             real_fsync(f)
@@ -48,8 +48,8 @@ class Recorder:
         def sync_dir(path):
             self.events.append(("sync_dir", os.path.realpath(path), 0))
             return real_sync_dir(path)
-        monkeypatch.setattr(compat, "fsync_file", fsync_file)
-        monkeypatch.setattr(compat, "sync_dir", sync_dir)
+        monkeypatch.setattr(durable, "fsync_file", fsync_file)
+        monkeypatch.setattr(durable, "sync_dir", sync_dir)
 
     def count(self, kind):
         return sum(1 for e in self.events if e[0] == kind)

@@ -21,7 +21,6 @@ MOUNT = "/flash"
 MAIN = MOUNT + "/main.py"
 ENV_CONSOLE = "SIM_CONSOLE"
 COPY_CHUNK = 512
-HEAP_UNLOCK_TRIES = 4          # nesting depth of heap locks undone at shutdown
 
 _flash = []
 
@@ -71,13 +70,14 @@ def _unlock_heap():
     # collection runs a finaliser (LittleFS closing a file through this Python block
     # device) can leave the heap locked, and the report could not allocate (seen in
     # tests/test_board_sim.py's power cuts once the relay collects more often).
-    import micropython
-    for _ in range(HEAP_UNLOCK_TRIES):
-        try:
-            bytearray(1)
-            return
-        except MemoryError:
-            micropython.heap_unlock()
+    # The lock is the collection's own flag, not a heap_lock(): heap_unlock() cannot
+    # undo it, a new collection does (as the relay's compat.unlock_heap; the boot keeps
+    # its own, since the flash may hold a bundle of another version).
+    try:
+        bytearray(1)
+    except MemoryError:
+        import gc
+        gc.collect()
 
 
 def _finish(status):

@@ -5,7 +5,7 @@
 # (an inject must not be sent twice), or wait longer than REPLY_TIMEOUT_S.
 import json
 
-from meta1lite import compat
+from meta1lite.cli import host
 
 CONNECT_TIMEOUT_S = 5
 REPLY_TIMEOUT_S = 60            # an inject waits for the daemon's sync
@@ -36,7 +36,7 @@ def request(cfg, line, payload=()):
     """Send one request (and the byte strings of payload) to the running daemon;
     its reply (dict). Raises DaemonDown if nobody answers or the reply is cut."""
     try:
-        sock = compat.connect_blocking(cfg["control"], CONNECT_TIMEOUT_S)
+        sock = host.connect_blocking(cfg["control"], CONNECT_TIMEOUT_S)
     except OSError as exc:
         raise DaemonDown(str(exc))
     sent = False

@@ -13,7 +13,8 @@ import json
 import os
 import time
 
-from meta1lite import compat
+from meta1lite import compat, durable
+from meta1lite.cli import host
 from meta1lite.cli.channel import DaemonDown, request
 
 BUSY_WAIT_S = 10                # how long a locked spool with a silent daemon is retried
@@ -30,7 +31,7 @@ class Refused(Exception):
 
 
 def _to_daemon(cfg, sender, rcpts, pieces, size):
-    env = json.dumps({"from": sender, "rcpt": rcpts, "uid": compat.getuid()}).encode()
+    env = json.dumps({"from": sender, "rcpt": rcpts, "uid": host.getuid()}).encode()
     reply = request(cfg, "inject %d %d" % (len(env), size), [env] + pieces)
     if reply.get("ok"):
         return reply["queue_id"]
@@ -43,8 +44,8 @@ def _to_journal(cfg, sender, rcpts, pieces):
     from meta1lite.spool.lock import lock_spool
     lock = lock_spool(cfg["spool"])                 # SpoolBusy: a live daemon has it
     try:
-        fresh = not compat.CAN_SYNC_DIR and not _has_segments(cfg["spool"])
-        if fresh and not compat.CAN_SYNC_ALL:
+        fresh = not durable.CAN_SYNC_DIR and not _has_segments(cfg["spool"])
+        if fresh and not durable.CAN_SYNC_ALL:
             raise Busy("a new queue's first segment cannot be made durable here")
         spool = open_configured(cfg)
         try:
@@ -55,7 +56,7 @@ def _to_journal(cfg, sender, rcpts, pieces):
         finally:
             spool.close()
         if fresh:           # the new files' directory entries: durable only now
-            compat.sync_all()
+            durable.sync_all()
         return queue_id
     finally:
         lock.release()
@@ -75,7 +76,7 @@ def _commit(spool, sender, rcpts, pieces):
     for piece in pieces:
         writer.write(piece)
     info = dict(INFO)
-    info["pickup"] = compat.getuid()        # the daemon logs the pickup line at start
+    info["pickup"] = host.getuid()        # the daemon logs the pickup line at start
     return compat.asyncio.run(spool.commit(writer, sender, rcpts, info))
 
 
@@ -103,7 +104,7 @@ def queue_message(cfg, sender, rcpts, pieces):
             return _to_journal(cfg, sender, rcpts, pieces)
         except SpoolBusy as exc:
             if time.time() >= deadline:
-                if compat.CAN_SYNC_DIR:
+                if durable.CAN_SYNC_DIR:
                     return _to_incoming(cfg, sender, rcpts, pieces)
                 raise Busy(str(exc))
         time.sleep(BUSY_POLL_S)

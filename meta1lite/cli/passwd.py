@@ -10,7 +10,7 @@ import getpass
 import os
 import sys
 
-from meta1lite import compat
+from meta1lite import durable
 from meta1lite.smtps import authdb
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -67,9 +67,9 @@ def write_users(path, text):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
-        compat.commit_file(tmp, path, directory)
+        durable.commit_file(tmp, path, directory)
     except BaseException:
-        compat.remove(tmp)
+        durable.remove(tmp)
         raise
 
 

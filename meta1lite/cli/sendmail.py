@@ -15,7 +15,7 @@ import binascii
 import sys
 
 from meta1lite import compat, headers
-from meta1lite.cli import addrlist
+from meta1lite.cli import addrlist, host
 from meta1lite.cli.inject import Busy, Refused, queue_message
 from meta1lite.proto import address
 from meta1lite.spool.message import SpoolFull
@@ -176,7 +176,7 @@ def envelope_sender(value, hostname):
     """The envelope sender from -f/-r (or the user), qualified; "" for -f '<>'."""
     if value is None:
         try:
-            value = compat.username()
+            value = host.username()
         except (KeyError, OSError, ValueError):
             value = "root"
     value = value.strip()
@@ -217,7 +217,7 @@ def received_field(hostname, when=None):
     ID inside inject(), after this field is written, so there is no `id` clause."""
     when = compat.wall_time() if when is None else when
     return ("Received: by %s (meta1lite, from userid %d);\r\n\t%s\r\n"
-            % (hostname, compat.getuid(), compat.rfc5322_date(when))).encode()
+            % (hostname, host.getuid(), compat.rfc5322_date(when))).encode()
 
 
 def unique_token():

@@ -16,7 +16,7 @@
 import gc
 import json
 
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.proto import address
 from meta1lite.spool import TOO_BIG, SpoolFull
 
@@ -206,7 +206,7 @@ class ControlServer:
         if self.server is not None:
             self.server.close()
         if isinstance(self.endpoint, str):
-            compat.remove(self.endpoint)
+            durable.remove(self.endpoint)
 
     async def wait_closed(self):
         if self.server is not None:
@@ -217,9 +217,9 @@ async def _read_into(lines, n, sink):
     """n bytes after the request line (what LineReader already holds first) to
     sink(bytes), or dropped (sink None); ValueError if the stream ends early."""
     while n > 0:
-        if not lines.pending:
-            lines.pending = await compat.wait_for(compat.read_some(lines.reader, lines.buf),
-                                                  IO_TIMEOUT_S)
+        if not lines.pending:       # bytes: read_some's view is reused by the next read
+            lines.pending = bytes(await compat.wait_for(
+                compat.read_some(lines.reader, lines.buf), IO_TIMEOUT_S))
             if not lines.pending:
                 raise ValueError("the request ended early")
         piece, lines.pending = lines.pending[:n], lines.pending[n:]

@@ -58,7 +58,7 @@
 # A segment is freed when no live message or open writer needs a frame in it, and
 # no D record in it still cancels an envelope in a segment that exists.
 # Incoming files get negative segment keys in memory (-1, -2, ... as adopted).
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
 from meta1lite.spool.journal import Journal, low_space
@@ -167,7 +167,7 @@ class Spool:
         change, and check_accept runs at every MAIL); None where it cannot be told."""
         if self._room is False:
             try:
-                self._room = compat.fs_size(self.path) - self.min_free_space
+                self._room = durable.fs_size(self.path) - self.min_free_space
             except (OSError, AttributeError):
                 self._room = None
         return self._room

@@ -10,7 +10,7 @@
 # (Segment.refs), or while a done record in it still cancels an envelope in a
 # segment that exists; know what a record means (the index and the Spool do).
 # Shared code: MicroPython and CPython.
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
 
@@ -42,7 +42,7 @@ def low_space(path, min_free_space, size):
     """The refusal reason if size more bytes would leave less than min_free_space
     bytes free in the file system holding path, else None (also when unknown)."""
     try:
-        free = compat.free_space(path)
+        free = durable.free_space(path)
     except (OSError, AttributeError):
         return None
     if free is not None and free < min_free_space + size:
@@ -85,13 +85,13 @@ class RecordReserve:
             self._write()
             self.present = True
         except OSError as exc:
-            compat.remove(self.path)
+            durable.remove(self.path)
             log("warning", "cannot write the record reserve: %s" % exc)
 
     def _complete(self):
         # written by an earlier run (flash: no rewrite at each start)
         try:
-            self.present = compat.file_size(self.path) == self.size
+            self.present = durable.file_size(self.path) == self.size
         except OSError:
             self.present = False
         return self.present
@@ -103,13 +103,13 @@ class RecordReserve:
             while left > 0:
                 write_all(f, zeros[:left])      # a memoryview slice: no copy
                 left -= len(zeros)
-            compat.fsync_file(f)
+            durable.fsync_file(f)
 
     def spend(self):
         """Give the reserve back to the file system; True if there was one."""
-        if self.size <= 0 or not compat.exists(self.path):
+        if self.size <= 0 or not durable.exists(self.path):
             return False
-        compat.remove(self.path)
+        durable.remove(self.path)
         self.present = False
         log("warning", "queue file system full: the record reserve is in use")
         return True
@@ -241,7 +241,7 @@ class Journal:
         # a small file's whole data: write, fsync, close
         try:
             write_all(f, data)
-            compat.fsync_file(f)
+            durable.fsync_file(f)
         finally:
             f.close()
 
@@ -253,7 +253,7 @@ class Journal:
         f = open(seg.path, "wb") if create else open_rw(seg.path)
         self._write(f, fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
         if create:
-            compat.sync_dir(self.seg_dir)
+            durable.sync_dir(self.seg_dir)
         seg.start = seg.end = fmt.HEAD_SIZE + len(payload)
         seg.refs = 0
         seg.needs = {}
@@ -262,7 +262,7 @@ class Journal:
     def _retire(self, seg):
         try:
             self._write(open_rw(seg.path), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
-            compat.remove(seg.path)
+            durable.remove(seg.path)
         except OSError as exc:
             log("warning", "%s: cannot retire: %s" % (seg.path, exc))
             return False
@@ -355,7 +355,7 @@ class Journal:
         upto = self._wseq
         while self._dirty:
             seg = self._dirty[0]
-            compat.fsync_file(seg.f)
+            durable.fsync_file(seg.f)
             seg.f.close()
             seg.f = None
             seg.unsynced = False
@@ -364,7 +364,7 @@ class Journal:
         if cur is not None and cur.unsynced:
             cur.unsynced = False
             try:
-                compat.fsync_file(cur.f)
+                durable.fsync_file(cur.f)
             except BaseException:
                 cur.unsynced = True
                 raise

@@ -14,7 +14,8 @@ import errno
 import os
 import time
 
-from meta1lite.compat import errno_of, makedirs, own_pid, remove
+from meta1lite.compat import errno_of, own_pid
+from meta1lite.durable import makedirs, remove
 
 LOCK_FILE = "lock"
 LOCK_DIR = "lock.d"

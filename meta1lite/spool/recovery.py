@@ -10,7 +10,7 @@
 # Shared code: MicroPython and CPython.
 import os
 
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.spool import format as fmt
 from meta1lite.spool.journal import Segment, low_space, write_all
 from meta1lite.spool.message import (
@@ -67,10 +67,10 @@ class Recovery:
 
     def _quarantine(self, path, name, why):
         target = self.corrupt_dir + "/" + name
-        while compat.exists(target):
+        while durable.exists(target):
             target += "_"
         try:
-            compat.rename(path, target)
+            durable.rename(path, target)
         except OSError as exc:
             log("error", "cannot move %s to corrupt/: %s" % (path, exc))
             return
@@ -78,7 +78,7 @@ class Recovery:
 
     def _copy_range(self, f, start, stop, name):
         target = self.corrupt_dir + "/" + name
-        if compat.exists(target):
+        if durable.exists(target):
             return False
         with open(target, "wb") as out:
             pos = start
@@ -100,7 +100,7 @@ class Recovery:
         if not readonly:
             for folder in (self.path, self.journal.seg_dir, self.incoming_dir, self.corrupt_dir,
                            self.tmp_dir):
-                compat.makedirs(folder)
+                durable.makedirs(folder)
             self._clear_tmp()
         for name in sorted(listdir(self.incoming_dir)):
             self._adopt(name)
@@ -125,14 +125,14 @@ class Recovery:
 
     def _clear_tmp(self):
         for name in listdir(self.tmp_dir):
-            compat.remove(self.tmp_dir + "/" + name)
+            durable.remove(self.tmp_dir + "/" + name)
             log("info", "removed orphan temporary tmp/%s" % name)
 
     def _read_header(self, path, f, newest=True):
         """(type, gen, record, end) of a segment file; None (after dealing with it).
         newest: no segment file was created after it, so a short file without a
         header may be its creation torn (removed); any other is damage (corrupt/)."""
-        size = compat.file_size(path)
+        size = durable.file_size(path)
         status, frame = fmt.read_frame(f, 0, size, None)
         if status == fmt.OK:
             f.seek(0)
@@ -145,7 +145,7 @@ class Recovery:
         if self.readonly:
             return None
         if newest and size < TORN_HEADER and status != fmt.DAMAGED:
-            compat.remove(path)
+            durable.remove(path)
             log("info", "%s: removed (segment creation never completed)" % path)
         else:
             kind = "in-" if path.startswith(self.incoming_dir + "/") else "seg-"
@@ -167,7 +167,7 @@ class Recovery:
         ftype, gen, rec, end = header
         if ftype == fmt.T_RETIRED:
             if not self.readonly:
-                compat.remove(path)
+                durable.remove(path)
             return None
         seg = Segment(key, path, gen, rec.get("seq", 0), kind)
         seg.start = seg.end = end
@@ -189,7 +189,7 @@ class Recovery:
     # --- replay ------------------------------------------------------------------------
 
     def _replay(self, seg):
-        size = compat.file_size(seg.path)
+        size = durable.file_size(seg.path)
         with open(seg.path, "rb") as f:
             reader = fmt.SegmentReader(f, size, seg.gen, seg.start)
             for ftype, tag, pos, length, payload in reader.frames():
@@ -302,7 +302,7 @@ class Recovery:
             msg = self.damaged[queue_id]
             name = self.corrupt_dir + "/" + queue_id
             try:
-                if not compat.exists(name):
+                if not durable.exists(name):
                     self._salvage(msg, name)
                 seg, _ = self.journal.append_record(fmt.T_DONE, msg.tag, {"id": queue_id, "why": "corrupt"})
             except OSError as exc:
@@ -365,7 +365,7 @@ class Recovery:
     def inject(self, sender, recipients, chunks, info=None):
         """Spool.inject(): write a complete standalone segment into incoming/."""
         for folder in (self.path, self.incoming_dir, self.tmp_dir):
-            compat.makedirs(folder)
+            durable.makedirs(folder)
         queue_id, tag = fmt.new_queue_id(compat.wall_time())
         tmp = self.tmp_dir + "/" + queue_id
         try:
@@ -373,10 +373,10 @@ class Recovery:
                 gen, size, nchunks, first = self._write_standalone(f, tag, chunks)
                 msg = arriving(queue_id, tag, sender, recipients, size, info, nchunks, [0], first)
                 write_all(f, fmt.frame(fmt.T_ENVELOPE, gen, tag, fmt.record(envelope_record(msg))))
-                compat.fsync_file(f)
-            compat.commit_file(tmp, self.incoming_dir + "/" + queue_id, self.incoming_dir)
+                durable.fsync_file(f)
+            durable.commit_file(tmp, self.incoming_dir + "/" + queue_id, self.incoming_dir)
         except OSError as exc:
-            compat.remove(tmp)
+            durable.remove(tmp)
             raise full_if_no_space(exc)
         return queue_id
 

@@ -1,7 +1,7 @@
 # compat: the runtime-difference layer, tested on CPython and MicroPython alike.
 from support import fresh_dir
 
-from meta1lite import compat, logring, tls
+from meta1lite import compat, durable, logring, tls
 
 asyncio = compat.asyncio
 
@@ -130,18 +130,18 @@ def test_errno_classification():
 
 def test_durable_commit_and_file_helpers():
     d = fresh_dir("compat")
-    compat.makedirs(d + "/a/b/c")
-    assert compat.is_dir(d + "/a/b/c")
+    durable.makedirs(d + "/a/b/c")
+    assert durable.is_dir(d + "/a/b/c")
     tmp, final = d + "/a/t.tmp", d + "/a/final"
     with open(tmp, "wb") as f:
         f.write(b"payload")
-        compat.fsync_file(f)
-    compat.commit_file(tmp, final, d + "/a")
-    assert not compat.exists(tmp) and compat.file_size(final) == 7
-    compat.remove(final)
-    compat.remove(final)          # missing is fine
-    assert not compat.exists(final)
-    assert compat.free_space(d) > 0
+        durable.fsync_file(f)
+    durable.commit_file(tmp, final, d + "/a")
+    assert not durable.exists(tmp) and durable.file_size(final) == 7
+    durable.remove(final)
+    durable.remove(final)          # missing is fine
+    assert not durable.exists(final)
+    assert durable.free_space(d) > 0
 
 
 def test_cbor_choice_round_trips_queue_records():

@@ -5,7 +5,7 @@
 # returns. Shared subset (runs under CPython and the MicroPython unix port).
 from test_qmgr import HOUR, Rig, _cfg, _queue_n
 
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.spool import journal as journal_mod
 
 UPY_HEAP = "640K"
@@ -24,7 +24,7 @@ class FullDisk:
         self.refused = 0
         self.real_write = journal_mod.write_all
         self.real_spend = journal_mod.RecordReserve.spend
-        self.real_free = compat.free_space
+        self.real_free = durable.free_space
 
     def install(self):
         disk = self
@@ -47,12 +47,12 @@ class FullDisk:
             return disk.budget if disk.on else disk.real_free(path)
         journal_mod.write_all = write_all
         journal_mod.RecordReserve.spend = spend
-        compat.free_space = free_space
+        durable.free_space = free_space
 
     def remove(self):
         journal_mod.write_all = self.real_write
         journal_mod.RecordReserve.spend = self.real_spend
-        compat.free_space = self.real_free
+        durable.free_space = self.real_free
 
 
 def _sends(rig):

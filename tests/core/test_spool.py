@@ -4,7 +4,7 @@ import os
 
 from support import fresh_dir, raises, rmtree
 
-from meta1lite import compat
+from meta1lite import compat, durable
 from meta1lite.spool import CorruptMessage, Spool, SpoolFull
 from meta1lite.spool import format as fmt
 
@@ -162,7 +162,7 @@ def test_truncated_tail_every_offset():
         data = f.read()
     work = d + "/work"
     for cut in range(ends[0], len(data) + 1):
-        if compat.exists(work):
+        if durable.exists(work):
             rmtree(work)
         os.mkdir(work)
         os.mkdir(work + "/seg")
@@ -260,7 +260,7 @@ def test_record_reserve_refuses_mail_but_records_delivery():
     d = fresh_dir("spool")
     sp = _open(d, record_reserve=0)
     qid = _commit_pat(sp, 3000)
-    free = compat.free_space(d)
+    free = durable.free_space(d)
     sp.close()
     sp = _open(d, min_free_space=free // 2, record_reserve=free)
     assert "space" in sp.check_accept()
@@ -555,7 +555,7 @@ def test_a_message_that_can_never_fit_is_told_apart_from_a_full_queue():
     assert raises(SpoolFull, _commit_pat, sp, 4000).reason == TOO_BIG
     sp.close()
     room = 10000
-    sp = _open(d, min_free_space=compat.fs_size(d) - room, record_reserve=0)
+    sp = _open(d, min_free_space=durable.fs_size(d) - room, record_reserve=0)
     assert sp.check_accept(room + 1) == TOO_BIG and sp.check_accept(room) != TOO_BIG
     sp.close()
     sp = _open(d, min_free_space=1 << 62)                  # reserves beyond the disk: 452

@@ -19,6 +19,7 @@ RUNTIMES = ("cpython", "micropython")
 UPY_HEAP = "512K"
 ROUTER_HEAP = "1M"
 START_TIMEOUT_S = 30
+CTRL_C_AGAIN_S = 3              # Ctrl-C again when the first did not begin the stop
 _bundle_built = []
 
 
@@ -114,11 +115,26 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
+    def interrupt(self):
+        """Ctrl-C as a user presses it on the unix port: SIGINT, and once more if the
+        daemon has not begun stopping after CTRL_C_AGAIN_S (MicroPython drops a
+        KeyboardInterrupt that lands in a finaliser run by a collection)."""
+        self.proc.send_signal(signal.SIGINT)
+        deadline = time.time() + CTRL_C_AGAIN_S
+        while time.time() < deadline and self.proc.poll() is None:
+            if "stopping (" in self.log():
+                return
+            time.sleep(0.1)
+        if self.proc.poll() is None and "stopping (" not in self.log():
+            self.proc.send_signal(signal.SIGINT)
+
     def stop(self):
-        """Graceful stop: SIGTERM (CPython) or SIGINT (MicroPython: KeyboardInterrupt)."""
+        """Graceful stop: SIGTERM (CPython) or Ctrl-C (MicroPython: KeyboardInterrupt)."""
         if self.proc and self.proc.poll() is None:
-            sig = signal.SIGTERM if self.runtime == "cpython" else signal.SIGINT
-            self.proc.send_signal(sig)
+            if self.runtime == "cpython":
+                self.proc.send_signal(signal.SIGTERM)
+            else:
+                self.interrupt()
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -5,8 +5,8 @@
 #     python tests/helpers/shim_daemon.py run -c FILE
 #     MICROPYPATH=<bundle>:.frozen micropython tests/helpers/shim_daemon.py run -c FILE
 # With $META1LITE_SHIM_TRACE set, appends one line per event to that file:
-#     SYNC <n> file <fid>        compat.fsync_file(f) returned (fid = id(f))
-#     SYNC <n> dir <path>        compat.sync_dir(path) synced a directory
+#     SYNC <n> file <fid>        durable.fsync_file(f) returned (fid = id(f))
+#     SYNC <n> dir <path>        durable.sync_dir(path) synced a directory
 #     APPEND C|E <tag> <fid>     Journal.append wrote a chunk / envelope frame to file fid
 #     COMMIT-START <queue id>    Spool.commit entered
 #     COMMIT-END <queue id>      Spool.commit returned
@@ -44,8 +44,8 @@ class Trace:
         self.f.write((text + "\n").encode())
 
 
-def _wrap_compat(trace, compat):
-    fsync_file, sync_dir, write_all = compat.fsync_file, compat.sync_dir, compat.write_all
+def _wrap_compat(trace, compat, durable):
+    fsync_file, sync_dir, write_all = durable.fsync_file, durable.sync_dir, compat.write_all
 
     def counted_fsync(f):
         fsync_file(f)
@@ -68,8 +68,8 @@ def _wrap_compat(trace, compat):
                     trace.event("ACK %s" % line[at + len(MARK):].split()[0].decode())
         await write_all(writer, data)
 
-    compat.fsync_file = counted_fsync
-    compat.sync_dir = counted_sync_dir
+    durable.fsync_file = counted_fsync
+    durable.sync_dir = counted_sync_dir
     compat.write_all = traced_write_all
 
 
@@ -109,11 +109,11 @@ def install():
     path = os.getenv(TRACE_ENV)
     if not path:
         return None
-    from meta1lite import compat, spool
+    from meta1lite import compat, durable, spool
     from meta1lite.spool import format as spoolfmt
     from meta1lite.spool import journal
     trace = Trace(path)
-    _wrap_compat(trace, compat)
+    _wrap_compat(trace, compat, durable)
     _wrap_spool(trace, spool, journal, spoolfmt)
     trace.event("START")
     return trace
