@@ -68,11 +68,11 @@ class Sampler:
 
 async def serve(conf_path, ctrl_port, interval_ms):
     base = used()
-    from meta1lite import compat, conf
+    from meta1lite import compat, conf, heap
     cfg = conf.load(conf_path)
     del conf
     if hasattr(compat, "forget_modules"):
-        compat.forget_modules(CONFIG_MODULES)
+        heap.forget_modules(CONFIG_MODULES)
     from meta1lite import mcp
     daemon = mcp.Daemon(cfg)
     await daemon.start()

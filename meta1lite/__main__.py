@@ -31,7 +31,7 @@ def micro_main(argv, on_config=None):
     A board's boot passes on_config(cfg), called once the configuration is loaded."""
     import os
 
-    from meta1lite import compat, conf
+    from meta1lite import conf, heap
     path, rest = _parse_run(argv)
     if rest is None:
         sys.stderr.write(RUN_USAGE + "\n")
@@ -47,7 +47,7 @@ def micro_main(argv, on_config=None):
         return 2
     modules = conf.MODULES
     del conf
-    compat.forget_modules(modules)          # the parser is not needed after start-up
+    heap.forget_modules(modules)          # the parser is not needed after start-up
     if on_config is not None:
         on_config(cfg)
     from meta1lite import mcp

@@ -15,7 +15,7 @@
 # different configurations.
 import sys
 
-from meta1lite import compat, listener, process, tls
+from meta1lite import compat, heap, listener, process, tls
 from meta1lite.supervisor import Module, Supervisor
 
 asyncio = compat.asyncio
@@ -58,7 +58,7 @@ class Daemon:
         from meta1lite.smtps.server import SmtpServer
         from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
-        compat.collect_often()
+        heap.collect_often()
         listener.reserve_poll_slots(self.cfg)
         tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
         self.smar = AddressResolver(self.cfg)
@@ -101,7 +101,7 @@ class Daemon:
         supervisor = Supervisor(modules, opts["restart_max"],
                                 process.watchdog(opts["watchdog_ms"]), opts["watchdog_ms"])
         supervisor.every(INCOMING_POLL_S, self._adopt_incoming)
-        if compat.heap_free() is not None:
+        if heap.heap_free() is not None:
             supervisor.every(opts["heap_log_interval"], _log_heap)
         return supervisor
 
@@ -252,7 +252,7 @@ def _load_and(path, apply):
         return "cannot read %s: %s" % (path, exc)
     finally:
         if not loaded:
-            compat.forget_modules(conf.MODULES)
+            heap.forget_modules(conf.MODULES)
     return apply(new)
 
 
@@ -264,7 +264,7 @@ def _log_heap():
     heap_watch.sample()
     gc.collect()
     compat.log.log("info", LOG, "heap: %d bytes free, %d in use, high-water %s" % (
-        compat.heap_free(), compat.heap_used(), heap_watch.high))
+        heap.heap_free(), heap.heap_used(), heap_watch.high))
 
 
 def _install_signals(daemon):
@@ -291,7 +291,7 @@ def run(cfg):
     try:
         return _run_locked(cfg)
     finally:
-        compat.unlock_heap()        # after Ctrl-C: see _stop_interrupted
+        heap.unlock_heap()        # after Ctrl-C: see _stop_interrupted
         lock.release()
 
 
@@ -307,7 +307,7 @@ def _run_locked(cfg):
     except KeyboardInterrupt:
         _stop_interrupted(daemon)
     except MemoryError:
-        if not compat.unlock_heap():
+        if not heap.unlock_heap():
             raise
         _stop_interrupted(daemon)   # a Ctrl-C that landed in a finaliser surfaces so
     except OSError as exc:
@@ -323,28 +323,26 @@ class _StopOverdue(BaseException):
 def _stop_interrupted(daemon):
     # Ctrl-C (MicroPython) lands wherever the VM is: a task it lands in is dead, and
     # whatever waits for that task would wait forever; in a collection, it can leave
-    # the heap locked (compat.unlock_heap). The orderly stop gets stop_timeout; then,
+    # the heap locked (heap.unlock_heap). The orderly stop gets stop_timeout; then,
     # or at a second Ctrl-C, the loop is ended and the queue closed without it (the
     # queue holds everything acknowledged: that is what 250 means).
-    compat.unlock_heap()
+    heap.unlock_heap()
     daemon.stop_reason = "interrupted"
     bound = daemon.cfg["mcp"]["stop_timeout"] + INTERRUPT_SLACK_S
 
     async def overdue():
         await asyncio.sleep(bound)
         raise _StopOverdue()
-
-    async def stop():
-        asyncio.create_task(overdue())
-        await daemon.stop()
+    # queued before run(), not by the stop's task: seen on the sim, that task never ran
+    asyncio.create_task(overdue())
     try:
-        asyncio.run(stop())
+        asyncio.run(daemon.stop())
     except Exception:  # noqa: BLE001 - best effort after Ctrl-C
         pass
     except _StopOverdue:
         _close_now(daemon, "not done after %ds" % bound)
     except KeyboardInterrupt:
-        compat.unlock_heap()
+        heap.unlock_heap()
         _close_now(daemon, "interrupted again")
 
 

@@ -90,7 +90,7 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
 TLS_RECORD_BUFFERS = (16736, 4448)
 # What a handshake allocates besides the record buffers (handshake state, transform,
 # session, the peer's certificate chain, ECDHE and signature arithmetic), kept free
-# by refusing new mail below it (compat.memory_low). Measured on the sim
+# by refusing new mail below it (heap.memory_low). Measured on the sim
 # (benchmarks/board.py): a verified handshake needs ~29K, its 21K of record buffers
 # included; 16K leaves twice the rest.
 TLS_HANDSHAKE_HEAP = 16 * 1024

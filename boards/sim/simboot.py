@@ -71,7 +71,7 @@ def _unlock_heap():
     # device) can leave the heap locked, and the report could not allocate (seen in
     # tests/test_board_sim.py's power cuts once the relay collects more often).
     # The lock is the collection's own flag, not a heap_lock(): heap_unlock() cannot
-    # undo it, a new collection does (as the relay's compat.unlock_heap; the boot keeps
+    # undo it, a new collection does (as the relay's heap.unlock_heap; the boot keeps
     # its own, since the flash may hold a bundle of another version).
     try:
         bytearray(1)

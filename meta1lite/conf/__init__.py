@@ -52,7 +52,7 @@ class ConfError:
 
 
 # the modules of the parser: a MicroPython daemon drops them after start-up (and
-# after a reload) with compat.forget_modules(MODULES)
+# after a reload) with heap.forget_modules(MODULES)
 MODULES = ("meta1lite.conf.hints", "meta1lite.conf.schema", "meta1lite.conf")
 
 

@@ -16,7 +16,7 @@
 import gc
 import json
 
-from meta1lite import compat, durable
+from meta1lite import compat, durable, heap
 from meta1lite.proto import address
 from meta1lite.spool import TOO_BIG, SpoolFull
 
@@ -41,7 +41,7 @@ class HeapWatch:
         self.high = None
 
     def sample(self):
-        used = compat.heap_used()
+        used = heap.heap_used()
         if used is not None and (self.high is None or used > self.high):
             self.high = used
 
@@ -150,7 +150,7 @@ class Control:
         limit = self.cfg.get("smtps", {}).get("max_message_size")
         if limit and size > limit:
             return "message size %d exceeds max_message_size %d" % (size, limit), False
-        if compat.memory_low():
+        if heap.memory_low():
             return "out of memory, try again later", True
         reason = self.spool.check_accept(size)
         return reason, reason != TOO_BIG
@@ -180,7 +180,7 @@ class Control:
         gc.collect()            # the heap figure counts live data, not garbage
         reply = {"ok": True, "running": True, "pid": compat.getpid(),
                  "uptime": int(compat.monotonic() - self.started),
-                 "heap": compat.heap_used(), "heap_free": compat.heap_free(),
+                 "heap": heap.heap_used(), "heap_free": heap.heap_free(),
                  "heap_high_water": heap_watch.high, "log": compat.log.ring.lines(LOG_LINES)}
         if self.qmgr is not None:
             reply.update(self.qmgr.status())
@@ -277,6 +277,6 @@ async def start_control(cfg, spool, qmgr, mcp=None):
 
 def _start_sampler():
     """The heap high-water task (MicroPython only: CPython has no GC heap figures)."""
-    if compat.heap_used() is None:
+    if heap.heap_used() is None:
         return None
     return asyncio.create_task(heap_watch.run())

@@ -7,7 +7,7 @@
 # AUTH users and lockout), and the stop (sessions end before the loop does).
 # Must never: speak SMTP itself (session.py does), or let a refused client cost
 # more than one reply.
-from meta1lite import compat, listener, tls
+from meta1lite import compat, heap, listener, tls
 from meta1lite.proto import replies
 from meta1lite.smtps import authdb
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
@@ -132,7 +132,7 @@ class SmtpServer:
     def _admission(self, ip):
         if self.per_client.get(ip, 0) >= self.opts["max_connections_per_client"]:
             return TOO_MANY_FROM_CLIENT
-        low = compat.memory_low(tls.tls_memory.headroom())
+        low = heap.memory_low(tls.tls_memory.headroom())
         if (low or self._live() >= self.max_sessions) and not self._evict():
             return LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
         return None
@@ -200,7 +200,7 @@ async def _refuse(writer, reply):
 def _session_cap(configured):
     # MicroPython: no more sessions than the free heap holds (SESSION_HEAP each), so
     # that idle connections are evicted for a new client before the heap runs out
-    free = compat.heap_free()
+    free = heap.heap_free()
     if free is None or free // SESSION_HEAP >= configured:
         return configured
     cap = max(1, free // SESSION_HEAP)

@@ -8,7 +8,7 @@
 # a session. Must never: answer 250 to the final dot before spool.commit returned
 # (the message is durable), hold a message in RAM, or let a client outside
 # relay_from reach a non-local domain.
-from meta1lite import compat, headers, netaddr, tls
+from meta1lite import compat, headers, heap, netaddr, tls
 from meta1lite.proto import replies
 from meta1lite.proto import smtp_server as core
 from meta1lite.spool import TOO_BIG, SpoolFull
@@ -194,9 +194,9 @@ class Session:
         self.out.append(self.conn.accept_mail())
 
     def _mail_refusal(self, event):
-        if compat.memory_low(tls.tls_memory.headroom()):
+        if heap.memory_low(tls.tls_memory.headroom()):
             self.log("low memory (%d bytes free): refusing mail from [%s]" % (
-                compat.heap_free(), self.ip), "warning")
+                heap.heap_free(), self.ip), "warning")
             return replies.QUEUE_FULL
         reason = self.server.spool.check_accept(event.size or 0)
         if reason == TOO_BIG:
@@ -228,8 +228,8 @@ class Session:
     async def on_data_start(self, event):
         self._count("data")
         try:
-            if compat.memory_low(tls.tls_memory.headroom()):
-                raise MemoryError("low memory (%d bytes free)" % compat.heap_free())
+            if heap.memory_low(tls.tls_memory.headroom()):
+                raise MemoryError("low memory (%d bytes free)" % heap.heap_free())
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
             self.log("cannot open queue file: %s" % exc, "warning")

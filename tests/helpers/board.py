@@ -222,7 +222,7 @@ class SimBoard:
         """Ctrl-C (SIGINT: KeyboardInterrupt stops mcp); returns the exit status.
         .log_before_stop: the log as it was before the Ctrl-C (a Ctrl-C that lands in
         a collection's finaliser can end in "MemoryError: ... heap is locked" on the
-        way out: MicroPython's, not the relay's running; see compat.unlock_heap)."""
+        way out: MicroPython's, not the relay's running; see heap.unlock_heap)."""
         self.log_before_stop = self.log() if os.path.exists(self.log_path) else ""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
