@@ -18,6 +18,7 @@ from test_delivery import message, strip_received, wait_for
 CLIENTS = 3                     # the sim config allows 3 sessions (lwIP: 5 sockets)
 MESSAGES_PER_CLIENT = 10
 MESSAGE_BYTES = 2048            # the issue's wear figures are per relayed 2 KB message
+MAX_ERASES, MAX_PROGRAMS = 2, 20    # issue 8: per relayed 2 KB message
 DEADLINE_S = 180
 TLS_MESSAGES = 10
 TLS_DEADLINE_S = 40
@@ -90,6 +91,9 @@ def test_sim_pico_w_relays_at_192k(tmp_path):
           % (board.heap, count, MESSAGE_BYTES, CLIENTS, wear["erases"], wear["programs"],
              wear["prog_bytes"] / progsize, progsize, wear["reads"], booted,
              " / ".join(line for line in log.splitlines() if line.startswith("m1lboot:"))))
+    # issue 8's wear goal; the floor is one copied last block a sync (~1.55 for a 2.3K
+    # record synced alone): recycling segments in place once cost 0.7 more a message
+    assert wear["erases"] <= MAX_ERASES and wear["programs"] <= MAX_PROGRAMS, wear
 
 
 # programs + erases counted from boot (boot takes ~19, a 2 KB message ~12): during boot,

@@ -159,6 +159,7 @@ class Journal:
         self._synced = 0        # appends covered by the last sync
         self._round = None      # the sync round running, if any
         self._later = None      # the task of sync_later(), while it waits
+        self._later_upto = 0    # the appends sync_later() was asked to cover
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
 
     def is_open(self):
@@ -250,7 +251,9 @@ class Journal:
         self._seq += 1
         seg.seq = self._seq
         payload = fmt.header_payload(seg.key, seg.seq, "j")
-        f = open(seg.path, "wb") if create else open_rw(seg.path)
+        # truncated, never rewritten in place: LittleFS copies every block after a
+        # rewritten first one (a recycled 32K segment cost 8 erases on the sim)
+        f = open(seg.path, "wb")
         self._write(f, fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
         if create:
             durable.sync_dir(self.seg_dir)
@@ -261,7 +264,7 @@ class Journal:
 
     def _retire(self, seg):
         try:
-            self._write(open_rw(seg.path), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
+            self._write(open(seg.path, "wb"), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
             durable.remove(seg.path)
         except OSError as exc:
             log("warning", "%s: cannot retire: %s" % (seg.path, exc))
@@ -398,14 +401,18 @@ class Journal:
         """Have what is appended so far synced within LAZY_SYNC_S, by the next sync
         anyone waits for or else by a task: for records whose loss costs a duplicate,
         never a message (a delivery's done record), one sync fewer per message."""
+        self._later_upto = self._wseq
         if self._later is None:
             self._later = compat.asyncio.create_task(self._sync_soon())
 
     async def _sync_soon(self):
+        # only what it was asked for: while mail flows, a commit's sync has covered
+        # that by now, and syncing the appends made since (a session's chunks) would
+        # cost the flash a copy of the last block for nothing
         try:
             await compat.sleep(LAZY_SYNC_S)
             if self._cur is not None:
-                await self.sync()
+                await self._sync_to(self._later_upto)
         except OSError as exc:
             log("warning", "deferred sync failed: %s" % exc)
         finally:
