@@ -40,7 +40,7 @@ def _read_all(data, cuts, opts, fast):
 
 def test_fast_path_matches_the_per_line_path():
     rnd = Rand(7)
-    for _ in range(400):
+    for _ in range(1000):
         data = b"".join(ATOMS[rnd.below(len(ATOMS))] for _ in range(rnd.below(40))) + ENDS[rnd.below(3)]
         cuts = sorted(rnd.below(len(data) + 1) for _ in range(rnd.below(4)))
         opts = ((20, 100, 1000)[rnd.below(3)], (0, 200, 5000)[rnd.below(3)],
