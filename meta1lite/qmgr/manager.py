@@ -194,12 +194,15 @@ class QueueManager:
                 self._forget(queue_id)
 
     def _take_arrivals(self):
+        # the Messages tracked now, for the pass that follows (no second build)
         arrived, self._arrived = self._arrived, []
+        tracked = []
         for queue_id in arrived:
             msg = self.spool.get(queue_id)
             if msg is not None and queue_id not in self._due:
                 self._track(msg)
-        return arrived
+                tracked.append(msg)
+        return tracked
 
     def _track(self, msg):
         now = self._now()
@@ -243,14 +246,16 @@ class QueueManager:
         if self._walk or (self._soonest is not None and self._soonest <= now):
             self._walk = False
             return self._plan_due(self._due.items(), now, True)
-        return self._plan_due([(q, self._due.get(q)) for q in arrived if q in self._due], now, False)
+        return self._plan_due([(m.id, self._due.get(m.id), m) for m in arrived if m.id in self._due],
+                              now, False)
 
     def _plan_due(self, entries, now, walk):
         plan = {}
         state = [self.max_connections - self._active]     # global slots left
         full = set()            # destinations with no room left in this pass
         examined, soonest = 0, None
-        for queue_id, due in entries:
+        for entry in entries:
+            queue_id, due = entry[0], entry[1]
             if state[0] <= 0 and not _batch_room(plan) or examined > SCAN_LIMIT:
                 self._launch(plan)
                 self._walk = state[0] > 0 or self._walk  # cut short: walk again next time
@@ -260,11 +265,13 @@ class QueueManager:
             if due > now:
                 soonest = due if soonest is None or due < soonest else soonest
                 continue
-            if self._hint.get(queue_id) in full or self.spool.is_held(queue_id):
+            if self._hint.get(queue_id) in full:
                 continue
-            msg = self.spool.get(queue_id)
+            msg = entry[2] if len(entry) > 2 else self.spool.get(queue_id)   # arrivals: built
             if msg is None:
                 self._forget(queue_id)
+                continue
+            if msg.held:
                 continue
             examined += 1
             self._plan_message(msg, plan, state, full)
