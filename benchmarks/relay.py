@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/relay.py [-m 2000] [-s 20] [-l 2048] [--warmup 100]
                      [--big-msgs 500] [--big-size 102400] [--lat-msgs 200]
                      [--smtpc "max_connections = 10; max_per_destination = 4;"]
-                     [--upy-heap 2M] [--upy-msgs 500] [--no-upy] [--no-postfix]
+                     [--upy-heap 2M] [--upy-msgs 500] [--upy-lat-msgs 50] [--no-upy] [--no-postfix]
 
 Client: Postfix's smtp-source (else the built-in asyncio client, benchmarks/_loadtools.py),
 M messages of L bytes, S concurrent sessions, one session per message.
@@ -20,7 +20,8 @@ Each of postfix and meta1lite (cpython) runs three loads: M x L bytes over S ses
 --big-msgs x --big-size bytes over S sessions, and --lat-msgs messages one at a time
 (1 recipient x 1 session, to latency.test, routed by both relays to a stamping sink of
 benchmarks/_latency.py): latency = the client's final dot to the next hop's 250, median
-and p99. The MicroPython run is M' = --upy-msgs x L over --upy-sessions.
+and p99. The MicroPython run is M' = --upy-msgs x L over --upy-sessions, then --upy-lat-msgs
+one at a time (its latency).
 Figures: accept msg/s (M / client time) and end-to-end msg/s (M / time until the sink
 counted M), and meta1lite / Postfix ratios of the same run. Figures only, no assertions.
 The sim board's rate is benchmarks/board.py's (it builds the shared firmware; not run here).
@@ -200,7 +201,9 @@ def run_meta1lite(runtime, sink, lat, args, heap="1M", msgs=None, sessions=None)
     name = "meta1lite (%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else "")
     try:
         if runtime == "micropython":
-            rows, lats = [measure(name, port, sink, args, msgs, sessions, pid=d.proc.pid)], None
+            rows = [measure(name, port, sink, args, msgs, sessions, pid=d.proc.pid)]
+            lats = _latency.measure(port, lat, args.upy_lat_msgs, args.size, C.SENDER, LAT_RCPT) \
+                if args.upy_lat_msgs else None
         else:
             rows, lats = run_loads(name, port, sink, lat, args, pid=d.proc.pid)
     finally:
@@ -230,6 +233,7 @@ def main():
     ap.add_argument("--upy-heap", default="2M")
     ap.add_argument("--upy-msgs", type=int, default=500)
     ap.add_argument("--upy-sessions", type=int, default=4)
+    ap.add_argument("--upy-lat-msgs", type=int, default=50, help="latency messages under MicroPython (0: none)")
     ap.add_argument("--no-upy", action="store_true")
     ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix instance")
     ap.add_argument("--builtin-client", action="store_true")
@@ -270,8 +274,11 @@ def main():
         rows += got
         lat_rows.append(("meta1lite (cpython)", lats))
         if not args.no_upy and C.find_micropython():
-            rows += run_meta1lite("micropython", sink, lat, args, heap=args.upy_heap, msgs=args.upy_msgs,
-                                  sessions=args.upy_sessions)[0]
+            got, lats = run_meta1lite("micropython", sink, lat, args, heap=args.upy_heap, msgs=args.upy_msgs,
+                                      sessions=args.upy_sessions)
+            rows += got
+            if lats is not None:
+                lat_rows.append(("meta1lite (micropython, heap %s)" % args.upy_heap, lats))
     finally:
         sink.stop()
         lat.stop()
@@ -294,7 +301,8 @@ def print_tables(rows, pf_rows, lat_rows, args):
         out = []
         for name, lats in lat_rows:
             med, p99 = _latency.summary(lats)
-            out.append([name, "%d/%d" % (len(lats or []), args.lat_msgs), fmt(med, "%.2f"), fmt(p99, "%.2f")])
+            sent = args.upy_lat_msgs if "micropython" in name else args.lat_msgs
+            out.append([name, "%d/%d" % (len(lats or []), sent), fmt(med, "%.2f"), fmt(p99, "%.2f")])
         C.table("latency, 1 recipient x 1 session, %d bytes (client's final dot -> next hop's 250)" % args.size,
                 ["run", "arrived", "median ms", "p99 ms"], out)
 
