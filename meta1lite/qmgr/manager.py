@@ -19,6 +19,7 @@ from meta1lite.smtpc import Job
 asyncio = compat.asyncio
 BATCH = 20                      # messages per delivery (one connection, reused)
 SCAN_LIMIT = 400                # due messages examined per scheduling pass
+KEPT_BUILT = 4                  # arrivals whose Message the next pass reuses
 MAX_WAIT_S = 86400              # longest idle sleep of the scheduler (simulated s)
 RECOVER_S = 5                   # pause after a scheduler error (e.g. out of memory)
 LOG = "qmgr"
@@ -194,14 +195,16 @@ class QueueManager:
                 self._forget(queue_id)
 
     def _take_arrivals(self):
-        # the Messages tracked now, for the pass that follows (no second build)
+        # (queue id, Message or None) of those tracked now, for the pass that follows:
+        # the first KEPT_BUILT keep their Message (no second build), the others are
+        # built again one at a time (a burst must not hold many on a board's heap)
         arrived, self._arrived = self._arrived, []
         tracked = []
         for queue_id in arrived:
             msg = self.spool.get(queue_id)
             if msg is not None and queue_id not in self._due:
                 self._track(msg)
-                tracked.append(msg)
+                tracked.append((queue_id, msg if len(tracked) < KEPT_BUILT else None))
         return tracked
 
     def _track(self, msg):
@@ -246,8 +249,7 @@ class QueueManager:
         if self._walk or (self._soonest is not None and self._soonest <= now):
             self._walk = False
             return self._plan_due(self._due.items(), now, True)
-        return self._plan_due([(m.id, self._due.get(m.id), m) for m in arrived if m.id in self._due],
-                              now, False)
+        return self._plan_due([(q, self._due.get(q), m) for q, m in arrived if q in self._due], now, False)
 
     def _plan_due(self, entries, now, walk):
         plan = {}
@@ -267,7 +269,9 @@ class QueueManager:
                 continue
             if self._hint.get(queue_id) in full:
                 continue
-            msg = entry[2] if len(entry) > 2 else self.spool.get(queue_id)   # arrivals: built
+            msg = entry[2] if len(entry) > 2 else None      # an arrival's, built just now
+            if msg is None:
+                msg = self.spool.get(queue_id)
             if msg is None:
                 self._forget(queue_id)
                 continue
