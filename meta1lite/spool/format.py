@@ -302,11 +302,6 @@ def queue_id_of(id_time, tag):
     return _base36(id_time, ID_PART) + _base36(tag, ID_PART)
 
 
-def is_queue_id(text):
-    """True if text is a queue ID as new_queue_id() writes them (12 of its characters)."""
-    return len(text) == 2 * ID_PART and not text.strip(_ID_ALPHABET)
-
-
 def id_time_of(queue_id):
     """The time part of a queue ID as a number, or None if it is not one."""
     try:

@@ -206,9 +206,12 @@ class Index:
 
     def find_id(self, queue_id):
         """The handle of a live queue ID's record, or None."""
-        if not (isinstance(queue_id, str) and fmt.is_queue_id(queue_id)):
+        if not isinstance(queue_id, str):
             return None
-        return self.find(fmt.tag_of(queue_id), fmt.id_time_of(queue_id))
+        tag, id_time = fmt.tag_of(queue_id), fmt.id_time_of(queue_id)
+        if tag is None or id_time is None or fmt.queue_id_of(id_time, tag) != queue_id:
+            return None
+        return self.find(tag, id_time)
 
     def add_message(self, msg):
         """Add a Message's record; False if its queue ID is already queued."""

@@ -60,20 +60,6 @@ def _close_quietly(seg):
             pass
 
 
-def _fsync_segments(segs):
-    # in a worker thread (CPython): a file that sync_now() or close() closed meanwhile
-    # was synced by them before they closed it
-    for seg in segs:
-        f = seg.f
-        if f is None:
-            continue
-        try:
-            compat.fsync_file(f)
-        except (OSError, ValueError):
-            if not f.closed:
-                raise
-
-
 def _is_full(exc):
     return isinstance(exc, OSError) and compat.errno_of(exc) in (compat.ENOSPC, compat.EDQUOT)
 
@@ -291,7 +277,7 @@ class Journal:
         if seg is None:
             raise SpoolFull("cannot create a queue segment")
         old = self._cur
-        keep = old.unsynced or self._round is not None     # a worker thread may be syncing it
+        keep = old.unsynced or self._round is not None     # a worker thread may sync it
         f = open_rw(seg.path)
         try:
             f.seek(seg.end)
@@ -397,8 +383,9 @@ class Journal:
             try:
                 await compat.asyncio.sleep(0)    # let ready sessions append first
                 rnd.upto = self._wseq
-                if compat.HAS_THREADS:
-                    await self._sync_in_thread()
+                if compat.HAS_THREADS:      # CPython: the fsyncs in a worker thread
+                    from meta1lite.spool import syncthread
+                    await syncthread.sync_round(self)
                 else:
                     self.sync_now()
             except OSError as exc:
@@ -407,31 +394,6 @@ class Journal:
             finally:
                 self._round = None
                 rnd.event.set()
-
-    async def _sync_in_thread(self):
-        # sync_now() with the fsyncs in a worker thread: sessions keep reading and
-        # appending meanwhile (their frames wait for the next round). Segments rolled
-        # away before the round are closed after it; one rolled away during it stays
-        # in _dirty (it may hold frames the round does not cover), open (see _roll).
-        upto = self._wseq
-        rolled = list(self._dirty)
-        segs = list(rolled)
-        cur = self._cur
-        if cur is not None and cur.unsynced:
-            cur.unsynced = False
-            segs.append(cur)
-        try:
-            await compat.in_thread(_fsync_segments, segs)
-        except BaseException:
-            if cur is not None and cur in segs:
-                cur.unsynced = True
-            raise
-        for seg in rolled:
-            if seg in self._dirty:
-                _close_quietly(seg)
-                seg.unsynced = False
-                self._dirty.remove(seg)
-        self._synced = max(self._synced, upto)
 
     async def sync(self):
         """Wait until everything appended so far is on stable storage (group sync)."""
