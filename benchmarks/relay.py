@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""End-to-end relay throughput, meta1lite and Postfix side by side in one run.
+"""End-to-end relay throughput and latency, meta1lite and Postfix side by side in one run.
 
     .venv/bin/python benchmarks/relay.py [-m 2000] [-s 20] [-l 2048] [--warmup 100]
+                     [--big-msgs 500] [--big-size 102400] [--lat-msgs 200]
                      [--smtpc "max_connections = 10; max_per_destination = 4;"]
-                     [--upy-heap 2M] [--upy-msgs 500] [--no-upy] [--no-postfix]
+                     [--upy-heap 2M] [--upy-msgs 500] [--upy-lat-msgs 50] [--no-upy] [--no-postfix]
 
 Client: Postfix's smtp-source (else the built-in asyncio client, benchmarks/_loadtools.py),
 M messages of L bytes, S concurrent sessions, one session per message.
@@ -15,8 +16,15 @@ Runs, one after the other, each after a warm-up batch of --warmup messages:
              /var/tmp, smtpd on a loopback port, relayhost = [127.0.0.1]:SINKPORT); needs root
   meta1lite  `meta1lite run` on CPython, route "*" { via = "[127.0.0.1]:SINKPORT"; }
   meta1lite  the same under the MicroPython unix port from the .mpy bundle (--upy-heap)
+Each of postfix and meta1lite (cpython) runs three loads: M x L bytes over S sessions,
+--big-msgs x --big-size bytes over S sessions, and --lat-msgs messages one at a time
+(1 recipient x 1 session, to latency.test, routed by both relays to a stamping sink of
+benchmarks/_latency.py): latency = the client's final dot to the next hop's 250, median
+and p99. The MicroPython run is M' = --upy-msgs x L over --upy-sessions, then --upy-lat-msgs
+one at a time (its latency).
 Figures: accept msg/s (M / client time) and end-to-end msg/s (M / time until the sink
 counted M), and meta1lite / Postfix ratios of the same run. Figures only, no assertions.
+The sim board's rate is benchmarks/board.py's (it builds the shared firmware; not run here).
 """
 import argparse
 import os
@@ -28,6 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
+import _latency  # noqa: E402
 
 MASTER_CF = """127.0.0.1:%(port)d inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
@@ -68,6 +77,7 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 relayhost = [127.0.0.1]:%(sink)d
+transport_maps = inline:{ latency.test=relay:[127.0.0.1]:%(lat)d }
 smtpd_relay_restrictions = permit_mynetworks, reject
 maillog_file = %(base)s/maillog
 alias_maps =
@@ -81,7 +91,7 @@ smtp_dns_support_level = disabled
 class PostfixInstance:
     """A private Postfix: its own config_directory, queue and log, loopback only."""
 
-    def __init__(self, sink_port):
+    def __init__(self, sink_port, lat_port):
         self.port = C.free_port()
         self.base = tempfile.mkdtemp(prefix="m1l-pf-", dir="/var/tmp")
         os.chmod(self.base, 0o755)
@@ -89,7 +99,7 @@ class PostfixInstance:
         for d in ("etc", "queue", "data"):
             os.makedirs(os.path.join(self.base, d))
         shutil.chown(os.path.join(self.base, "data"), "postfix")
-        vals = {"base": self.base, "sink": sink_port, "port": self.port}
+        vals = {"base": self.base, "sink": sink_port, "port": self.port, "lat": lat_port}
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
             f.write(MAIN_CF % vals)
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
@@ -117,56 +127,93 @@ class PostfixInstance:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-def measure(name, port, sink, args, msgs=None, sessions=None):
-    """Warm up, then push msgs; returns a row of figures."""
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def measure(name, port, sink, args, msgs=None, sessions=None, size=None, pid=None):
+    """Warm up, then push msgs; returns a row of figures (with pid: the process's CPU
+    time per message, a figure that other jobs on the machine disturb less)."""
     msgs = msgs or args.msgs
     sessions = sessions or args.sessions
+    size = size or args.size
     use_pf = not args.builtin_client
     if args.warmup:
         base = sink.count
-        _dt, _c, wdet = C.run_source(port, args.warmup, sessions, args.size, use_postfix=use_pf,
+        _dt, _c, wdet = C.run_source(port, args.warmup, sessions, size, use_postfix=use_pf,
                                      timeout=args.timeout)
         if not wdet.get("rc"):
             sink.wait_count(base + args.warmup, args.timeout)
         time.sleep(0.3)
     base = sink.count
+    cpu0 = cpu_seconds(pid) if pid else None
     t0 = time.perf_counter()
-    dt, client, det = C.run_source(port, msgs, sessions, args.size, use_postfix=use_pf, timeout=args.timeout)
+    dt, client, det = C.run_source(port, msgs, sessions, size, use_postfix=use_pf, timeout=args.timeout)
     t_end = sink.wait_count(base + msgs, args.timeout)
     got = sink.count - base
     e2e = (t_end - t0) if t_end else None
     note = "delivered %d/%d" % (got, msgs) + ("" if t_end else " (stalled or timed out)")
+    cpu1 = cpu_seconds(pid) if cpu0 is not None else None
+    if cpu1 is not None:
+        note += ", cpu %.2f ms/msg" % (1000 * (cpu1 - cpu0) / msgs)
     if det.get("rc"):
         note += ", client rc %s" % det["rc"]
     if det.get("stderr"):
         note += ", client: %s" % det["stderr"].splitlines()[-1][:70]
     if "ok" in det:
         note += ", acked %d" % det["ok"]
-    return {"name": name, "msgs": msgs, "sessions": sessions, "accept_s": dt, "e2e_s": e2e,
+    return {"name": name, "msgs": msgs, "sessions": sessions, "size": size, "accept_s": dt, "e2e_s": e2e,
             "accept": msgs / dt, "e2e": (msgs / e2e) if e2e else None, "note": note}
 
 
-def relay_conf(work, port, sink_port, smtpc):
-    return C.bench_config(os.path.join(work, "spool"), port,
-                          smar='route "*" { via = "[127.0.0.1]:%d"; }' % sink_port,
+LAT_RCPT = "c@latency.test"
+
+
+def relay_conf(work, port, sink_port, lat_port, smtpc):
+    routes = 'route "latency.test" { via = "[127.0.0.1]:%d"; } route "*" { via = "[127.0.0.1]:%d"; }' \
+        % (lat_port, sink_port)
+    return C.bench_config(os.path.join(work, "spool"), port, smar=routes,
                           smtpc=smtpc, top='control = "127.0.0.1:%d";' % C.free_port())
 
 
-def run_meta1lite(runtime, sink, args, heap="1M", msgs=None, sessions=None):
+def run_loads(name, port, sink, lat, args, pid=None):
+    """The three loads against one relay listening on port: rows, latencies."""
+    rows = [measure(name, port, sink, args, pid=pid)]
+    if args.big_msgs:
+        rows.append(measure(name, port, sink, args, msgs=args.big_msgs, size=args.big_size, pid=pid))
+    lats = None
+    if lat is not None and args.lat_msgs:
+        lats = _latency.measure(port, lat, args.lat_msgs, args.size, C.SENDER, LAT_RCPT)
+    return rows, lats
+
+
+def run_meta1lite(runtime, sink, lat, args, heap="1M", msgs=None, sessions=None):
     work = tempfile.mkdtemp(prefix="m1l-relay-")
     port = C.free_port()
-    d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, args.smtpc), port, heap=heap)
+    d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, lat.port, args.smtpc), port, heap=heap)
     d.start()
+    name = "meta1lite (%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else "")
     try:
-        r = measure("meta1lite (%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else ""),
-                    port, sink, args, msgs, sessions)
+        if runtime == "micropython":
+            rows = [measure(name, port, sink, args, msgs, sessions, pid=d.proc.pid)]
+            lats = _latency.measure(port, lat, args.upy_lat_msgs, args.size, C.SENDER, LAT_RCPT) \
+                if args.upy_lat_msgs else None
+        else:
+            rows, lats = run_loads(name, port, sink, lat, args, pid=d.proc.pid)
     finally:
         d.stop()
     log = d.log()
-    if "Traceback" in log or "MemoryError" in log:
-        r["note"] += ", DAEMON ERROR (see %s/daemon.log)" % work
-    r["note"] += ", sent lines %d" % log.count("status=sent")
-    return r
+    for r in rows:
+        if "Traceback" in log or "MemoryError" in log:
+            r["note"] += ", DAEMON ERROR (see %s/daemon.log)" % work
+    rows[-1]["note"] += ", sent lines %d" % log.count("status=sent")
+    return rows, lats
 
 
 def fmt(x, f="%.0f"):
@@ -179,10 +226,14 @@ def main():
     ap.add_argument("-s", "--sessions", type=int, default=20)
     ap.add_argument("-l", "--size", type=int, default=2048)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--big-msgs", type=int, default=500, help="messages of the large-message load (0: none)")
+    ap.add_argument("--big-size", type=int, default=102400)
+    ap.add_argument("--lat-msgs", type=int, default=200, help="messages of the latency load (0: none)")
     ap.add_argument("--smtpc", default="", help="extra smtpc options for meta1lite (default: its defaults)")
     ap.add_argument("--upy-heap", default="2M")
     ap.add_argument("--upy-msgs", type=int, default=500)
     ap.add_argument("--upy-sessions", type=int, default=4)
+    ap.add_argument("--upy-lat-msgs", type=int, default=50, help="latency messages under MicroPython (0: none)")
     ap.add_argument("--no-upy", action="store_true")
     ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix instance")
     ap.add_argument("--builtin-client", action="store_true")
@@ -193,44 +244,67 @@ def main():
     have_pf = C.tool("smtp-source") and C.tool("postfix") and os.path.isdir("/usr/lib/postfix/sbin")
     print("relay.py: %s" % C.machine())
     sink = C.Sink(use_postfix=not args.builtin_sink)
+    lat = _latency.StampSink(C.free_port())
     client = "smtp-source" if (C.tool("smtp-source") and not args.builtin_client) else "asyncio client"
-    print("parameters: msgs=%d sessions=%d size=%d warmup=%d client=%s next hop=%s 127.0.0.1:%d; "
-          "meta1lite smtpc extra: %r" % (args.msgs, args.sessions, args.size, args.warmup, client,
-                                         sink.name, sink.port, args.smtpc or "(defaults)"))
-    rows = []
+    print("parameters: msgs=%d sessions=%d size=%d warmup=%d big=%dx%d latency msgs=%d client=%s "
+          "next hop=%s 127.0.0.1:%d; meta1lite smtpc extra: %r"
+          % (args.msgs, args.sessions, args.size, args.warmup, args.big_msgs, args.big_size, args.lat_msgs,
+             client, sink.name, sink.port, args.smtpc or "(defaults)"))
+    rows, lat_rows = [], []
+    pf_rows = {}
     try:
         rows.append(measure("%s -> %s (no relay)" % (client, sink.name), sink.port, sink, args))
-        pf = None
         if not have_pf or args.no_postfix:
             print("postfix: not installed" if not have_pf else "postfix: skipped")
         elif os.geteuid() != 0:
             print("postfix: needs root for a private instance; skipped")
         else:
-            inst = PostfixInstance(sink.port)
+            inst = PostfixInstance(sink.port, lat.port)
             try:
                 inst.start()
-                pf = measure("postfix %s" % C.postfix_version(), inst.port, sink, args)
-                rows.append(pf)
+                got, lats = run_loads("postfix %s" % C.postfix_version(), inst.port, sink, lat, args)
+                rows += got
+                pf_rows = dict((r["size"], r) for r in got)
+                lat_rows.append(("postfix", lats))
             except Exception as exc:  # noqa: BLE001
                 print("postfix: failed: %s" % exc)
             finally:
                 inst.stop()
-        rows.append(run_meta1lite("cpython", sink, args))
+        got, lats = run_meta1lite("cpython", sink, lat, args)
+        rows += got
+        lat_rows.append(("meta1lite (cpython)", lats))
         if not args.no_upy and C.find_micropython():
-            rows.append(run_meta1lite("micropython", sink, args, heap=args.upy_heap, msgs=args.upy_msgs,
-                                      sessions=args.upy_sessions))
+            got, lats = run_meta1lite("micropython", sink, lat, args, heap=args.upy_heap, msgs=args.upy_msgs,
+                                      sessions=args.upy_sessions)
+            rows += got
+            if lats is not None:
+                lat_rows.append(("meta1lite (micropython, heap %s)" % args.upy_heap, lats))
     finally:
         sink.stop()
+        lat.stop()
+    print_tables(rows, pf_rows, lat_rows, args)
+
+
+def print_tables(rows, pf_rows, lat_rows, args):
     out = []
     for r in rows:
         ratio = "-"
-        if pf and r is not pf and r.get("e2e") and pf.get("e2e") and not r["name"].startswith(client):
+        pf = pf_rows.get(r["size"])
+        if pf and r is not pf and r.get("e2e") and pf.get("e2e") and "no relay" not in r["name"]:
             ratio = "%.2fx" % (r["e2e"] / pf["e2e"])
-        out.append([r["name"], r["msgs"], r["sessions"], "%.2f" % r["accept_s"], fmt(r["accept"]),
+        out.append([r["name"], r["size"], r["msgs"], r["sessions"], "%.2f" % r["accept_s"], fmt(r["accept"]),
                     fmt(r["e2e_s"], "%.2f"), fmt(r["e2e"]), ratio, r["note"]])
     C.table("end-to-end relay throughput (e2e = msgs / time until the sink counted them all)",
-            ["run", "msgs", "sessions", "accept s", "accept msg/s", "e2e s", "e2e msg/s", "vs postfix", "check"],
-            out)
+            ["run", "size", "msgs", "sessions", "accept s", "accept msg/s", "e2e s", "e2e msg/s", "vs postfix",
+             "check"], out)
+    if lat_rows:
+        out = []
+        for name, lats in lat_rows:
+            med, p99 = _latency.summary(lats)
+            sent = args.upy_lat_msgs if "micropython" in name else args.lat_msgs
+            out.append([name, "%d/%d" % (len(lats or []), sent), fmt(med, "%.2f"), fmt(p99, "%.2f")])
+        C.table("latency, 1 recipient x 1 session, %d bytes (client's final dot -> next hop's 250)" % args.size,
+                ["run", "arrived", "median ms", "p99 ms"], out)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ if compat.MICROPYTHON:
             await compat.sleep(ACCEPT_PAUSE_S)
 
     def _connection(s2, addr, cb, ssl):
+        compat.no_delay(s2)
         if ssl:
             try:
                 s2 = ssl.wrap_socket(s2, server_side=True, do_handshake_on_connect=False)

@@ -13,6 +13,7 @@ BARE_LF_NORMALIZE = "normalize"
 BARE_LF_MODES = (BARE_LF_REJECT, BARE_LF_NORMALIZE)
 
 _CR, _LF, _DOT = 13, 10, 46
+FAST_TRIES = 4      # fast-path attempts per read() (each counts CR/LF over the rest)
 
 
 class DataReader:
@@ -42,7 +43,14 @@ class DataReader:
         out.reset(buf)
         room = self.chunk
         cr = lf = -2                      # the next CR and LF found (-1: none, -2: not looked)
+        fast = FAST_TRIES
         while pos < end and room > 0 and not self.finished:
+            if fast and self._line_start:
+                fast -= 1
+                start, pos = pos, self._lines(out, buf, pos, min(end, pos + room))
+                room -= pos - start
+                if pos >= end or room <= 0:
+                    break
             if self._line_start and buf[pos] == _DOT:
                 start, pos = pos, self._dot(buf, pos, end)
                 if pos == start:
@@ -67,6 +75,32 @@ class DataReader:
                 break
         self.pos = pos
         return out.join()
+
+    def _lines(self, out, buf, pos, limit):
+        # The fast path: whole ordinary lines from a line start, found with one find()
+        # each, taken as one run. Only where buf[pos:] up to its last CRLF before
+        # limit has no bare CR or LF (as many CR, LF and CRLF); stops before a line
+        # that starts with a dot or is too long (read()'s per-line path takes it).
+        last = buf.rfind(b"\r\n", pos, limit) + 2
+        if last < 2:
+            return pos
+        crlfs = buf.count(b"\r\n", pos, last)
+        if buf.count(b"\r", pos, last) != crlfs or buf.count(b"\n", pos, last) != crlfs:
+            return pos
+        start, longest = pos, self.max_line - 2
+        while pos < last and buf[pos] != _DOT:
+            stop = buf.find(b"\r\n", pos, last)
+            if stop - pos > longest:
+                break
+            pos = stop + 2
+        if self.max_size and self.size + pos - start > self.max_size:
+            return start        # the per-line path finds the line that goes over
+        if pos > start:
+            self._line_len = 0
+            self._count(pos - start)
+            if self.error is None:
+                out.take(start, pos)
+        return pos
 
     def _dot(self, buf, pos, end):
         """At a line start with '.': the position after it (pos itself: wait for more)."""

@@ -19,6 +19,7 @@ from meta1lite.smtpc import Job
 asyncio = compat.asyncio
 BATCH = 20                      # messages per delivery (one connection, reused)
 SCAN_LIMIT = 400                # due messages examined per scheduling pass
+KEPT_BUILT = 4                  # arrivals whose Message the next pass reuses
 MAX_WAIT_S = 86400              # longest idle sleep of the scheduler (simulated s)
 RECOVER_S = 5                   # pause after a scheduler error (e.g. out of memory)
 LOG = "qmgr"
@@ -81,6 +82,8 @@ class QueueManager:
         self._hint = BucketMap()    # queue id -> its one destination key, when it has one
         self._arrived = []      # queue ids committed since the last pass
         self._rescan = True
+        self._walk = True       # the next pass walks the whole table (see _pass)
+        self._soonest = None    # when the earliest deferred message is due (last walk)
         self._stopping = False
         self._event = asyncio.Event()
         self.attempts = Attempts(cfg, spool, self.wake)
@@ -159,8 +162,9 @@ class QueueManager:
             try:
                 if self._rescan:
                     self._scan()
-                self._take_arrivals()
-                wait = self._pass()
+                    self._walk = True
+                arrived = self._take_arrivals()
+                wait = self._pass(arrived)
             except Exception as exc:  # noqa: BLE001 - the scheduler must never die silently
                 compat.log.log("error", LOG, "scheduler: %r; retrying in %ds" % (exc, RECOVER_S))
                 self._rescan = True
@@ -191,11 +195,17 @@ class QueueManager:
                 self._forget(queue_id)
 
     def _take_arrivals(self):
+        # (queue id, Message or None) of those tracked now, for the pass that follows:
+        # the first KEPT_BUILT keep their Message (no second build), the others are
+        # built again one at a time (a burst must not hold many on a board's heap)
         arrived, self._arrived = self._arrived, []
+        tracked = []
         for queue_id in arrived:
             msg = self.spool.get(queue_id)
             if msg is not None and queue_id not in self._due:
                 self._track(msg)
+                tracked.append((queue_id, msg if len(tracked) < KEPT_BUILT else None))
+        return tracked
 
     def _track(self, msg):
         now = self._now()
@@ -229,32 +239,52 @@ class QueueManager:
 
     # --- planning deliveries ---------------------------------------------------------
 
-    def _pass(self):
+    def _pass(self, arrived):
         """Plan and launch what is due; returns how long to sleep (None: until woken).
-        One walk over the table serves both, with no list of every queue id."""
+        One walk over the table serves both, with no list of every queue id. After
+        a walk that saw the whole table, until a delivery ends or a deferred message
+        is due, only new arrivals can be planned: the pass looks at them alone (a
+        walk per arrival was most of the relay's CPU time with a queue backlog)."""
         now = self._now()
+        if self._walk or (self._soonest is not None and self._soonest <= now):
+            self._walk = False
+            return self._plan_due(self._due.items(), now, True)
+        return self._plan_due([(q, self._due.get(q), m) for q, m in arrived if q in self._due], now, False)
+
+    def _plan_due(self, entries, now, walk):
         plan = {}
         state = [self.max_connections - self._active]     # global slots left
         full = set()            # destinations with no room left in this pass
         examined, soonest = 0, None
-        for queue_id, due in self._due.items():
+        for entry in entries:
+            queue_id, due = entry[0], entry[1]
             if state[0] <= 0 and not _batch_room(plan) or examined > SCAN_LIMIT:
                 self._launch(plan)
+                self._walk = state[0] > 0 or self._walk  # cut short: walk again next time
                 return None if state[0] <= 0 else 1     # a finished delivery wakes us
             if queue_id in self._busy:
                 continue
             if due > now:
                 soonest = due if soonest is None or due < soonest else soonest
                 continue
-            if self._hint.get(queue_id) in full or self.spool.is_held(queue_id):
+            if self._hint.get(queue_id) in full:
                 continue
-            msg = self.spool.get(queue_id)
+            msg = entry[2] if len(entry) > 2 else None      # an arrival's, built just now
+            if msg is None:
+                msg = self.spool.get(queue_id)
             if msg is None:
                 self._forget(queue_id)
+                continue
+            if msg.held:
                 continue
             examined += 1
             self._plan_message(msg, plan, state, full)
         self._launch(plan)
+        if walk:
+            self._soonest = soonest
+        elif soonest is not None and (self._soonest is None or soonest < self._soonest):
+            self._soonest = soonest
+        soonest = self._soonest
         return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
 
     def _plan_message(self, msg, plan, state, full):
@@ -367,6 +397,7 @@ class QueueManager:
                     self._busy.pop(queue_id, None)
                     if not self.spool.exists(queue_id):
                         self._forget(queue_id)
+            self._walk = True           # its slot and its messages are free again
             self._event.set()
 
     def _defer_later(self, queue_id, attempts):

@@ -280,11 +280,12 @@ class Journal:
         if seg is None:
             raise SpoolFull("cannot create a queue segment")
         old = self._cur
+        keep = old.unsynced or self._round is not None     # a worker thread may sync it
         f = open_rw(seg.path)
         try:
             f.seek(seg.end)
             self.segs[seg.key] = seg
-            if old.unsynced:
+            if keep:
                 self._dirty.append(old)
         except BaseException:
             if self.segs.get(seg.key) is seg:
@@ -294,7 +295,7 @@ class Journal:
         self._next = None
         seg.f = f
         self._cur = seg
-        if not old.unsynced:
+        if not keep:
             _close_quietly(old)
         return seg
 
@@ -385,7 +386,11 @@ class Journal:
             try:
                 await compat.asyncio.sleep(0)    # let ready sessions append first
                 rnd.upto = self._wseq
-                self.sync_now()
+                if compat.HAS_THREADS:      # CPython: the fsyncs in a worker thread
+                    from meta1lite.spool import syncthread
+                    await syncthread.sync_round(self)
+                else:
+                    self.sync_now()
             except OSError as exc:
                 rnd.error = exc
                 raise

@@ -482,7 +482,7 @@ def test_a_failing_pass_does_not_spin_on_new_mail():
         rig = Rig()
         passes = [0]
 
-        def failing():
+        def failing(*_args):
             passes[0] += 1
             raise MemoryError("no room for the plan")
         rig.qm._pass = failing
