@@ -64,17 +64,23 @@ def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
+UNLOCK_TRIES = 3                # collections tried by unlock_heap()
+
+
 def unlock_heap():
     """MicroPython: a KeyboardInterrupt (Ctrl-C, SIGINT) that lands while a collection
     runs a finaliser can end that collection early with its "collecting" flag still
     set, which locks the heap: nothing could be allocated after it, not even the stop
     (measured: 6 of 48 Ctrl-Cs during deliveries). A new collection ends with the flag
-    cleared (nothing was allocated since, so its marks are whole). True if the heap
-    was locked."""
-    try:
-        bytearray(1)
-        return False
-    except MemoryError:
-        import gc
-        gc.collect()
-        return True
+    cleared (nothing was allocated since, so its marks are whole); another Ctrl-C can
+    land in that one too, hence a few tries. True if the heap was locked."""
+    import gc
+    tries = UNLOCK_TRIES            # a while loop: range() would allocate
+    while tries:
+        try:
+            bytearray(1)
+            return tries < UNLOCK_TRIES
+        except MemoryError:
+            gc.collect()
+        tries -= 1
+    return True

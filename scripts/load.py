@@ -195,6 +195,7 @@ def run(args):
                         if (b"Subject: %s\r\n" % token.encode()) in m.content:
                             arrived.setdefault(token, time.time())
             exited = daemon.proc.poll()
+            running_log = daemon.log()      # what the stop prints is not the load's doing
         finally:
             daemon.stop()
         log = daemon.log()
@@ -215,7 +216,9 @@ def run(args):
         "legit_max_s": max(lat) if lat else float("nan"),
         "legit_failures": [r[2] for r in stats.legit if not r[0]][:5],
         "rss_start_kb": rss0, "rss_peak_kb": peak_rss, "daemon_exited": exited,
-        "tracebacks": log.count("Traceback"), "seconds": round(time.time() - started, 1),
+        "tracebacks": running_log.count("Traceback"),
+        "tracebacks_at_stop": log.count("Traceback") - running_log.count("Traceback"),
+        "seconds": round(time.time() - started, 1),
     }
 
 
@@ -243,8 +246,9 @@ def main():
         print("  %-18s %d" % (key, f[key]))
     print("  legit latency to 250: p50 %.3f s, p95 %.3f s, max %.3f s"
           % (f["legit_p50_s"], f["legit_p95_s"], f["legit_max_s"]))
-    print("  daemon RSS: %d KB at start, %d KB peak; exited: %s; tracebacks in log: %d"
-          % (f["rss_start_kb"], f["rss_peak_kb"], f["daemon_exited"], f["tracebacks"]))
+    print("  daemon RSS: %d KB at start, %d KB peak; exited: %s; tracebacks in log: %d "
+          "(%d more at the stop)" % (f["rss_start_kb"], f["rss_peak_kb"], f["daemon_exited"],
+                                     f["tracebacks"], f["tracebacks_at_stop"]))
     for failure in f["legit_failures"]:
         print("  legit failure: %s" % failure)
 

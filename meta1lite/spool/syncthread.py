@@ -6,7 +6,7 @@
 # before the fsyncs covering its frames returned, or close a segment that may hold
 # frames the round does not cover (one rolled away during the round stays open in
 # the journal's _dirty for the next one: see Journal._roll).
-from meta1lite import compat
+from meta1lite import compat, durable
 
 
 async def sync_round(journal):
@@ -41,7 +41,7 @@ def _fsync_segments(segs):
         if f is None:
             continue
         try:
-            compat.fsync_file(f)
+            durable.fsync_file(f)
         except (OSError, ValueError):
             if not f.closed:
                 raise
