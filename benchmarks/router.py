@@ -21,9 +21,9 @@ import threading
 import time
 
 import _common as C
+from helpers.backlog import BODY, fill_spool
 
 MESSAGE = b"To: ops@dest.test\nSubject: cron\n\nbackup done\n"
-BODY = b"Subject: load\r\n\r\n" + (b"x" * 78 + b"\r\n") * 25
 OUT_OF_MEMORY = ("MemoryError", "memory allocation failed", "out of memory")
 SMTP_TIMEOUT_S = 60
 TIME_RUNS = 5
@@ -35,30 +35,6 @@ def config(spool, port, control):
                          top_extra="control = 127.0.0.1:%d;\nqmgr { retry_min = 1h; max_messages = 5000;"
                                    " max_queue_size = 100M; }\nsmar { route \"*\" { via = \"[127.0.0.1]:%d\"; } }"
                                    % (control, C.free_port()))
-
-
-def fill_spool(spool, count, deferred=False):
-    """A spool with count queued 2 KB messages (written with the Spool API on CPython);
-    deferred: each already tried once, next try in an hour (a backlog behind a
-    smarthost that is down), else never tried (all due at the daemon's start)."""
-    from meta1lite import compat, conf
-    from meta1lite.spool import open_configured
-    cfg = conf.load(None)
-    compat.configure_logging("localhost", "error")
-    cfg["spool"] = spool
-    cfg["qmgr"]["max_messages"] = count + 100
-    queue = open_configured(cfg)
-
-    async def commit_all():
-        for k in range(count):
-            writer = queue.new_message()
-            writer.write(BODY)
-            queue_id = await queue.commit(writer, "a@relay.test", ["ops%d@dest.test" % k])
-            if deferred:
-                await queue.record_attempt(queue_id, [(0, "deferred", "451 4.4.1 smarthost down",
-                                                       int(compat.wall_time()) + 3600)])
-    compat.asyncio.run(commit_all())
-    queue.close()
 
 
 def sessions_pass(port, sessions, messages):
