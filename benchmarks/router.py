@@ -4,11 +4,15 @@
 #      queue (next hop down: every one is tried and deferred at start), takes
 #      SESSIONS concurrent SMTP sessions of MESSAGES messages each, all 250, with no
 #      MemoryError (bisected);
+#      (--drain: instead, the smallest heap at which the daemon started with the
+#      QUEUED messages, all due, delivers them all to a next hop, its scheduler never
+#      failing);
 #   2. the smallest heap and the wall time of `micropython -m meta1lite sendmail`
 #      for one message, with the daemon down (sendmail commits to the journal itself,
 #      recovering the queue's index first) and with it up (over the control channel).
 # Prints figures; asserts nothing. Usage:
 #   .venv/bin/python benchmarks/router.py [--queued 1000] [--sessions 4] [--deferred] [--lo 256K] [--hi 8M]
+#       [--drain] [--no-sendmail]
 import argparse
 import os
 import shutil
@@ -21,12 +25,13 @@ import threading
 import time
 
 import _common as C
+from helpers.backlog import BODY, fill_spool
 
 MESSAGE = b"To: ops@dest.test\nSubject: cron\n\nbackup done\n"
-BODY = b"Subject: load\r\n\r\n" + (b"x" * 78 + b"\r\n") * 25
 OUT_OF_MEMORY = ("MemoryError", "memory allocation failed", "out of memory")
 SMTP_TIMEOUT_S = 60
 TIME_RUNS = 5
+DRAIN_STALL_S = 30
 
 
 def config(spool, port, control):
@@ -35,30 +40,6 @@ def config(spool, port, control):
                          top_extra="control = 127.0.0.1:%d;\nqmgr { retry_min = 1h; max_messages = 5000;"
                                    " max_queue_size = 100M; }\nsmar { route \"*\" { via = \"[127.0.0.1]:%d\"; } }"
                                    % (control, C.free_port()))
-
-
-def fill_spool(spool, count, deferred=False):
-    """A spool with count queued 2 KB messages (written with the Spool API on CPython);
-    deferred: each already tried once, next try in an hour (a backlog behind a
-    smarthost that is down), else never tried (all due at the daemon's start)."""
-    from meta1lite import compat, conf
-    from meta1lite.spool import open_configured
-    cfg = conf.load(None)
-    compat.configure_logging("localhost", "error")
-    cfg["spool"] = spool
-    cfg["qmgr"]["max_messages"] = count + 100
-    queue = open_configured(cfg)
-
-    async def commit_all():
-        for k in range(count):
-            writer = queue.new_message()
-            writer.write(BODY)
-            queue_id = await queue.commit(writer, "a@relay.test", ["ops%d@dest.test" % k])
-            if deferred:
-                await queue.record_attempt(queue_id, [(0, "deferred", "451 4.4.1 smarthost down",
-                                                       int(compat.wall_time()) + 3600)])
-    compat.asyncio.run(commit_all())
-    queue.close()
 
 
 def sessions_pass(port, sessions, messages):
@@ -77,6 +58,42 @@ def sessions_pass(port, sessions, messages):
     for t in threads:
         t.join(SMTP_TIMEOUT_S * messages)
     return failures
+
+
+def drain_run(template, heap, args):
+    """True if the daemon at heap, started with the queue loaded, delivers every
+    queued message to an aiosmtpd next hop (no DRAIN_STALL_S without a delivery) and
+    its scheduler never fails; MemoryError lines of deliveries (retried) are counted."""
+    from helpers.nexthop import NextHop
+    work = tempfile.mkdtemp(prefix="m1l-router-")
+    spool = os.path.join(work, "spool")
+    shutil.copytree(template, spool)
+    with NextHop("127.0.0.1") as hop:
+        port = C.free_port()
+        conf = C.config_text(spool, port, top_extra=(
+            "qmgr { max_messages = 5000; max_queue_size = 100M; retry_min = 1s; retry_max = 2s; }\n"
+            "smtpc { tls = off; }\nsmar { route \"*\" { via = \"[127.0.0.1]:%d\"; tls = off; } }" % hop.port))
+        daemon = C.Daemon("micropython", work, conf, port, heap="%dK" % (heap // 1024))
+        try:
+            daemon.start()
+            started = seen = time.time()
+            while len(hop.messages) < args.queued and time.time() - seen < DRAIN_STALL_S:
+                count = len(hop.messages)
+                time.sleep(0.5)
+                seen = time.time() if len(hop.messages) != count else seen
+            took = time.time() - started
+        except AssertionError:
+            return False, "did not start"
+        finally:
+            daemon.stop()
+            log = daemon.log()
+            shutil.rmtree(work, ignore_errors=True)
+        got = len(set(m.rcpt_tos[0] for m in hop.messages))
+    oom = sum(1 for line in log.splitlines() if any(w in line for w in OUT_OF_MEMORY))
+    failed = log.count("error: scheduler:")
+    ok = got == args.queued and not failed
+    return ok, "%d/%d delivered in %.0f s, %d scheduler errors, %d MemoryError lines" % (
+        got, args.queued, took, failed, oom)
 
 
 def daemon_run(template, heap, args):
@@ -156,6 +173,9 @@ def main():
     parser.add_argument("--hi", type=C.parse_size, default=C.parse_size("8M"))
     parser.add_argument("--deferred", action="store_true",
                         help="the queued messages were tried already (next try in 1h)")
+    parser.add_argument("--drain", action="store_true",
+                        help="instead of the sessions: the queued messages (all due) must drain to a next hop")
+    parser.add_argument("--no-sendmail", action="store_true", help="only the daemon's figure")
     parser.add_argument("--sendmail-lo", type=C.parse_size, default=C.parse_size("64K"))
     parser.add_argument("--sendmail-hi", type=C.parse_size, default=C.parse_size("1M"))
     parser.add_argument("--step", type=C.parse_size, default=C.parse_size("64K"))
@@ -169,7 +189,7 @@ def main():
     rows = []
 
     def attempt(heap):
-        ok, why = daemon_run(template, heap, args)
+        ok, why = (drain_run if args.drain else daemon_run)(template, heap, args)
         rows.append([C.kb(heap), why])
         print("  daemon %s: %s" % (C.kb(heap), why), flush=True)
         return ok
@@ -177,11 +197,14 @@ def main():
     if args.deferred:
         template = os.path.join(tempfile.mkdtemp(prefix="m1l-queue-"), "spool")
         fill_spool(template, args.queued)         # sendmail's figures: a plain queue
-    C.table("daemon: %d queued (%s), %d sessions x %d messages of 2 KB" % (
+    C.table("daemon: %d queued (%s), %s" % (
         args.queued, "deferred, next try in 1h" if args.deferred else "all due at start",
-        args.sessions, args.messages),
+        "drained to a next hop" if args.drain else "%d sessions x %d messages of 2 KB" % (
+            args.sessions, args.messages)),
             ["heapsize", "result"], rows)
     print("daemon: %s" % result)
+    if args.no_sendmail:
+        return
     empty = os.path.join(tempfile.mkdtemp(prefix="m1l-empty-"), "spool")
     fill_spool(empty, 0)
     for label, queue, up in (("daemon down, empty queue", empty, False),

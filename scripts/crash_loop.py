@@ -6,7 +6,8 @@
 # (acknowledged, never delivered and not in the queue), still queued (acknowledged,
 # not delivered when the drain gave up, still in the queue), duplicated (deliveries
 # beyond the first),
-# delivered unacknowledged (queued, killed before the 250: allowed).
+# delivered unacknowledged (queued, killed before the 250: allowed); and from the
+# daemon's log over all rounds: tracebacks, scheduler errors, MemoryError lines.
 # Prints figures, asserts nothing; tests/test_harness.py runs it with small N.
 # Usage: .venv/bin/python scripts/crash_loop.py [--rounds 200] [--clients 8]
 #        [--runtime cpython|micropython] [--max-delay 1.0] [--seed S]
@@ -180,6 +181,9 @@ def run(rounds=200, clients=8, runtime="cpython", max_delay=1.0, size=2048, seed
         "seconds": round(time.time() - started, 1),
         "lost_tokens": lost[:20],
         "tracebacks": log.count("Traceback"),
+        "scheduler_errors": log.count("error: scheduler:"),
+        "memory_errors": sum(1 for line in log.splitlines()
+                             if "MemoryError" in line or "memory allocation failed" in line),
         "workdir": workdir,
     }
     if own and not missing:
@@ -204,7 +208,7 @@ def main():
     print("crash loop (%s): %d rounds, %d clients, %.1f s" % (f["runtime"], f["rounds"],
                                                               f["clients"], f["seconds"]))
     for key in ("acknowledged", "delivered", "still_queued", "lost", "duplicated", "delivered_unacknowledged",
-                "rounds_without_ack", "tracebacks"):
+                "rounds_without_ack", "tracebacks", "scheduler_errors", "memory_errors"):
         print("  %-26s %d" % (key, f[key]))
     if f["lost"]:
         print("  lost (first 20): %s\n  kept: %s" % (" ".join(f["lost_tokens"]), f["workdir"]))

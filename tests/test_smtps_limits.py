@@ -176,6 +176,36 @@ def test_a_message_that_can_never_fit_gets_552(runtime, tmp_path):
     assert_clean_log(daemon)
 
 
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_body_over_max_message_size_gets_552_after_the_dot(runtime, tmp_path):
+    # issue 11: a client that declares no SIZE (or a small one) and sends more than
+    # max_message_size is read to the final dot and refused with 552 5.3.4; nothing
+    # is queued, the part written to the spool is let go (max_messages = 1: a writer
+    # left open would make the last MAIL a 452) and the session stays usable
+    daemon = start_smtps(runtime, tmp_path, "max_message_size = 64K;", qmgr="max_messages = 1;")
+    big = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 4000      # 320 KB, 5x the limit
+    try:
+        with Client(daemon.port) as c:
+            c.greeting_and_ehlo()
+            for mail in ("MAIL FROM:<f@relay.test>", "MAIL FROM:<f@relay.test> SIZE=1000"):
+                assert c.cmd(mail).code == 250, mail
+                assert c.cmd("RCPT TO:<t@example.org>").code == 250
+                assert c.cmd("DATA").code == 354
+                c.send(big + b".\r\n")
+                r = c.reply()
+                assert code_and_enhanced(r) == (552, "5.3.4"), (mail, r)
+                assert c.cmd("RSET").code == 250
+            r = c.message("f@relay.test", ["t@example.org"], b"Subject: fits\r\n\r\nok\r\n")
+            assert r.code == 250, r
+            assert c.cmd("QUIT").code == 221
+    finally:
+        daemon.stop()
+    assert_clean_log(daemon)
+    bodies = [b for _, _, b in queued(tmp_path).values()]
+    assert len(bodies) == 1 and b"Subject: fits" in bodies[0]
+
+
 SLOW_LIMITS = ("io_timeout = 5m; command_timeout = 2s; min_data_rate = 100000;"
                " data_rate_grace = 1s; max_junk_commands = 5;")
 

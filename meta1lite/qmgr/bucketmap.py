@@ -3,15 +3,23 @@
 # Owns: BucketMap. One dict of a thousand entries needs one contiguous block of
 # ~32 KB on every resize, which a fragmented MicroPython heap cannot give (the
 # queue manager died that way with 380 queued messages on a 1 MB heap); small
-# buckets grow in small steps. Must never: hold anything but what callers put in.
+# buckets grow in small steps, and the number of buckets grows with the entries
+# (x4 past PER_BUCKET entries a bucket on average, up to MAX_BUCKETS) so that a
+# bucket stays small for a queue of thousands. Must never: hold anything but what
+# callers put in, or fail a write because a growth found no memory.
 BUCKETS = 16
+PER_BUCKET = 32                 # average entries per bucket before the buckets grow
+MAX_BUCKETS = 256
+GROWTH = 4
 
 
 class BucketMap:
     """A mapping with the dict operations the queue manager uses."""
 
-    def __init__(self, buckets=BUCKETS):
+    def __init__(self, buckets=BUCKETS, max_buckets=MAX_BUCKETS):
         self.buckets = [{} for _ in range(buckets)]
+        self.max_buckets = max(buckets, max_buckets)
+        self.count = 0
 
     def _bucket(self, key):
         return self.buckets[hash(key) % len(self.buckets)]
@@ -20,13 +28,37 @@ class BucketMap:
         return self._bucket(key)[key]
 
     def __setitem__(self, key, value):
-        self._bucket(key)[key] = value
+        bucket = self._bucket(key)
+        if key in bucket:
+            bucket[key] = value
+            return
+        if self.count >= PER_BUCKET * len(self.buckets) and self._grow():
+            bucket = self._bucket(key)
+        bucket[key] = value
+        self.count += 1
+
+    def _grow(self):
+        # a new list of buckets, filled before it replaces the old one: a MemoryError
+        # leaves the map as it was (and a growth is tried again at the next write);
+        # an iteration in progress goes on over the old buckets, left untouched
+        n = min(self.max_buckets, len(self.buckets) * GROWTH)
+        if n <= len(self.buckets):
+            return False
+        try:
+            new = [{} for _ in range(n)]
+            for bucket in self.buckets:
+                for key in bucket:
+                    new[hash(key) % n][key] = bucket[key]
+        except MemoryError:
+            return False
+        self.buckets = new
+        return True
 
     def __contains__(self, key):
         return key in self._bucket(key)
 
     def __len__(self):
-        return sum(len(b) for b in self.buckets)
+        return self.count
 
     def __iter__(self):
         for bucket in self.buckets:
@@ -46,4 +78,8 @@ class BucketMap:
 
     def pop(self, key, default=None):
         """Remove key; its value, or default."""
-        return self._bucket(key).pop(key, default)
+        bucket = self._bucket(key)
+        if key not in bucket:
+            return default
+        self.count -= 1
+        return bucket.pop(key)

@@ -185,11 +185,15 @@ class QueueManager:
 
     def _scan(self):
         # no set of every queue ID: its table is one block that grows with the queue,
-        # which a fragmented MicroPython heap lacks (1,000 messages: MemoryError below 3.2M)
+        # which a fragmented MicroPython heap lacks (1,000 messages: MemoryError below 3.2M);
+        # nor the ordered listing (an int per message): only an untracked message is
+        # built, one at a time, and its key is the index's queue ID string
         self._rescan = False
-        for msg in self.spool.messages():
-            if msg.id not in self._due:
-                self._track(msg)
+        for queue_id in self.spool.queue_ids():
+            if queue_id not in self._due:
+                msg = self.spool.get(queue_id)
+                if msg is not None:
+                    self._track(queue_id, msg)
         for queue_id in self._due:         # BucketMap iterates over a snapshot per bucket
             if not self.spool.exists(queue_id) and not self._busy.get(queue_id):
                 self._forget(queue_id)
@@ -203,24 +207,25 @@ class QueueManager:
         for queue_id in arrived:
             msg = self.spool.get(queue_id)
             if msg is not None and queue_id not in self._due:
-                self._track(msg)
+                self._track(queue_id, msg)
                 tracked.append((queue_id, msg if len(tracked) < KEPT_BUILT else None))
         return tracked
 
-    def _track(self, msg):
+    def _track(self, queue_id, msg):
+        # queue_id: the one string every table of this message is keyed by
         now = self._now()
         wall = compat.wall_time()
-        self._born[msg.id] = now - age_at(msg.arrival, wall)
+        self._born[queue_id] = now - age_at(msg.arrival, wall)
         next_try = None
         for rcpt in msg.recipients:
             if rcpt.status in status.PENDING and rcpt.next_try is not None:
                 next_try = rcpt.next_try if next_try is None else min(next_try, rcpt.next_try)
         if not self._attempted(msg):
-            self._due[msg.id] = now
+            self._due[queue_id] = now
         elif sane(wall) and sane(next_try):
-            self._due[msg.id] = now + max(0, min(self.retry_max, int(next_try - wall)))
+            self._due[queue_id] = now + max(0, min(self.retry_max, int(next_try - wall)))
         else:   # wall clock unknown: spread the retries over retry_min, never a storm
-            self._due[msg.id] = now + compat.urandom(2)[0] * self.retry_min // 256
+            self._due[queue_id] = now + compat.urandom(2)[0] * self.retry_min // 256
 
     def _forget(self, queue_id):
         self._due.pop(queue_id, None)
@@ -278,7 +283,7 @@ class QueueManager:
             if msg.held:
                 continue
             examined += 1
-            self._plan_message(msg, plan, state, full)
+            self._plan_message(queue_id, msg, plan, state, full)
         self._launch(plan)
         if walk:
             self._soonest = soonest
@@ -287,15 +292,16 @@ class QueueManager:
         soonest = self._soonest
         return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
 
-    def _plan_message(self, msg, plan, state, full):
-        if msg.id in self.attempts.unrecorded:      # sent, not recorded: record, not send
-            self._start(self._record_again(msg.id), None, [msg.id])
+    def _plan_message(self, queue_id, msg, plan, state, full):
+        # queue_id: the tables' key (msg.id is an equal string of its own)
+        if queue_id in self.attempts.unrecorded:    # sent, not recorded: record, not send
+            self._start(self._record_again(queue_id), None, [queue_id])
             return
         groups, special = self._groups(msg)
         if special:
-            self._start(self._expand(msg, special), None, [msg.id])
+            self._start(self._expand(msg, special), None, [queue_id])
             return
-        self._hint[msg.id] = next(iter(groups)) if len(groups) == 1 else None
+        self._hint[queue_id] = next(iter(groups)) if len(groups) == 1 else None
         for dest in groups:
             if not self._room(plan.get(dest), dest, state):
                 full.add(dest)
@@ -307,7 +313,7 @@ class QueueManager:
                 entry = plan[dest] = _Planned(route, domain)
             if len(entry.jobs) >= entry.slots:      # spread over connections first
                 self._grow(entry, dest, state)
-            entry.jobs.append(self._job(msg, rcpts))
+            entry.jobs.append(self._job(queue_id, msg, rcpts))
 
     def _room(self, entry, dest, state):
         if entry is not None and entry.has_room():
@@ -349,8 +355,8 @@ class QueueManager:
             groups[dest][2].append((index, addr))
         return groups, special
 
-    def _job(self, msg, rcpts):
-        spool, queue_id = self.spool, msg.id
+    def _job(self, queue_id, msg, rcpts):
+        spool = self.spool
         info = msg.info or {}
         return Job(queue_id, msg.sender, rcpts, msg.size, bool(info.get("eightbit")),
                    lambda: spool.read_body(queue_id, True))

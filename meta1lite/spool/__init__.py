@@ -287,6 +287,11 @@ class Spool:
         base, runs = self.index.order()
         return Listing(self.index, base, runs)
 
+    def queue_ids(self):
+        """The live queue IDs, in no set order (no Message built, no list of them all);
+        the spool must not change while the iteration runs (no await in between)."""
+        return iter(self.index)
+
     def get(self, queue_id):
         """A fresh Message (a copy: changing it changes nothing) of a live message,
         or None."""

@@ -177,7 +177,8 @@ class Index:
         return out
 
     def __iter__(self):
-        """The queue IDs (for tools and test shims; builds no Message)."""
+        """The queue IDs (builds no Message); no record may be added or removed
+        while the iteration runs."""
         for which in range(BUCKETS):
             for off in self.offsets(which):
                 h = head(self.buckets[which], off)
