@@ -110,3 +110,13 @@ def fs_size(path):
     (f_blocks less the root reserve, f_bfree - f_bavail)."""
     st = os.statvfs(path)
     return st[1] * (st[2] - (st[3] - st[4]))     # f_frsize * (f_blocks - reserved)
+
+
+def write_all(f, data):
+    """Write all of data to an unbuffered file (loops over short writes)."""
+    mv = memoryview(data)
+    while len(mv):
+        n = f.write(mv)
+        if not n:
+            raise OSError(5, "short write")
+        mv = mv[n:]

@@ -31,7 +31,7 @@
 #   corrupt/       what could not be read: damaged byte ranges, salvaged messages
 #   tmp/           temporaries of inject(); removed at recovery
 #   seg.reserve    record_reserve bytes given back when the file system is full, so
-#                  that delivery records still fit (journal.RecordReserve)
+#                  that delivery records still fit (space.RecordReserve)
 #   lock, lock.d/  the lock of the process writing the spool (lock.py)
 #
 # Frame (every record; see format.py):  magic 9D 4D | type (1) | generation (4) |
@@ -61,7 +61,7 @@
 from meta1lite import compat, durable
 from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
-from meta1lite.spool.journal import Journal, low_space
+from meta1lite.spool.journal import Journal
 from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public API
     BufferPool,
     CorruptMessage,
@@ -75,6 +75,7 @@ from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public
     log,
 )
 from meta1lite.spool.recovery import Recovery
+from meta1lite.spool.space import low_space
 from meta1lite.status import FINAL, SENT, STATUSES  # public API too (the spool stores the index)
 
 SEGMENT_SIZE = 256 * 1024       # bytes per journal segment (qmgr.segment_size)

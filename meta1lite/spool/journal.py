@@ -4,30 +4,20 @@
 # Owns: every segment file known to the spool (journal segments and adopted
 # incoming files, by key), the current and the next (pre-created) journal segment,
 # the group-commit sync rounds, segment reference counts, recycling freed segments
-# in place and retiring the rest. Must never: need a new directory entry for a
+# (truncated, then stamped anew) and retiring the rest. Must never: need a new directory entry for a
 # commit to be durable (a new segment is created, fsynced and its directory synced
 # AHEAD of need); free a segment while a live message or an open writer counts on it
 # (Segment.refs), or while a done record in it still cancels an envelope in a
 # segment that exists; know what a record means (the index and the Spool do).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, durable
+from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
+from meta1lite.spool.space import RESERVED_FOR, RecordReserve, is_full
 
 SMALL_FRAME = 1024              # frames up to this are written with one write()
-RESERVE_CHUNK = compat.IO_CHUNK     # bytes per write when the record reserve is filled
-RESERVED_FOR = (fmt.T_STATE, fmt.T_DONE, fmt.T_HOLD)    # frames that may spend it
 LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
-
-
-def write_all(f, data):
-    """Write all of data to an unbuffered file (loops over short writes)."""
-    mv = memoryview(data)
-    while len(mv):
-        n = f.write(mv)
-        if not n:
-            raise OSError(5, "short write")
-        mv = mv[n:]
 
 
 def open_rw(path):
@@ -38,18 +28,6 @@ def open_rw(path):
         return open(path, "r+b")
 
 
-def low_space(path, min_free_space, size):
-    """The refusal reason if size more bytes would leave less than min_free_space
-    bytes free in the file system holding path, else None (also when unknown)."""
-    try:
-        free = durable.free_space(path)
-    except (OSError, AttributeError):
-        return None
-    if free is not None and free < min_free_space + size:
-        return "insufficient free space in the queue file system"
-    return None
-
-
 def _close_quietly(seg):
     """Close a segment's handle (if open) and forget it; a failing close is ignored."""
     f, seg.f = seg.f, None
@@ -58,61 +36,6 @@ def _close_quietly(seg):
             f.close()
         except OSError:
             pass
-
-
-def _is_full(exc):
-    return isinstance(exc, OSError) and compat.errno_of(exc) in (compat.ENOSPC, compat.EDQUOT)
-
-
-class RecordReserve:
-    """SPOOL/seg.reserve: record_reserve bytes written ahead, given back when an append
-    of a delivery record finds the file system full (another process may have filled
-    it: min_free_space cannot stop that), so that state and done records still fit;
-    written again once twice its size is free. Size 0: none."""
-
-    def __init__(self, path, size):
-        self.path = path
-        self.size = size
-        self.present = False
-
-    def fill(self):
-        """Write the reserve if it is missing and there is room for it twice."""
-        if self.present or self.size <= 0:
-            return
-        if self._complete() or low_space(self.path.rsplit("/", 1)[0], self.size, self.size):
-            return
-        try:
-            self._write()
-            self.present = True
-        except OSError as exc:
-            durable.remove(self.path)
-            log("warning", "cannot write the record reserve: %s" % exc)
-
-    def _complete(self):
-        # written by an earlier run (flash: no rewrite at each start)
-        try:
-            self.present = durable.file_size(self.path) == self.size
-        except OSError:
-            self.present = False
-        return self.present
-
-    def _write(self):
-        zeros = memoryview(bytes(min(RESERVE_CHUNK, self.size)))
-        with open(self.path, "wb") as f:
-            left = self.size
-            while left > 0:
-                write_all(f, zeros[:left])      # a memoryview slice: no copy
-                left -= len(zeros)
-            durable.fsync_file(f)
-
-    def spend(self):
-        """Give the reserve back to the file system; True if there was one."""
-        if self.size <= 0 or not durable.exists(self.path):
-            return False
-        durable.remove(self.path)
-        self.present = False
-        log("warning", "queue file system full: the record reserve is in use")
-        return True
 
 
 class Segment:
@@ -315,7 +238,7 @@ class Journal:
             self._put(seg, head, parts, length)
         except BaseException as exc:    # OSError, MemoryError, cancellation: end unchanged
             self._rewind(seg)
-            if not (ftype in RESERVED_FOR and _is_full(exc) and self.record_reserve.spend()):
+            if not (ftype in RESERVED_FOR and is_full(exc) and self.record_reserve.spend()):
                 raise
             self._put_again(seg, head, parts, length)
         seg.end = pos + length

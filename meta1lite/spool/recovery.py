@@ -11,8 +11,9 @@
 import os
 
 from meta1lite import compat, durable
+from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
-from meta1lite.spool.journal import Segment, low_space, write_all
+from meta1lite.spool.journal import Segment
 from meta1lite.spool.message import (
     SpoolFull,
     arriving,
@@ -21,6 +22,7 @@ from meta1lite.spool.message import (
     log,
     message_from_envelope,
 )
+from meta1lite.spool.space import low_space
 
 TORN_HEADER = 128               # a segment file this small with no valid header: torn creation
 LOG_PICKUP = "sendmail"         # logs as Postfix's pickup: its uid= line counts as received

@@ -7,6 +7,7 @@ from test_qmgr import HOUR, Rig, _cfg, _queue_n
 
 from meta1lite import compat, durable
 from meta1lite.spool import journal as journal_mod
+from meta1lite.spool import space as space_mod
 
 UPY_HEAP = "640K"
 ENOSPC = compat.ENOSPC
@@ -23,7 +24,7 @@ class FullDisk:
         self.budget = 0
         self.refused = 0
         self.real_write = journal_mod.write_all
-        self.real_spend = journal_mod.RecordReserve.spend
+        self.real_spend = space_mod.RecordReserve.spend
         self.real_free = durable.free_space
 
     def install(self):
@@ -46,12 +47,12 @@ class FullDisk:
         def free_space(path):
             return disk.budget if disk.on else disk.real_free(path)
         journal_mod.write_all = write_all
-        journal_mod.RecordReserve.spend = spend
+        space_mod.RecordReserve.spend = spend
         durable.free_space = free_space
 
     def remove(self):
         journal_mod.write_all = self.real_write
-        journal_mod.RecordReserve.spend = self.real_spend
+        space_mod.RecordReserve.spend = self.real_spend
         durable.free_space = self.real_free
 
 

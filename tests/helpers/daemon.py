@@ -87,6 +87,7 @@ class Daemon:
     def start(self):
         cmd, env = self.command()
         env.update(self.env)
+        self.log_before_stop = None
         self.logfile = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.logfile,
                                      stderr=subprocess.STDOUT)
@@ -129,8 +130,10 @@ class Daemon:
             self.proc.send_signal(signal.SIGINT)
 
     def stop(self):
-        """Graceful stop: SIGTERM (CPython) or Ctrl-C (MicroPython: KeyboardInterrupt)."""
+        """Graceful stop: SIGTERM (CPython) or Ctrl-C (MicroPython: KeyboardInterrupt).
+        .log_before_stop: the log before it (see helpers.smtpclient.assert_clean_log)."""
         if self.proc and self.proc.poll() is None:
+            self.log_before_stop = self.log()
             if self.runtime == "cpython":
                 self.proc.send_signal(signal.SIGTERM)
             else:
