@@ -53,7 +53,7 @@ def test_examples_are_valid():
     assert router["smar"]["route"][0][1]["tls"] == "required"
     assert router["smtpc"]["credentials"][0][0] == "isp"
     pico = conf.load(base + "picow.conf")
-    assert pico["spool"] == "/flash/spool" and pico["smtps"]["listen"] == [("0.0.0.0", 25)]
+    assert pico["spool"] == "/spool" and pico["smtps"]["listen"] == [("0.0.0.0", 25)]
     assert pico["smtpc"]["ca_file"] and pico["control"] == ("127.0.0.1", 2526)
 
 
