@@ -23,7 +23,7 @@ def test_commands_get_config_or_path_and_the_rest_of_argv(monkeypatch):
     good = os.path.join(ROOT, "conf/examples/picow.conf")
     assert cli.main(["probe", "-c", good, "--json", "x"]) == 7
     cfg, argv = seen[0]
-    assert cfg["spool"] == "/flash/spool" and cfg["config_file"] == good and argv == ["--json", "x"]
+    assert cfg["spool"] == "/spool" and cfg["config_file"] == good and argv == ["--json", "x"]
 
 
 def test_environment_variable_and_default(monkeypatch):
