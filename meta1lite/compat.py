@@ -308,8 +308,9 @@ async def start_unix_server(handler, path, mode=0o600):
         return None
     try:
         os.remove(path)             # a socket file left by an earlier run
-    except OSError:
-        pass
+    except OSError as exc:
+        if errno_of(exc) != errno.ENOENT:
+            raise
     server = await asyncio.start_unix_server(handler, path)
     os.chmod(path, mode)
     return server

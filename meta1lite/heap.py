@@ -1,7 +1,7 @@
 # meta1lite.heap - compat's memory half: the MicroPython heap. How much is used and
 # free, collecting early (gc.threshold), refusing new work when little is left,
 # dropping one-shot modules, and unlocking a heap a Ctrl-C left locked. On CPython
-# every function is a no-op or returns None/False.
+# the heap figures are None and the rest no-ops, except forget_modules.
 # Owns: those decisions' thresholds (MIN_FREE_HEAP, GC_EVERY_*). Must never: hold
 # protocol or queue logic, or allocate where it reports that allocation failed.
 import sys

@@ -330,13 +330,23 @@ def _stop_interrupted(daemon):
     daemon.stop_reason = "interrupted"
     bound = daemon.cfg["mcp"]["stop_timeout"] + INTERRUPT_SLACK_S
 
+    deadline = []
+
     async def overdue():
         await asyncio.sleep(bound)
         raise _StopOverdue()
-    # queued before run(), not by the stop's task: seen on the sim, that task never ran
-    asyncio.create_task(overdue())
+
+    async def stop():
+        if not deadline:            # CPython: no loop before run()
+            deadline.append(asyncio.create_task(overdue()))
+        await daemon.stop()
+        deadline[0].cancel()        # not left queued for a later run (a board's REPL)
+    try:    # queued before run() where it can be, not by the stop's task: seen on the
+        deadline.append(asyncio.create_task(overdue()))     # sim, that one never ran
+    except RuntimeError:
+        pass
     try:
-        asyncio.run(daemon.stop())
+        asyncio.run(stop())
     except Exception:  # noqa: BLE001 - best effort after Ctrl-C
         pass
     except _StopOverdue:

@@ -224,7 +224,8 @@ def read_trace(path):
 
 def check_order(events, acked):
     """Every ACK: commit started and ended before it, and each file holding one of
-    the message's frames was fsynced after the last append to it, before the ACK."""
+    the message's frames had an fsync begun after the last append to it and ended
+    before the ACK (the fsyncs may run in a worker thread: SYNC-BEGIN / SYNC)."""
     for at, event in enumerate(events):
         if event[0] != "ACK":
             continue
@@ -238,9 +239,12 @@ def check_order(events, acked):
             if ev[0] == "APPEND" and ev[2] == tag:
                 last_append[ev[3]] = i
         assert any(ev[0] == "APPEND" and ev[1] == "E" and ev[2] == tag for ev in before), queue_id
+        ended = set(ev[1] for ev in before if ev[0] == "SYNC" and ev[2] == "file")
         for fid, i in last_append.items():
-            synced = [ev for ev in before[i + 1:] if ev[0] == "SYNC" and ev[2] == "file" and ev[3] == fid]
-            assert synced, "%s: 250 sent before the fsync of its frames" % queue_id
+            begun = [ev[1] for ev in before[i + 1:]
+                     if ev[0] == "SYNC-BEGIN" and ev[2] == "file" and ev[3] == fid]
+            assert [n for n in begun if n in ended], \
+                "%s: 250 sent before the fsync of its frames" % queue_id
     assert sorted(ev[1] for ev in events if ev[0] == "ACK") == sorted(acked)
 
 

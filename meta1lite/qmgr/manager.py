@@ -276,6 +276,8 @@ class QueueManager:
                 continue
             msg = entry[2] if len(entry) > 2 else None      # an arrival's, built just now
             if msg is None:
+                if self.spool.is_held(queue_id):    # asked of the index: nothing built
+                    continue
                 msg = self.spool.get(queue_id)
             if msg is None:
                 self._forget(queue_id)

@@ -14,7 +14,7 @@ from meta1lite import compat, durable
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
-from meta1lite.spool.space import RESERVED_FOR, RecordReserve, is_full
+from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
 SMALL_FRAME = 1024              # frames up to this are written with one write()
 LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
@@ -238,7 +238,7 @@ class Journal:
             self._put(seg, head, parts, length)
         except BaseException as exc:    # OSError, MemoryError, cancellation: end unchanged
             self._rewind(seg)
-            if not (ftype in RESERVED_FOR and is_full(exc) and self.record_reserve.spend()):
+            if not (ftype in RESERVED_FOR and compat.is_no_space(exc) and self.record_reserve.spend()):
                 raise
             self._put_again(seg, head, parts, length)
         seg.end = pos + length
@@ -288,7 +288,9 @@ class Journal:
             seg.unsynced = False
             self._dirty.pop(0)
         cur = self._cur
-        if cur is not None and cur.unsynced:
+        # during a round of the worker thread (syncthread) cur reads synced before its
+        # fsync returned: a close() meanwhile must not take that as done
+        if cur is not None and (cur.unsynced or self._round is not None):
             cur.unsynced = False
             try:
                 durable.fsync_file(cur.f)
@@ -343,8 +345,11 @@ class Journal:
                 await self._sync_to(self._later_upto)
         except OSError as exc:
             log("warning", "deferred sync failed: %s" % exc)
+            return                  # the next commit's sync tries again
         finally:
             self._later = None
+        if self._cur is not None and self._synced < self._later_upto:
+            self.sync_later()       # asked again while this one was syncing
 
     def close(self):
         """Sync and close the segment files (until the next start())."""

@@ -25,11 +25,6 @@ def low_space(path, min_free_space, size):
     return None
 
 
-def is_full(exc):
-    """True for a full file system (ENOSPC) or quota (EDQUOT)."""
-    return isinstance(exc, OSError) and compat.errno_of(exc) in (compat.ENOSPC, compat.EDQUOT)
-
-
 class RecordReserve:
     """SPOOL/seg.reserve: record_reserve bytes written ahead, given back when an append
     of a delivery record finds the file system full (another process may have filled

@@ -39,6 +39,19 @@ class Trace:
         except TypeError:
             self.f = open(path, "ab")
         self.syncs = 0
+        try:                        # CPython fsyncs in a worker thread too (syncthread)
+            import _thread
+            self.lock = _thread.allocate_lock()
+        except ImportError:
+            self.lock = None
+
+    def next_sync(self):
+        if self.lock is None:
+            self.syncs += 1
+            return self.syncs
+        with self.lock:
+            self.syncs += 1
+            return self.syncs
 
     def event(self, text):
         self.f.write((text + "\n").encode())
@@ -48,15 +61,17 @@ def _wrap_compat(trace, compat, durable):
     fsync_file, sync_dir, write_all = durable.fsync_file, durable.sync_dir, compat.write_all
 
     def counted_fsync(f):
+        # SYNC-BEGIN before: an append logged after it is not covered by this fsync,
+        # even though the SYNC line (when it returned) comes after that append
+        n = trace.next_sync()
+        trace.event("SYNC-BEGIN %d file %d" % (n, id(f)))
         fsync_file(f)
-        trace.syncs += 1
-        trace.event("SYNC %d file %d" % (trace.syncs, id(f)))
+        trace.event("SYNC %d file %d" % (n, id(f)))
 
     def counted_sync_dir(path):
         done = sync_dir(path)
         if done:
-            trace.syncs += 1
-            trace.event("SYNC %d dir %s" % (trace.syncs, path))
+            trace.event("SYNC %d dir %s" % (trace.next_sync(), path))
         return done
 
     async def traced_write_all(writer, data):
