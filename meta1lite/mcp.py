@@ -307,9 +307,12 @@ def _run_locked(cfg):
     except KeyboardInterrupt:
         _stop_interrupted(daemon)
     except MemoryError:
-        if not heap.unlock_heap():
-            raise
-        _stop_interrupted(daemon)   # a Ctrl-C that landed in a finaliser surfaces so
+        # out of the event loop itself: seen only when a Ctrl-C landed in a collection's
+        # finaliser (MicroPython turns it into this); the loop is gone either way
+        heap.unlock_heap()
+        compat.log.log("warning", LOG, "the event loop ended in MemoryError (a Ctrl-C "
+                       "inside a garbage collection does this)")
+        _stop_interrupted(daemon)
     except OSError as exc:
         sys.stderr.write("meta1lite: %s\n" % exc)
         return 1

@@ -2,6 +2,7 @@
 # MicroPython unix port with a board-sized heap, listening on loopback.
 # CPython-only (the driver side).
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ UPY_HEAP = "512K"
 ROUTER_HEAP = "1M"
 START_TIMEOUT_S = 30
 CTRL_C_AGAIN_S = 3              # Ctrl-C again when the first did not begin the stop
+STOP_REQUEST_S = 30             # the control channel's stop answers when the stop is done
 _bundle_built = []
 
 
@@ -58,6 +60,12 @@ smtps {
 """ % (spool, top_extra, port, relay_from, smtps_extra)
 
 
+def _control_endpoint(conf):
+    """(host, port) of a configuration's loopback control endpoint, or None."""
+    m = re.search(r'^\s*control\s*=\s*"?127\.0\.0\.1:(\d+)"?', conf, re.M)
+    return ("127.0.0.1", int(m.group(1))) if m else None
+
+
 class Daemon:
     """`meta1lite run -c FILE` in a subprocess; its log goes to a file."""
 
@@ -71,6 +79,9 @@ class Daemon:
         self.env = env or {}
         self.entry = entry          # a script to run instead of `-m meta1lite` (shims)
         self.proc = None
+        if runtime != "cpython" and not re.search(r"^\s*control\s*=", conf, re.M):
+            conf = 'control = "127.0.0.1:%d";\n%s' % (free_port(), conf)   # stop(): see there
+        self.control = _control_endpoint(conf)
         with open(self.conf_path, "w") as f:
             f.write(conf)
 
@@ -129,6 +140,20 @@ class Daemon:
         if self.proc.poll() is None and "stopping (" not in self.log():
             self.proc.send_signal(signal.SIGINT)
 
+    def _stop_request(self):
+        # MicroPython: the control channel's stop, as `meta1lite stop` does. A Ctrl-C
+        # is a KeyboardInterrupt that lands wherever the VM is, a collection's
+        # finaliser included (README: the unix port); the tests of Ctrl-C send it.
+        if self.control is None:
+            return False
+        try:
+            with socket.create_connection(self.control, timeout=5) as sock:
+                sock.settimeout(STOP_REQUEST_S)
+                sock.sendall(b"stop\n")
+                return bool(sock.recv(4096))
+        except OSError:
+            return False
+
     def stop(self):
         """Graceful stop: SIGTERM (CPython) or Ctrl-C (MicroPython: KeyboardInterrupt).
         .log_before_stop: the log before it (see helpers.smtpclient.assert_clean_log)."""
@@ -136,7 +161,7 @@ class Daemon:
             self.log_before_stop = self.log()
             if self.runtime == "cpython":
                 self.proc.send_signal(signal.SIGTERM)
-            else:
+            elif not self._stop_request():
                 self.interrupt()
             try:
                 self.proc.wait(timeout=15)
