@@ -159,6 +159,15 @@ def start_daemon(runtime, workdir, conf, port, heap="320K", qmgr=True, env=None,
     return Daemon(runtime, workdir, conf, port, heap=heap, env=env, entry=ENTRY).start()
 
 
+def start_at_heap(workdir, conf, port, heap_bytes):
+    """The unix port's daemon started with heap_bytes of heap, or None if it did not start."""
+    daemon = Daemon("micropython", workdir, conf, port, heap="%dK" % (heap_bytes // 1024))
+    try:
+        return daemon.start()
+    except AssertionError:
+        return None
+
+
 def count_trace(path):
     """(syncs, acks, file syncs, dir syncs) from a shim_daemon trace file."""
     syncs = acks = fsyncs = dsyncs = 0

@@ -188,11 +188,8 @@ def concurrent(port, data, sessions):
 def accepts_big(heap_bytes, big, timeout):
     work = tempfile.mkdtemp(prefix="m1l-heapmin-")
     port = C.free_port()
-    d = C.Daemon("micropython", work, relay_conf(work, port, C.free_port()), port,
-                 heap="%dK" % (heap_bytes // 1024))
-    try:
-        d.start()
-    except AssertionError:
+    d = C.start_at_heap(work, relay_conf(work, port, C.free_port()), port, heap_bytes)
+    if d is None:
         return False, "did not start"
     try:
         send(port, make_big(big), timeout=timeout)

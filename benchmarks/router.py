@@ -102,11 +102,8 @@ def daemon_run(template, heap, args):
     spool = os.path.join(work, "spool")
     shutil.copytree(template, spool)
     port = C.free_port()
-    daemon = C.Daemon("micropython", work, config(spool, port, C.free_port()), port,
-                      heap="%dK" % (heap // 1024))
-    try:
-        daemon.start()
-    except AssertionError:
+    daemon = C.start_at_heap(work, config(spool, port, C.free_port()), port, heap)
+    if daemon is None:
         return False, "did not start"
     try:
         time.sleep(args.settle)
