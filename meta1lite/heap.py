@@ -64,6 +64,40 @@ def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
+class Reserve:
+    """A block of heap kept free for one kind of allocation that a fragmented heap
+    may have no run for (MicroPython): call(fn, ...) runs fn, and if it fails with
+    MemoryError, frees the block, collects and runs fn again, which then finds the
+    block's run. The block is taken again at the next call (by then the object that
+    used it is usually freed). A LittleFS file handle carries a 1K cache in one block
+    (1148 bytes on the sim Pico W): the delivery that could not open its segment
+    failed at 128K while 60K were free. No block on CPython (size 0)."""
+
+    def __init__(self, size):
+        self.size = size if heap_free() is not None else 0
+        self._block = None
+
+    def _take(self):
+        if self._block is None and self.size:
+            try:
+                self._block = bytearray(self.size)
+            except MemoryError:
+                pass            # the next call tries again
+
+    def call(self, fn, *args):
+        """fn(*args), run a second time in the reserve's run if the first fails."""
+        self._take()
+        try:
+            return fn(*args)
+        except MemoryError:
+            if self._block is None:
+                raise
+        self._block = None
+        import gc
+        gc.collect()
+        return fn(*args)
+
+
 UNLOCK_TRIES = 3                # collections tried by unlock_heap()
 
 

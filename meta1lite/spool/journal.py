@@ -10,7 +10,7 @@
 # (Segment.refs), or while a done record in it still cancels an envelope in a
 # segment that exists; know what a record means (the index and the Spool do).
 # Shared code: MicroPython and CPython.
-from meta1lite import compat, durable
+from meta1lite import compat, durable, heap
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
@@ -18,6 +18,10 @@ from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
 SMALL_FRAME = 1024              # frames up to this are written with one write()
 LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
+# Heap kept for opening a segment to read (MicroPython, heap.Reserve): a LittleFS file
+# object holds its cache, min(block, 4 x max(read, prog size)) = 1K on a Pico W, in
+# the same block as its 124-byte state (1148 bytes on the sim).
+READ_HANDLE_RESERVE = 1280
 
 
 def open_rw(path):
@@ -84,6 +88,7 @@ class Journal:
         self._later = None      # the task of sync_later(), while it waits
         self._later_upto = 0    # the appends sync_later() was asked to cover
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
+        self._read_reserve = heap.Reserve(READ_HANDLE_RESERVE)
 
     def is_open(self):
         """True between start() and close()."""
@@ -365,6 +370,11 @@ class Journal:
 
     # --- reading frames back -----------------------------------------------------------
 
+    def open_read(self, path):
+        """A segment opened to read, in the heap kept for it if the heap has no other
+        run long enough (a board)."""
+        return self._read_reserve.call(open, path, "rb")
+
     def read_record(self, files, key, pos, ftype, tag):
         """(dict, payload length) of a valid frame (ftype, tag) at (segment key,
         pos); (None, 0) if there is none. files: key -> open file, reused and
@@ -374,7 +384,7 @@ class Journal:
             return None, 0
         try:
             if key not in files:
-                files[key] = open(seg.path, "rb")
+                files[key] = self.open_read(seg.path)
             status, frame = fmt.read_frame(files[key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
         except OSError:
             return None, 0
@@ -400,7 +410,7 @@ class Journal:
             seg = self.segs.get(key)
             if seg is None:
                 break
-            with open(seg.path, "rb") as f:
+            with self.open_read(seg.path) as f:
                 start = msg.first if i == 0 else seg.start
                 frames = fmt.iter_tagged(f, start, seg.end, seg.gen, fmt.T_CHUNK, msg.tag, seg.skips)
                 for pos, peek in frames:

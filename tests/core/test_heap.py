@@ -1,0 +1,59 @@
+# heap: the MicroPython heap helpers, tested on CPython (where they keep nothing)
+# and under the real MicroPython unix port (where the reserve meets a fragmented heap).
+import gc
+
+from meta1lite import heap
+
+RUN = 1280          # the reserve's block, as the journal keeps it for a file handle
+HOLE = 1100         # holes left in the heap, each too short for NEED
+NEED = 1200         # what the fragmented heap must still place
+PLUGS = 64          # at most this many runs of NEED bytes left after the holes
+
+
+def test_reserve_places_what_a_fragmented_heap_cannot():
+    reserve = heap.Reserve(RUN)
+    if heap.heap_free() is None:            # CPython: no block, a plain call
+        assert reserve.size == 0
+        assert reserve.call(bytearray, NEED) == bytearray(NEED)
+        return
+    assert reserve.call(len, b"taken") == 5     # the block is taken at the first call
+    room = heap.heap_free() // HOLE + 1     # lists made once: growing one leaves runs
+    holes, pins = [None] * room, [None] * room
+    try:
+        for i in range(room):               # the heap: HOLE bytes, a pinned object, ...
+            holes[i] = bytearray(HOLE)
+            pins[i] = bytearray(16)
+    except MemoryError:
+        pass
+    for i in range(room):
+        holes[i] = None
+    gc.collect()
+    plugs = [None] * PLUGS                  # runs that could still take NEED: filled
+    try:
+        for i in range(PLUGS):
+            plugs[i] = bytearray(NEED)
+    except MemoryError:
+        pass
+    free = heap.heap_free()
+    got = reserve.call(bytearray, NEED)
+    pins = plugs = None
+    gc.collect()
+    assert free > 10 * NEED                 # room enough, only not in one run
+    assert len(got) == NEED
+
+
+def test_reserve_passes_on_what_fails_again():
+    reserve = heap.Reserve(RUN)
+    calls = []
+
+    def never_fits():
+        calls.append(1)
+        raise MemoryError("allocating 5000 bytes")
+    try:
+        reserve.call(never_fits)
+        raised = False
+    except MemoryError:
+        raised = True
+    assert raised
+    # with a block kept (MicroPython) the call was tried again after freeing it
+    assert len(calls) == (2 if reserve.size else 1)
