@@ -64,6 +64,17 @@ def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
+def allocated_by(fn, *args):
+    """Bytes of heap that fn(*args) leaves allocated, counted from a fresh collection
+    (MicroPython); 0 on CPython."""
+    import gc
+    if not hasattr(gc, "mem_alloc"):
+        return 0
+    before = gc.mem_alloc()
+    fn(*args)
+    return max(0, gc.mem_alloc() - before)
+
+
 class Reserve:
     """A block of heap kept free for one kind of allocation that a fragmented heap
     may have no run for (MicroPython): call(fn, ...) runs fn, and if it fails with
@@ -71,7 +82,7 @@ class Reserve:
     block's run. The block is taken again at the next call (by then the object that
     used it is usually freed). A LittleFS file handle carries a 1K cache in one block
     (1148 bytes on the sim Pico W): the delivery that could not open its segment
-    failed at 128K while 60K were free. No block on CPython (size 0)."""
+    failed at 128K while 60K were free. No block on CPython, or with size 0."""
 
     def __init__(self, size):
         self.size = size if heap_free() is not None else 0

@@ -71,9 +71,9 @@ class Session:
         self.out.append(self.conn.greeting())
         try:
             await self._loop()
-        except MemoryError:
+        except MemoryError as exc:
             self._abort_message()       # frees its buffer before anything else
-            self.log("out of memory in session with [%s]: closing" % self.ip, "error")
+            self.log("out of memory in session with [%s]: closing (%s)" % (self.ip, exc), "error")
             await self._goodbye(OUT_OF_MEMORY)
         except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
             if compat.is_tls_error(exc):

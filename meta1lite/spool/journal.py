@@ -18,18 +18,23 @@ from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
 SMALL_FRAME = 1024              # frames up to this are written with one write()
 LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
-# Heap kept for opening a segment to read (MicroPython, heap.Reserve): a LittleFS file
-# object holds its cache, min(block, 4 x max(read, prog size)) = 1K on a Pico W, in
-# the same block as its 124-byte state (1148 bytes on the sim).
-READ_HANDLE_RESERVE = 1280
+# A file handle this large gets heap kept for it (heap.Reserve, MicroPython): a
+# LittleFS file object holds its cache, min(block, 4 x max(read, prog size)) = 1K on
+# a Pico W, in one block with its state (1148 bytes on the sim); a posix file of the
+# unix port is a few words.
+RESERVE_HANDLES_FROM = 512
 
 
-def open_rw(path):
+def _open_rw(path):
     """Open an existing file for in-place writes, unbuffered where possible."""
     try:
         return open(path, "r+b", buffering=0)
     except TypeError:
         return open(path, "r+b")
+
+
+def _open_and_close(path):
+    open(path, "rb").close()
 
 
 def _close_quietly(seg):
@@ -88,7 +93,7 @@ class Journal:
         self._later = None      # the task of sync_later(), while it waits
         self._later_upto = 0    # the appends sync_later() was asked to cover
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
-        self._read_reserve = heap.Reserve(READ_HANDLE_RESERVE)
+        self._handle_reserve = heap.Reserve(0)     # sized by start()
 
     def is_open(self):
         """True between start() and close()."""
@@ -132,9 +137,11 @@ class Journal:
             cur = self._reserve()
         self._use(cur)
         self.record_reserve.fill()
+        handle = heap.allocated_by(_open_and_close, cur.path)
+        self._handle_reserve = heap.Reserve(handle if handle >= RESERVE_HANDLES_FROM else 0)
 
     def _use(self, seg):
-        seg.f = open_rw(seg.path)
+        seg.f = self._handle_reserve.call(_open_rw, seg.path)
         seg.f.seek(seg.end)
         self.segs[seg.key] = seg
         self._cur = seg
@@ -181,7 +188,7 @@ class Journal:
         payload = fmt.header_payload(seg.key, seg.seq, "j")
         # truncated, never rewritten in place: LittleFS copies every block after a
         # rewritten first one (a recycled 32K segment cost 8 erases on the sim)
-        f = open(seg.path, "wb")
+        f = self._handle_reserve.call(open, seg.path, "wb")
         self._write(f, fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
         if create:
             durable.sync_dir(self.seg_dir)
@@ -192,7 +199,7 @@ class Journal:
 
     def _retire(self, seg):
         try:
-            self._write(open(seg.path, "wb"), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
+            self._write(self._handle_reserve.call(open, seg.path, "wb"), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
             durable.remove(seg.path)
         except OSError as exc:
             log("warning", "%s: cannot retire: %s" % (seg.path, exc))
@@ -209,7 +216,7 @@ class Journal:
             raise SpoolFull("cannot create a queue segment")
         old = self._cur
         keep = old.unsynced or self._round is not None     # a worker thread may sync it
-        f = open_rw(seg.path)
+        f = self._handle_reserve.call(_open_rw, seg.path)
         try:
             f.seek(seg.end)
             self.segs[seg.key] = seg
@@ -373,7 +380,7 @@ class Journal:
     def open_read(self, path):
         """A segment opened to read, in the heap kept for it if the heap has no other
         run long enough (a board)."""
-        return self._read_reserve.call(open, path, "rb")
+        return self._handle_reserve.call(open, path, "rb")
 
     def read_record(self, files, key, pos, ftype, tag):
         """(dict, payload length) of a valid frame (ftype, tag) at (segment key,
