@@ -71,6 +71,20 @@ from meta1lite.proto.replies import (  # noqa: F401 - re-exported: the core's AP
 from meta1lite.status import BOUNCED, DEFERRED, SENT  # noqa: F401 - re-exported for callers
 
 _DOT, _LF = 46, 10             # "." and LF, as indexing bytes returns them
+
+
+def _has_dot_line(data):
+    # b"\n." in data; a memoryview (a board's short last chunk, read into a reused
+    # buffer) has no find(): scanned, at most one chunk a message
+    if not isinstance(data, memoryview):
+        return data.find(b"\n.") >= 0
+    last = len(data) - 1
+    i = 0
+    while i < last:
+        if data[i] == _LF and data[i + 1] == _DOT:
+            return True
+        i += 1
+    return False
 MAX_PIPELINE_RCPTS = 32        # RCPTs per pipelined write, so replies never fill a small window
 
 # --- RFC 5321 section 4.5.3.2 timeouts, seconds, by phase -------------------------
@@ -282,15 +296,14 @@ class ClientConnection(StateMachine):
         return b"".join(out)
 
     def encode_body_chunk(self, data):
-        """Dot-stuff one chunk of the (CRLF, unstuffed) body; returns the bytes to send."""
+        """Dot-stuff one chunk of the (CRLF, unstuffed) body; returns the bytes to send.
+        data: bytes, bytearray or a memoryview (sent as it is when nothing needs stuffing)."""
         self._require(S_BODY, "encode_body_chunk")
-        if not isinstance(data, (bytes, bytearray)):
-            data = bytes(data)
         if not data:
             return b""
         lead = self._at_line_start and data[0] == _DOT
         self._at_line_start = data[-1] == _LF
-        if not lead and data.find(b"\n.") < 0:
+        if not lead and not _has_dot_line(data):
             return data             # the usual chunk: sent as it is, no copy
         stuffed = bytes(data).replace(b"\n.", b"\n..")
         return b"." + stuffed if lead else stuffed

@@ -16,7 +16,7 @@ from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
 from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
-SMALL_FRAME = 1024              # frames up to this are written with one write()
+SMALL_FRAME = 1024              # frames up to this are joined: one write(), one syscall
 LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
 # A file handle this large gets heap kept for it (heap.Reserve, MicroPython): a
 # LittleFS file object holds its cache, min(block, 4 x max(read, prog size)) = 1K on
@@ -94,6 +94,7 @@ class Journal:
         self._later_upto = 0    # the appends sync_later() was asked to cover
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
         self._handle_reserve = heap.Reserve(0)     # sized by start()
+        self._join_upto = SMALL_FRAME
 
     def is_open(self):
         """True between start() and close()."""
@@ -137,8 +138,15 @@ class Journal:
             cur = self._reserve()
         self._use(cur)
         self.record_reserve.fill()
-        handle = heap.allocated_by(_open_and_close, cur.path)
-        self._handle_reserve = heap.Reserve(handle if handle >= RESERVE_HANDLES_FROM else 0)
+        self._fit_file_handles(cur.path)
+
+    def _fit_file_handles(self, path):
+        handle = heap.allocated_by(_open_and_close, path)
+        if handle >= RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
+            self._handle_reserve = heap.Reserve(handle)
+            # parts written one by one into that cache: the same flash operations,
+            # and no joined copy of up to 1K (a new block per record and last chunk)
+            self._join_upto = 0
 
     def _use(self, seg):
         seg.f = self._handle_reserve.call(_open_rw, seg.path)
@@ -261,7 +269,7 @@ class Journal:
         return seg, pos
 
     def _put(self, seg, head, parts, length):
-        if length <= SMALL_FRAME:
+        if length <= self._join_upto:
             frame = bytearray(head)
             for part in parts:
                 frame.extend(part)
@@ -471,8 +479,12 @@ class Journal:
 
 
 def _read_chunk(f, size, buf):
-    # into buf when it is exactly a chunk's size (the usual full chunk), else new bytes
-    if buf is None or size != len(buf):
+    # into buf, reused: a full chunk as buf itself, a short (last) one as a view of it
+    # on MicroPython (a new bytes object each message fragments a board's heap)
+    if buf is None or size > len(buf) or (size < len(buf) and not compat.MICROPYTHON):
         return f.read(size)
-    got = f.readinto(buf)
-    return buf if got == size else bytes(buf[:got or 0])
+    view = buf if size == len(buf) else memoryview(buf)[:size]
+    got = f.readinto(view)
+    if got != size:
+        return bytes(buf[:got or 0])
+    return view

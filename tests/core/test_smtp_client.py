@@ -442,6 +442,9 @@ def test_dot_stuffing_of_reused_buffers_and_views():
     feed(conn, b"250 ok\r\n250 ok\r\n354 go\r\n")
     plain = bytearray(b"no dot at any line start\r\n")
     assert conn.encode_body_chunk(plain) is plain      # nothing to stuff: not copied
+    view = memoryview(plain)[:9]                        # a board's short last chunk
+    assert conn.encode_body_chunk(view) is view
+    assert conn.encode_body_chunk(memoryview(b"x\r\n.y\r\n")[:5]) == b"x\r\n..y"
 
 
 def test_dot_stuffing_byte_by_byte():
