@@ -76,37 +76,46 @@ def allocated_by(fn, *args):
 
 
 class Reserve:
-    """A block of heap kept free for one kind of allocation that a fragmented heap
-    may have no run for (MicroPython): call(fn, ...) runs fn, and if it fails with
-    MemoryError, frees the block, collects and runs fn again, which then finds the
-    block's run. The block is taken again at the next call (by then the object that
-    used it is usually freed). A LittleFS file handle carries a 1K cache in one block
-    (1148 bytes on the sim Pico W): the delivery that could not open its segment
-    failed at 128K while 60K were free. No block on CPython, or with size 0."""
+    """Blocks of heap kept free for one kind of allocation that a fragmented heap may
+    have no run for (MicroPython): call(fn, ...) runs fn, and while it fails with
+    MemoryError, frees a block, collects and runs fn again, which then finds that
+    block's run. refill(), once what used a block is closed and dropped, collects and
+    takes the missing blocks again (a closed object keeps its run until a collection,
+    and the next small objects would split it). A LittleFS file handle carries a 1K
+    cache in one block (1148 bytes on the sim Pico W): the delivery that could not
+    open its segment failed at 128K while 60K were free. Nothing kept on CPython or
+    with size 0."""
 
-    def __init__(self, size):
+    def __init__(self, size, count=1):
         self.size = size if heap_free() is not None else 0
-        self._block = None
+        self.count = count
+        self._blocks = []
 
-    def _take(self):
-        if self._block is None and self.size:
-            try:
-                self._block = bytearray(self.size)
-            except MemoryError:
-                pass            # the next call tries again
-
-    def call(self, fn, *args):
-        """fn(*args), run a second time in the reserve's run if the first fails."""
-        self._take()
-        try:
-            return fn(*args)
-        except MemoryError:
-            if self._block is None:
-                raise
-        self._block = None
+    def refill(self):
+        """Take the missing blocks again (a collection first if one is missing)."""
+        if not self.size or len(self._blocks) >= self.count:
+            return
         import gc
         gc.collect()
-        return fn(*args)
+        try:
+            while len(self._blocks) < self.count:
+                self._blocks.append(bytearray(self.size))
+        except MemoryError:
+            pass                # refilled after the next close
+
+    def call(self, fn, *args):
+        """fn(*args), run again in a freed block's run while it fails for memory."""
+        if self.size and not self._blocks:
+            self.refill()
+        while True:
+            try:
+                return fn(*args)
+            except MemoryError:
+                if not self._blocks:
+                    raise
+            self._blocks.pop()
+            import gc
+            gc.collect()
 
 
 UNLOCK_TRIES = 3                # collections tried by unlock_heap()

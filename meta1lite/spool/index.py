@@ -299,6 +299,9 @@ class Index:
         finally:
             for f in files.values():
                 f.close()
+            if files:
+                files = None
+                self.journal.handles_closed()
 
     def _envelope(self, files, h):
         queue_id = fmt.queue_id_of(h[ID_TIME], h[TAG])

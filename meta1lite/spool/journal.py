@@ -23,6 +23,7 @@ LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
 # a Pico W, in one block with its state (1148 bytes on the sim); a posix file of the
 # unix port is a few words.
 RESERVE_HANDLES_FROM = 512
+HANDLES_AT_ONCE = 2             # a body read while the next message's envelope is read
 
 
 def _open_rw(path):
@@ -143,7 +144,7 @@ class Journal:
     def _fit_file_handles(self, path):
         handle = heap.allocated_by(_open_and_close, path)
         if handle >= RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
-            self._handle_reserve = heap.Reserve(handle)
+            self._handle_reserve = heap.Reserve(handle, HANDLES_AT_ONCE)
             # parts written one by one into that cache: the same flash operations,
             # and no joined copy of up to 1K (a new block per record and last chunk)
             self._join_upto = 0
@@ -188,6 +189,8 @@ class Journal:
             durable.fsync_file(f)
         finally:
             f.close()
+            f = None
+            self.handles_closed()
 
     def _stamp(self, seg, create):
         seg.gen = fmt.new_generation(seg.gen)
@@ -196,8 +199,8 @@ class Journal:
         payload = fmt.header_payload(seg.key, seg.seq, "j")
         # truncated, never rewritten in place: LittleFS copies every block after a
         # rewritten first one (a recycled 32K segment cost 8 erases on the sim)
-        f = self._handle_reserve.call(open, seg.path, "wb")
-        self._write(f, fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
+        self._write(self._handle_reserve.call(open, seg.path, "wb"),
+                    fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
         if create:
             durable.sync_dir(self.seg_dir)
         seg.start = seg.end = fmt.HEAD_SIZE + len(payload)
@@ -385,6 +388,10 @@ class Journal:
 
     # --- reading frames back -----------------------------------------------------------
 
+    def handles_closed(self):
+        """Files opened here were closed: refill the heap kept for the next ones."""
+        self._handle_reserve.refill()
+
     def open_read(self, path):
         """A segment opened to read, in the heap kept for it if the heap has no other
         run long enough (a board)."""
@@ -418,6 +425,7 @@ class Journal:
         finally:
             if pool is not None:
                 pool.give(buf)
+            self.handles_closed()
 
     def _chunks(self, msg, strict, buf):
         expected = 0
