@@ -95,9 +95,20 @@ MAX_DATA_LINE = 1000           # octets incl. CRLF, section 4.5.3.1.6
 DATA_CHUNK = 4096              # octets of message per DataChunk event
 MAX_BUFFER = 16384             # unprocessed input octets; read at most READ_MAX at a time
 READ_MAX = MAX_BUFFER - MAX_COMMAND_LINE
+# The input buffer is made this much larger than a read (data_chunk) once: bytes left
+# over from the last read (a cut line end) then never make it grow by a few octets,
+# which on a board's fragmented heap is a new 1K+ block ("allocating 1025 bytes").
+BUFFER_SLACK = 64
 MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
 MAX_JUNK_COMMANDS = 100        # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
                                # smtpd_junk_command_limit); 0: no limit
+
+
+def _empty_buffer(capacity):
+    # an empty bytearray that takes `capacity` octets without being reallocated
+    buf = bytearray(capacity)
+    buf[:] = b""
+    return buf
 
 
 class UsageError(Exception):
@@ -141,8 +152,8 @@ class ServerConnection(StateMachine):
         self.bad_commands = 0
         self.max_junk_commands = max_junk_commands
         self.junk_commands = 0          # since the session began or the last message
-        self._buf = bytearray()         # input not yet processed starts at _pos
-        self._pos = 0
+        self._buf = _empty_buffer(data_chunk + BUFFER_SLACK)    # input not yet processed
+        self._pos = 0                   # ... starts here
         self._eof = False
         self._draining = False          # an over-long command line is being skipped
         self._data = None               # the DataReader of the message being read
