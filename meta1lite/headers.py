@@ -39,6 +39,13 @@ def missing_fields(present, hostname, queue_id, when=None):
     return out
 
 
+def _header_end(data):
+    # where the header section ends in data (its blank line), or -1
+    if data[:2] == b"\r\n":
+        return 0
+    return data.find(b"\r\n\r\n")
+
+
 class HeaderScanner:
     """Collects the start of a message until the end of its header section.
 
@@ -56,8 +63,14 @@ class HeaderScanner:
     def feed(self, chunk):
         if self.done:
             return chunk
+        if not self.held and not isinstance(chunk, memoryview):
+            end = _header_end(chunk)
+            if end >= 0:        # the usual message: its whole header in the first chunk,
+                self._scan(bytes(memoryview(chunk)[:end]))   # its header copied, not 1K
+                self.done = True
+                return chunk
         self.held += chunk
-        end = self._header_end()
+        end = _header_end(self.held)
         if end < 0 and len(self.held) < HEADER_SCAN_LIMIT:
             return None
         self._scan(self.held[:end] if end >= 0 else self.held)
@@ -75,11 +88,6 @@ class HeaderScanner:
         self.done = True
         held, self.held = self.held, b""
         return held
-
-    def _header_end(self):
-        if self.held.startswith(b"\r\n"):
-            return 0
-        return self.held.find(b"\r\n\r\n")
 
     def _scan(self, section):
         for line in section.split(b"\r\n"):

@@ -48,3 +48,16 @@ def test_message_that_is_all_header_is_released_at_finish():
     assert s.feed(b"Subject: only\r\n") is None
     assert s.finish() == b"Subject: only\r\n"
     assert b"date" not in s.present
+
+
+def test_scanner_passes_a_first_chunk_holding_the_whole_header_without_copying():
+    # delivery on a board: the first DATA chunk is the session's reused buffer;
+    # a copy of it per message (1K) was what failed on a fragmented 120K heap
+    for kind in (bytes, bytearray):
+        chunk = kind(b"Date: x\r\nMessage-ID: <7@b>\r\n\r\nbody\r\n")
+        s = headers.HeaderScanner()
+        assert s.feed(chunk) is chunk
+        assert sorted(s.present) == [b"date", b"message-id"] and s.message_id == "<7@b>"
+        assert s.feed(b"more\r\n") == b"more\r\n" and s.finish() == b""
+    s = headers.HeaderScanner()
+    assert s.feed(bytearray(b"\r\nbody\r\n")) == b"\r\nbody\r\n" and s.present == []
