@@ -25,13 +25,14 @@ MIN_FREE_HEAP = 16 * 1024       # free heap under which new mail is refused (Mic
 
 def memory_low(headroom=0):
     """True if, after a collect, less than MIN_FREE_HEAP + headroom bytes of heap
-    are free: too little to take new work (MicroPython). Always False on CPython."""
+    are free, counting the blocks Reserves keep for the relay's own work: too little
+    to take new work (MicroPython). Always False on CPython."""
     free = heap_free()
-    if free is None or free >= MIN_FREE_HEAP + headroom:
+    if free is None or free + kept() >= MIN_FREE_HEAP + headroom:
         return False
     import gc
     gc.collect()
-    return heap_free() < MIN_FREE_HEAP + headroom
+    return heap_free() + kept() < MIN_FREE_HEAP + headroom
 
 
 GC_EVERY_FRACTION = 12          # collect after 1/12 of the heap was allocated (MicroPython)
@@ -64,6 +65,17 @@ def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
+_reserves = []                  # every Reserve that keeps blocks (MicroPython)
+
+
+def kept():
+    """Bytes the Reserves hold for the relay's own work: free for memory_low."""
+    total = 0
+    for reserve in _reserves:
+        total += reserve.kept()
+    return total
+
+
 def allocated_by(fn, *args):
     """Bytes of heap that fn(*args) leaves allocated, counted from a fresh collection
     (MicroPython); 0 on CPython."""
@@ -90,6 +102,19 @@ class Reserve:
         self.size = size if heap_free() is not None else 0
         self.count = count
         self._blocks = []
+        if self.size:
+            _reserves.append(self)
+
+    def kept(self):
+        """Bytes held in blocks now."""
+        return len(self._blocks) * self.size
+
+    def close(self):
+        """Give the blocks back for good (their owner closed)."""
+        self._blocks = []
+        self.count = 0
+        if self in _reserves:
+            _reserves.remove(self)
 
     def refill(self):
         """Take the missing blocks again (a collection first if one is missing)."""

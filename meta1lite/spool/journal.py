@@ -376,6 +376,7 @@ class Journal:
 
     def close(self):
         """Sync and close the segment files (until the next start())."""
+        self._handle_reserve.close()
         if self._cur is None:
             return
         self.sync_now()
