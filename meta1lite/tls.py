@@ -114,13 +114,8 @@ class TlsMemory:
         self._take()
 
     def headroom(self):
-        """Heap (bytes) that new mail must leave free for the next handshake: none
-        while a TLS connection holds the slot (its memory is taken already, and
-        returns before the next handshake, one at a time): refusing mail for it then
-        refused every client for as long as a batch of deliveries took."""
-        if self._lock is None or self._lock.locked():
-            return 0
-        return TLS_HANDSHAKE_HEAP
+        """Heap (bytes) that new mail must leave free for the next handshake."""
+        return TLS_HANDSHAKE_HEAP if self._lock is not None else 0
 
     def _take(self):
         blocks = []

@@ -196,21 +196,3 @@ def test_tls_failures_are_connection_errors():
     eof = OSError(-29312, "MBEDTLS_ERR_SSL_CONN_EOF")     # MicroPython's mbedtls
     assert compat.is_tls_error(eof) and compat.is_connection_error(eof)
     assert not compat.is_tls_error(OSError(2, "ENOENT"))
-
-
-def test_tls_headroom_is_kept_only_while_no_tls_connection_holds_the_slot():
-    # new mail leaves room for the next handshake; while a connection holds the slot
-    # its memory is taken already (refusing mail then stalled every client)
-    memory = tls.TlsMemory()
-    memory.configure(True)
-    kept = tls.TLS_HANDSHAKE_HEAP if compat.MICROPYTHON else 0
-    assert memory.headroom() == kept
-
-    async def hold():
-        await memory.acquire()
-        during = memory.headroom()
-        memory.make_room()
-        memory.release()
-        return during
-    assert asyncio.run(hold()) == 0
-    assert memory.headroom() == kept
