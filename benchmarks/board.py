@@ -3,7 +3,8 @@
 MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
 
     .venv/bin/python benchmarks/board.py [--messages 100] [--clients 3]
-                     [--lo 64K] [--hi 384K] [--step 8K] [--no-bisect --heap 192448]
+                     [--lo 64K] [--hi 384K] [--step 8K] [--repeat 3]
+                     [--no-bisect --heap 192448] [--only plain|tls] [--sessions]
 
   1. import cost: heap in use (gc.mem_alloc after gc.collect) after importing every
      frozen module of the relay, minus the same figure before; and what one verified
@@ -17,7 +18,10 @@ MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
      A run passes when every message is delivered, the log has no MemoryError / out of
      memory / ENOMEM and no client session was dropped. A 4xx refusal (452: flash
      full, issue 8 item 4) is retried by the client after RETRY_S and counted.
-With --no-bisect each scenario runs once at --heap. Figures only, no assertions.
+     A heap passes when all --repeat runs at it pass.
+With --no-bisect each scenario runs at --heap only. --sessions prints only the relay's
+live heap (`status`) idle, per connected session and after a message from each.
+Figures only, no assertions.
 """
 import argparse
 import logging
@@ -135,6 +139,46 @@ def handshake_heap(pki):
     print("TLS handshake (sim, STARTTLS verified against ca_file): completes in a %s heap "
           "with %s in use before it: it needs ~%s, its 21K of record buffers included"
           % (C.kb(hi), C.kb(used), C.kb(hi - used)))
+
+
+# --- live heap per session ---------------------------------------------------------
+
+PROBE_SESSIONS = 3
+PROBE_SETTLE_S = 1.0
+
+
+def session_heap(heap):
+    """The relay's live heap (`status`, after a collection) idle, with each of
+    PROBE_SESSIONS idle SMTP sessions connected, and after a message from each."""
+    from meta1lite.cli import channel
+    with NextHop() as hop:
+        port, control = free_port(), free_port()
+        board = SimBoard(tempfile.mkdtemp(prefix="m1l-board-probe-"), heap=heap)
+        board.create_flash(sim_config(port, via_route(hop.port), control_port=control))
+        board.start(port)
+        rows = []
+
+        def sample(what):
+            time.sleep(PROBE_SETTLE_S)
+            r = channel.request({"control": ("127.0.0.1", control)}, "status")
+            rows.append([what, C.kb(r["heap"]), C.kb(r["heap_free"]), C.kb(r["heap_high_water"])])
+        try:
+            sample("idle")
+            sessions = []
+            for n in range(PROBE_SESSIONS):
+                sessions.append(smtplib.SMTP("127.0.0.1", port, timeout=CLIENT_TIMEOUT_S))
+                sessions[-1].ehlo("probe.test")
+                sample("%d session(s) after EHLO" % (n + 1))
+            for n, s in enumerate(sessions):
+                s.sendmail("dev@home.test", ["user%d@dest.test" % n], message(n, MIN_SIZE))
+            sample("after a %d-byte message each" % MIN_SIZE)
+            for s in sessions:
+                s.quit()
+            sample("sessions closed")
+        finally:
+            board.stop()
+    C.table("live heap of the sim relay at %s (status after a collection)" % C.kb(heap),
+            ["when", "in use", "free", "high-water"], rows)
 
 
 # --- one relay run -------------------------------------------------------------------
@@ -342,6 +386,7 @@ def main():
     ap.add_argument("--heap", type=C.parse_size, default=load_profile()["heap_bytes"])
     ap.add_argument("--only", choices=("plain", "tls"), help="run one scenario")
     ap.add_argument("--repeat", type=int, default=REPEAT, help="runs that must all pass at a heap")
+    ap.add_argument("--sessions", action="store_true", help="only the live heap per session")
     args = ap.parse_args()
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)    # aiosmtpd: failed handshakes
     try:
@@ -351,6 +396,8 @@ def main():
         return
     print("board.py: %s; sim firmware %s (%s, %d bytes frozen)" % (C.machine(), info["path"],
                                                                  info["compiler"], info["frozen_bytes"]))
+    if args.sessions:
+        return session_heap(args.heap)
     import_cost(load_profile()["heap_bytes"])
     handshake_heap(Pki())
     results = []
