@@ -26,6 +26,9 @@ KILL_COMMAND = "kill -9 $PPID"  # the power cut: the shell's parent is this proc
 ENV_IMAGE = "SIM_FLASH"
 ENV_GEOMETRY = "SIM_FLASH_GEOMETRY"     # "block_size,block_count,progsize"
 ENV_CUT = "SIM_POWER_CUT_AFTER"         # programs + erases before the power fails
+# Bytes of 0xFF written at a time by an erase: a block-sized buffer was 4K of the
+# board's GC heap that a Pico's flash driver (C, rp2.Flash) never takes.
+ERASE_CHUNK = 256
 
 
 class FileFlash:
@@ -37,7 +40,7 @@ class FileFlash:
         self.progsize = progsize
         self.cut_after = cut_after
         self.f = open(path, "r+b")
-        self.erased = bytearray(b"\xff" * block_size)
+        self.erased = bytearray(b"\xff" * min(block_size, ERASE_CHUNK))
         self.ctr = array.array("I", [0, 0, 0, 0])
         self.ctr_file = open(path + COUNTERS_SUFFIX, "wb")
         self._save()
@@ -71,12 +74,20 @@ class FileFlash:
     def erase(self, block):
         self.f.seek(block * self.block_size)
         if self._mutating():
-            self.f.write(memoryview(self.erased)[:self.block_size // 2])
+            self._write_erased(self.block_size // 2)
             power_fail()
-        self.f.write(self.erased)
+        self._write_erased(self.block_size)
         self.ctr[ERASES] += 1
         self._save()
         return 0
+
+    def _write_erased(self, count):
+        chunk = len(self.erased)
+        while count >= chunk:
+            self.f.write(self.erased)
+            count -= chunk
+        if count:
+            self.f.write(memoryview(self.erased)[:count])
 
     def ioctl(self, op, arg):
         if op == IOCTL_BLOCK_COUNT:

@@ -95,9 +95,10 @@ MAX_DATA_LINE = 1000           # octets incl. CRLF, section 4.5.3.1.6
 DATA_CHUNK = 4096              # octets of message per DataChunk event
 MAX_BUFFER = 16384             # unprocessed input octets; read at most READ_MAX at a time
 READ_MAX = MAX_BUFFER - MAX_COMMAND_LINE
-# The input buffer is made this much larger than a read (data_chunk) once: bytes left
-# over from the last read (a cut line end) then never make it grow by a few octets,
-# which on a board's fragmented heap is a new 1K+ block ("allocating 1025 bytes").
+# At the session's first DATA the input buffer is made a read (data_chunk) plus this,
+# once: bytes left over from the last read (a cut line end) then never make it grow
+# by a few octets, which on a board's fragmented heap is a new 1K+ block
+# ("allocating 1025 bytes"); before DATA it stays as small as the commands.
 BUFFER_SLACK = 64
 MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
 MAX_JUNK_COMMANDS = 100        # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
@@ -152,8 +153,9 @@ class ServerConnection(StateMachine):
         self.bad_commands = 0
         self.max_junk_commands = max_junk_commands
         self.junk_commands = 0          # since the session began or the last message
-        self._buf = _empty_buffer(data_chunk + BUFFER_SLACK)    # input not yet processed
-        self._pos = 0                   # ... starts here
+        self._buf = bytearray()         # input not yet processed starts at _pos
+        self._pos = 0
+        self._roomy = False             # _buf was given room for DATA reads
         self._eof = False
         self._draining = False          # an over-long command line is being skipped
         self._data = None               # the DataReader of the message being read
@@ -199,6 +201,16 @@ class ServerConnection(StateMachine):
     def _discard_input(self):
         self._buf = bytearray()
         self._pos = 0
+        self._roomy = False
+
+    def _make_room_for_data(self):
+        # at the first DATA of the session: room for a read plus BUFFER_SLACK, kept
+        # (an idle session's buffer stays as small as its commands)
+        if self._roomy:
+            return
+        buf = _empty_buffer(self.data_chunk + BUFFER_SLACK)
+        buf.extend(memoryview(self._buf)[self._pos:])
+        self._buf, self._pos, self._roomy = buf, 0, True
 
     # --- the h11-style surface -------------------------------------------------
     def greeting(self):
@@ -286,6 +298,7 @@ class ServerConnection(StateMachine):
         self._decide("data")
         self._data = DataReader(self.max_line, self.max_message_size, self.bare_lf,
                                 self.data_chunk)
+        self._make_room_for_data()
         self._set_state(DATA, "DATA")
         return reply_bytes(replies.START_DATA)
 

@@ -589,3 +589,14 @@ def test_junk_commands_are_limited_per_message():
     session.feed(b"NOOP\r\nNOOP\r\n")
     assert session.lines() == [b"421 4.7.0 Too many commands that do nothing, closing connection"]
     assert session.conn.state == S.CLOSED
+
+
+def test_body_pipelined_behind_data_survives_the_buffer_made_for_data():
+    # at DATA the input buffer is replaced by a roomier one (a board's heap): what the
+    # client sent behind DATA in the same read is carried over, in order
+    session = _greeted(data_chunk=64)
+    body = b"".join(b"line %03d of the message\r\n" % n for n in range(40))
+    session.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n" + body[:100])
+    session.feed(body[100:] + b".\r\nMAIL FROM:<c@example.org>\r\n")
+    assert session.codes() == [250, 250, 354, 250, 250]
+    assert session.body() == body
