@@ -76,7 +76,7 @@ class Driver:
         elif isinstance(event, S.DataChunk):
             assert 0 < len(event.data) <= S.DATA_CHUNK + 2
             if self.conn.bare_lf == "normalize":
-                plain = event.data.replace(b"\r\n", b"")
+                plain = bytes(event.data).replace(b"\r\n", b"")
                 assert b"\r" not in plain and b"\n" not in plain
         elif isinstance(event, S.DataEnd):
             self.ends += 1

@@ -110,7 +110,7 @@ class DataStart(Event):
 
 class DataChunk(Event):
     """Unstuffed, CRLF-only message bytes (not in the repr); bytes-like, valid until
-    the next receive_data() (it may be the core's input buffer)."""
+    the next receive_data() (it may be the core's input buffer or a view of it)."""
     _hidden = ("data",)
 
     def __init__(self, data):

@@ -192,16 +192,22 @@ class _Pieces:
         if self.start < 0:
             return
         whole = self.start == 0 and self.end == len(self.buf)
-        self.parts.append(self.buf if whole else self.buf[self.start:self.end])
+        # part of the input: a view of it (a message's last chunk, ended by the dot
+        # inside the read, was a copy of up to 1K on a board's fragmented heap)
+        self.parts.append(self.buf if whole else memoryview(self.buf)[self.start:self.end])
         self.start = self.end = -1
 
     def join(self):
-        """The bytes appended, as one bytes object."""
+        """The bytes appended: the input, a view of it, or (several pieces) a new
+        bytearray; valid until the input changes."""
         self._close_run()
         parts, self.parts, self.buf = self.parts, [], b""
         if len(parts) == 1:
             return parts[0]
-        return b"".join(parts)
+        out = bytearray()
+        for part in parts:
+            out.extend(part)
+        return out
 
 
 def _first(a, b):

@@ -53,6 +53,8 @@
 #       StateChange-> log (only with state_events=True, the default)
 #       Close      -> close the socket (after writing what was collected)
 # The I/O layer may end a session itself with conn.shutdown(421, "4.4.2", ...).
+import builtins
+
 from meta1lite.proto import replies
 from meta1lite.proto.events import (  # noqa: F401 - re-exported: the core's API
     NEED_DATA,
@@ -103,6 +105,12 @@ BUFFER_SLACK = 64
 MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
 MAX_JUNK_COMMANDS = 100        # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
                                # smtpd_junk_command_limit); 0: no limit
+
+
+# A DataChunk may be a view of the input buffer (valid until the next receive_data);
+# CPython refuses to resize a bytearray while a view of it lives (BufferError), and a
+# caller may keep the event: the buffer is then replaced. MicroPython has no such check.
+_BUFFER_ERRORS = getattr(builtins, "BufferError", ())
 
 
 def _empty_buffer(capacity):
@@ -228,6 +236,14 @@ class ServerConnection(StateMachine):
         left = len(self._buf) - self._pos
         if left + len(data) > self.max_buffer:
             raise UsageError("receive_data: %d octets unprocessed" % (left + len(data)))
+        try:
+            self._append_input(data)
+        except _BUFFER_ERRORS:      # CPython: a DataChunk view of it is still held
+            self._buf = bytearray(memoryview(self._buf)[self._pos:])
+            self._pos = 0
+            self._buf.extend(data)
+
+    def _append_input(self, data):
         if self._pos:
             self._buf[:self._pos] = b""     # in place: the bytearray keeps its size
             self._pos = 0
