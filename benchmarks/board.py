@@ -179,6 +179,9 @@ def session_heap(heap):
             board.stop()
     C.table("live heap of the sim relay at %s (status after a collection)" % C.kb(heap),
             ["when", "in use", "free", "high-water"], rows)
+    start = re.search(r"heap at start \(in use after each step\): (.*)", board.log())
+    print("start-up, bytes in use after each step (mcp's log): %s"
+          % (start.group(1) if start else "not logged"))
 
 
 # --- one relay run -------------------------------------------------------------------

@@ -65,6 +65,28 @@ def heap_free():
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
+class Steps:
+    """Heap in use after each step of a start-up (MicroPython; nothing on CPython):
+    mark(name) after a step, then text() for the log, e.g. "imports 69232,
+    queue +9008"."""
+
+    def __init__(self):
+        self.marks = [] if heap_free() is not None else None
+
+    def mark(self, name):
+        if self.marks is not None:
+            import gc
+            gc.collect()
+            self.marks.append((name, heap_used()))
+
+    def text(self):
+        out, last = [], None
+        for name, used in self.marks or ():
+            out.append("%s %s%d" % (name, "+" if last is not None else "", used - (last or 0)))
+            last = used
+        return ", ".join(out)
+
+
 _reserves = []                  # every Reserve that keeps blocks (MicroPython)
 
 

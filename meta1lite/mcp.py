@@ -42,6 +42,7 @@ class Daemon:
         self.qmgr = None
         self.control = None
         self.supervisor = None
+        self._steps = heap.Steps()      # the heap after each start-up step (boards)
         self.stopping = asyncio.Event()
         self.stop_reason = "stop requested"
         self.stopped = False
@@ -58,30 +59,41 @@ class Daemon:
         from meta1lite.smtps.server import SmtpServer
         from meta1lite.spool import open_configured
         compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
+        steps = self._steps
+        steps.mark("boot+imports")
         heap.collect_often()
         listener.reserve_poll_slots(self.cfg)
         tls.tls_memory.configure(self.cfg["smtpc"]["tls_reserve"])    # before the index
         self.smar = AddressResolver(self.cfg)
         self.smtps = SmtpServer(self.cfg, None, None, self.smar)      # keys read as root
+        steps.mark("smar+smtps")
         user = self.cfg["mcp"]["user"]
         dropping = process.can_drop(user)
         if not dropping:            # a client never meets a queue still recovering
             self._open_queue(open_configured, QueueManager)
         await self.smtps.start()            # ports below 1024 need root
+        steps.mark("listeners")
         if dropping:                # the spool's files must be the user's: open it after
             process.drop_privileges(user)
             compat.log.log("info", LOG, "running as user %s" % user)
             self._open_queue(open_configured, QueueManager)
         self.control = await self._start_control(start_control)
+        steps.mark("control")
         self.supervisor = self._supervise()
         self.supervisor.start()
+        steps.mark("supervisor")
+        if steps.marks:
+            compat.log.log("info", LOG, "heap at start (in use after each step): " + steps.text())
+            steps.marks = None
         compat.log.log("info", LOG, "daemon started; listening on %s" % ", ".join(
             "%s:%d" % ep for ep in self.smtps.endpoints()))
 
     def _open_queue(self, open_configured, queue_manager):
         self.spool = open_configured(self.cfg)
+        self._steps.mark("spool")
         self.qmgr = queue_manager(self.cfg, self.spool, self.smar)
         self.smtps.spool, self.smtps.qmgr = self.spool, self.qmgr
+        self._steps.mark("qmgr")
 
     async def _start_control(self, start_control):
         try:

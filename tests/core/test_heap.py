@@ -73,3 +73,17 @@ def test_blocks_kept_count_as_free_for_memory_low():
     reserve.close()
     assert heap.kept() == before
     assert reserve.call(len, b"ab") == 2               # closed: a plain call
+
+
+def test_steps_say_what_each_start_up_step_added():
+    steps = heap.Steps()
+    steps.mark("first")
+    kept = bytearray(4096)
+    steps.mark("second")
+    text = steps.text()
+    if heap.heap_free() is None:                    # CPython: nothing measured
+        assert steps.marks is None and text == ""
+        return
+    first, second = text.split(", ")
+    assert first.startswith("first ") and second.startswith("second +")
+    assert int(second.split("+")[1]) >= len(kept)
