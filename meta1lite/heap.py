@@ -104,6 +104,7 @@ def allocated_by(fn, *args):
     import gc
     if not hasattr(gc, "mem_alloc"):
         return 0
+    gc.collect()                # not during fn: a collection there would under-count
     before = gc.mem_alloc()
     fn(*args)
     return max(0, gc.mem_alloc() - before)

@@ -72,19 +72,6 @@ from meta1lite.status import BOUNCED, DEFERRED, SENT  # noqa: F401 - re-exported
 
 _DOT, _LF = 46, 10             # "." and LF, as indexing bytes returns them
 
-
-def _has_dot_line(data):
-    # b"\n." in data; a memoryview (a board's short last chunk, read into a reused
-    # buffer) has no find(): scanned, at most one chunk a message
-    if not isinstance(data, memoryview):
-        return data.find(b"\n.") >= 0
-    last = len(data) - 1
-    i = 0
-    while i < last:
-        if data[i] == _LF and data[i + 1] == _DOT:
-            return True
-        i += 1
-    return False
 MAX_PIPELINE_RCPTS = 32        # RCPTs per pipelined write, so replies never fill a small window
 
 # --- RFC 5321 section 4.5.3.2 timeouts, seconds, by phase -------------------------
@@ -393,3 +380,17 @@ class ClientConnection(StateMachine):
     def _require(self, state, what):
         if self.state != state:
             raise ClientStateError("%s() in state %s" % (what, self.state))
+
+
+def _has_dot_line(data):
+    # b"\n." in data; a memoryview (a board's short last chunk, read into a reused
+    # buffer) has no find(): scanned, at most one chunk a message
+    if not isinstance(data, memoryview):
+        return data.find(b"\n.") >= 0
+    last = len(data) - 1
+    i = 0
+    while i < last:
+        if data[i] == _LF and data[i + 1] == _DOT:
+            return True
+        i += 1
+    return False

@@ -189,7 +189,7 @@ class Journal:
             durable.fsync_file(f)
         finally:
             f.close()
-            f = None
+            f = None                # the closed handle, free for the refill's collection
             self.handles_closed()
 
     def _stamp(self, seg, create):
@@ -210,7 +210,8 @@ class Journal:
 
     def _retire(self, seg):
         try:
-            self._write(self._handle_reserve.call(open, seg.path, "wb"), fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
+            self._write(self._handle_reserve.call(open, seg.path, "wb"),
+                        fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
             durable.remove(seg.path)
         except OSError as exc:
             log("warning", "%s: cannot retire: %s" % (seg.path, exc))
