@@ -234,7 +234,7 @@ def test_stop_says_421_exits_0_and_loses_nothing_acknowledged(runtime, how, tmp_
                 assert open_session.cmd("MAIL FROM:<dev@home.test>").code == 250
                 send(daemon.port, "dev@home.test", ["u%d@dest.test" % count], message(count))
                 _stop(daemon, how)              # just after that 250
-                r = open_session.reply()
+                r = _reply_or_log(open_session, daemon)
                 assert (r.code, r.text[:5]) == (421, "4.3.2"), r
             assert daemon.proc.wait(timeout=STOP_TIMEOUT_S + EXIT_SLACK_S) == 0, daemon.log()
             assert "stopping (" in daemon.log() and "stopped" in daemon.log()
@@ -251,6 +251,17 @@ def test_stop_says_421_exits_0_and_loses_nothing_acknowledged(runtime, how, tmp_
             again.stop()
     assert sorted(m.rcpt_tos[0] for m in hop.messages) == sorted(
         "u%d@dest.test" % n for n in range(count + 1))
+
+
+def _reply_or_log(session, daemon):
+    # the 421 of the stop; if none comes, the daemon's log says why (a Ctrl-C on the
+    # unix port failed this way about once in ten suite runs: the log was not kept)
+    try:
+        return session.reply()
+    except OSError as exc:
+        raise AssertionError("no reply after the stop (%r); daemon %s; log:\n%s"
+                             % (exc, "running" if daemon.proc.poll() is None else
+                                "exited %s" % daemon.proc.returncode, daemon.log()[-6000:]))
 
 
 def _stop(daemon, how):
