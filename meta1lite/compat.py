@@ -197,9 +197,19 @@ async def read_some(reader, buf):
             return memoryview(buf)[:n]
 
 
+# CPython 3.12+'s transport queues the very object it is given when the socket is
+# full (and drain() returns below its high-water mark): a caller's reused buffer is
+# copied first, or the next body chunk read into it would be sent in its place.
+# MicroPython's stream copies what the socket does not take.
+TRANSPORT_KEEPS_BUFFERS = not MICROPYTHON
+
+
 async def write_all(writer, data):
-    """Write data in WRITE_CHUNK pieces, draining after each (bounded buffering)."""
-    if len(data) <= WRITE_CHUNK:            # replies: no memoryview, no copy
+    """Write data in WRITE_CHUNK pieces, draining after each (bounded buffering).
+    The caller may reuse data's buffer once this returns."""
+    if len(data) <= WRITE_CHUNK:            # replies (bytes): no copy
+        if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
+            data = bytes(data)
         writer.write(data)
         await writer.drain()
         return

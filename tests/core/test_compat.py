@@ -35,6 +35,37 @@ class FakeWriter:
         self.drains += 1
 
 
+class QueueingWriter:
+    """A transport that keeps what it is given, as CPython 3.12+'s selector transport
+    queues the caller's object itself when the socket is full."""
+
+    def __init__(self):
+        self.queued = []
+
+    def write(self, data):
+        self.queued.append(data)
+
+    async def drain(self):
+        pass
+
+
+def test_write_all_never_leaves_the_callers_buffer_queued():
+    # smtpc sends a body chunk from a buffer it reads the next chunk into: a queued
+    # reference would send the next chunk's bytes in its place
+    w = QueueingWriter()
+    buf = bytearray(b"first chunk\r\n")
+
+    async def go():
+        await compat.write_all(w, buf)
+        await compat.write_all(w, memoryview(buf)[:5])
+    asyncio.run(go())
+    buf[:] = b"NEXT CHUNK!\r\n"             # the same length: reused in place
+    if compat.TRANSPORT_KEEPS_BUFFERS:      # CPython: copies were queued
+        assert [bytes(q) for q in w.queued] == [b"first chunk\r\n", b"first"]
+    else:                                   # MicroPython's stream copies what it keeps
+        assert w.queued[0] is buf
+
+
 def test_replaced_clock_drives_monotonic_and_wall_time():
     now = [1000.0]
     compat.set_clock(lambda: now[0], lambda: 86400 * 365.0)
