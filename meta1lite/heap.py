@@ -114,8 +114,8 @@ class Reserve:
     """Blocks of heap kept free for one kind of allocation that a fragmented heap may
     have no run for (MicroPython): call(fn, ...) runs fn, and while it fails with
     MemoryError, frees a block, collects and runs fn again, which then finds that
-    block's run. refill(), once what used a block is closed and dropped, collects and
-    takes the missing blocks again (a closed object keeps its run until a collection,
+    block's run. refill() takes the blocks: first when the owner starts, then once
+    what used a block is closed and dropped (a collection first) (a closed object keeps its run until a collection,
     and the next small objects would split it). A LittleFS file handle carries a 1K
     cache in one block (1148 bytes on the sim Pico W): the delivery that could not
     open its segment failed at 128K while 60K were free. Nothing kept on CPython or
@@ -152,9 +152,9 @@ class Reserve:
             pass                # refilled after the next close
 
     def call(self, fn, *args):
-        """fn(*args), run again in a freed block's run while it fails for memory."""
-        if self.size and not self._blocks:
-            self.refill()
+        """fn(*args), run again in a freed block's run while it fails for memory.
+        Never collects to refill (the owner refills after closing what used a block):
+        a heap that cannot give a block back would be collected at every call."""
         while True:
             try:
                 return fn(*args)

@@ -239,9 +239,8 @@ class ServerConnection(StateMachine):
         try:
             self._append_input(data)
         except _BUFFER_ERRORS:      # CPython: a DataChunk view of it is still held
-            self._buf = bytearray(memoryview(self._buf)[self._pos:])
-            self._pos = 0
-            self._buf.extend(data)
+            self._buf = bytearray(self._buf)    # the view keeps the old one
+            self._append_input(data)
 
     def _append_input(self, data):
         if self._pos:

@@ -145,6 +145,7 @@ class Journal:
         handle = heap.allocated_by(_open_and_close, path)
         if handle >= RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
             self._handle_reserve = heap.Reserve(handle, HANDLES_AT_ONCE)
+            self._handle_reserve.refill()       # before the index: low in the heap
             # parts written one by one into that cache: the same flash operations,
             # and no joined copy of up to 1K (a new block per record and last chunk)
             self._join_upto = 0
