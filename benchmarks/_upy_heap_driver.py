@@ -20,8 +20,6 @@ try:
 except ImportError:
     import uasyncio as asyncio
 
-CONFIG_MODULES = ("meta1lite.conf.hints", "meta1lite.conf.schema", "meta1lite.conf")  # as __main__
-
 
 def used():
     gc.collect()
@@ -68,11 +66,11 @@ class Sampler:
 
 async def serve(conf_path, ctrl_port, interval_ms):
     base = used()
-    from meta1lite import compat, conf, heap
+    from meta1lite import conf, heap
     cfg = conf.load(conf_path)
+    modules = conf.MODULES
     del conf
-    if hasattr(compat, "forget_modules"):
-        heap.forget_modules(CONFIG_MODULES)
+    heap.forget_modules(modules)        # as __main__ does
     from meta1lite import mcp
     daemon = mcp.Daemon(cfg)
     await daemon.start()

@@ -316,11 +316,8 @@ async def start_unix_server(handler, path, mode=0o600):
     runtime has none (MicroPython: use a loopback TCP endpoint instead)."""
     if not hasattr(asyncio, "start_unix_server"):
         return None
-    try:
-        os.remove(path)             # a socket file left by an earlier run
-    except OSError as exc:
-        if errno_of(exc) != errno.ENOENT:
-            raise
+    from meta1lite.durable import remove  # here: durable imports compat
+    remove(path)                # a socket file left by an earlier run
     server = await asyncio.start_unix_server(handler, path)
     os.chmod(path, mode)
     return server

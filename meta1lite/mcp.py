@@ -141,6 +141,10 @@ class Daemon:
         except compat.TIMEOUT_ERRORS:
             compat.log.log("warning", LOG, "stop: not done after %ds; closing the queue"
                            " (everything acknowledged is in it)" % bound)
+        self.close_queue()
+
+    def close_queue(self):
+        """The last step of a stop: the queue synced and closed."""
         if self.spool is not None:
             self.spool.close()
         compat.log.log("info", LOG, "stopped")
@@ -352,14 +356,14 @@ def _stop_interrupted(daemon):
         raise _StopOverdue()
 
     async def stop():
-        if not deadline:            # CPython: no loop before run()
-            deadline.append(asyncio.create_task(overdue()))
         await daemon.stop()
-        deadline[0].cancel()        # not left queued for a later run (a board's REPL)
-    try:    # queued before run() where it can be, not by the stop's task: seen on the
-        deadline.append(asyncio.create_task(overdue()))     # sim, that one never ran
-    except RuntimeError:
-        pass
+        if deadline:
+            deadline[0].cancel()    # not left queued for a later run (a board's REPL)
+    # MicroPython only: queued before run(), not by the stop's task (seen on the sim:
+    # that one never ran). CPython has no loop before run(), keeps a BaseException
+    # raised in a task in the task, and takes Ctrl-C as a signal (daemon.stop bounds it)
+    if compat.MICROPYTHON:
+        deadline.append(asyncio.create_task(overdue()))
     try:
         asyncio.run(stop())
     except Exception:  # noqa: BLE001 - best effort after Ctrl-C
@@ -373,9 +377,7 @@ def _stop_interrupted(daemon):
 
 def _close_now(daemon, why):
     compat.log.log("warning", LOG, "stop: %s; closing the queue" % why)
-    if daemon.spool is not None:
-        daemon.spool.close()
-    compat.log.log("info", LOG, "stopped")
+    daemon.close_queue()
 
 
 def main(cfg, argv):

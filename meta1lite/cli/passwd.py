@@ -64,8 +64,7 @@ def write_users(path, text):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            durable.fsync_file(f)
         os.chmod(tmp, FILE_MODE)
         durable.commit_file(tmp, path, directory)
     except BaseException:

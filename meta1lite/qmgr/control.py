@@ -127,7 +127,7 @@ class Control:
         if not 0 < env_len <= MAX_ENVELOPE or body_len < 0:
             return {"ok": False, "error": "bad inject sizes"}, False
         parts = []
-        await _read_into(lines, env_len, parts.append)
+        await _read_into(lines, env_len, lambda piece: parts.append(bytes(piece)))
         try:
             sender, rcpts, uid = self._envelope(b"".join(parts).decode("utf-8"))
         except (ValueError, TypeError, AttributeError, UnicodeError, address.AddressError) as exc:
@@ -215,17 +215,20 @@ class ControlServer:
 
 async def _read_into(lines, n, sink):
     """n bytes after the request line (what LineReader already holds first) to
-    sink(bytes), or dropped (sink None); ValueError if the stream ends early."""
+    sink(view, valid during the call), or dropped (sink None); ValueError if the
+    stream ends early."""
     while n > 0:
-        if not lines.pending:       # bytes: read_some's view is reused by the next read
-            lines.pending = bytes(await compat.wait_for(
-                compat.read_some(lines.reader, lines.buf), IO_TIMEOUT_S))
-            if not lines.pending:
+        data = lines.pending
+        if not len(data):           # read_some's view: reused by the next read
+            data = await compat.wait_for(compat.read_some(lines.reader, lines.buf), IO_TIMEOUT_S)
+            if not len(data):
                 raise ValueError("the request ended early")
-        piece, lines.pending = lines.pending[:n], lines.pending[n:]
+        view = memoryview(data)
         if sink is not None:
-            sink(piece)
-        n -= len(piece)
+            sink(view[:n])          # a view: the sink copies what it keeps
+        rest = view[n:]
+        n -= len(view) - len(rest)
+        lines.pending = bytes(rest) if len(rest) else b""   # LineReader's (find)
 
 
 async def _serve(control, reader, writer):

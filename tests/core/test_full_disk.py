@@ -16,8 +16,9 @@ MAX_SENDS = 1               # per message, even while nothing can be recorded
 
 
 class FullDisk:
-    """While on, writes through journal.write_all take bytes from `budget` (plus
-    what a removed record reserve gives back) and fail with ENOSPC past it."""
+    """While on, writes through journal.write_all and space.write_all (the record
+    reserve's refill) take bytes from `budget` (plus what a removed record reserve
+    gives back) and fail with ENOSPC past it."""
 
     def __init__(self):
         self.on = False
@@ -47,11 +48,13 @@ class FullDisk:
         def free_space(path):
             return disk.budget if disk.on else disk.real_free(path)
         journal_mod.write_all = write_all
+        space_mod.write_all = write_all
         space_mod.RecordReserve.spend = spend
         durable.free_space = free_space
 
     def remove(self):
         journal_mod.write_all = self.real_write
+        space_mod.write_all = self.real_write
         space_mod.RecordReserve.spend = self.real_spend
         durable.free_space = self.real_free
 

@@ -5,7 +5,7 @@
 BODY = b"Subject: load\r\n\r\n" + (b"x" * 78 + b"\r\n") * 25      # ~2 KB
 
 
-def fill_spool(spool, count, deferred=False, body=BODY):
+def fill_spool(spool, count, deferred=False):
     """A spool at path `spool` with count queued messages to ops<N>@dest.test."""
     from meta1lite import compat, conf
     from meta1lite.spool import open_configured
@@ -18,7 +18,7 @@ def fill_spool(spool, count, deferred=False, body=BODY):
     async def commit_all():
         for k in range(count):
             writer = queue.new_message()
-            writer.write(body)
+            writer.write(BODY)
             queue_id = await queue.commit(writer, "a@relay.test", ["ops%d@dest.test" % k])
             if deferred:
                 await queue.record_attempt(queue_id, [(0, "deferred", "451 4.4.1 smarthost down",
