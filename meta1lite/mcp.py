@@ -10,7 +10,8 @@
 # (listeners closed, 421 4.3.2 to open sessions, the queue synced, exit 0), and
 # the board's periodic chores (adopting sendmail's incoming/, the heap log). The
 # MicroPython unix port has no signals: reload and stop go through the control
-# channel; Ctrl-C stops it.
+# channel; Ctrl-C ends its process at once (__main__.py). On a board Ctrl-C is a
+# KeyboardInterrupt in the running code, and mcp stops in order (_stop_interrupted).
 # Must never: hold protocol or queue logic of its own, or leave the modules on two
 # different configurations.
 import sys
@@ -291,7 +292,7 @@ def _install_signals(daemon):
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, daemon.reload_file)
     except (ImportError, AttributeError, NotImplementedError, RuntimeError):
-        pass        # MicroPython: no signals; KeyboardInterrupt ends asyncio.run
+        pass        # MicroPython: no signals; a board's Ctrl-C ends asyncio.run
 
 
 def run(cfg):
@@ -323,8 +324,8 @@ def _run_locked(cfg):
     except KeyboardInterrupt:
         _stop_interrupted(daemon)
     except MemoryError:
-        # out of the event loop itself: seen only when a Ctrl-C landed in a collection's
-        # finaliser (MicroPython turns it into this); the loop is gone either way
+        # out of the event loop itself: a Ctrl-C raised inside a collection (see
+        # heap.unlock_heap) does this; the loop is gone either way
         heap.unlock_heap()
         compat.log.log("warning", LOG, "the event loop ended in MemoryError (a Ctrl-C "
                        "inside a garbage collection does this)")
@@ -340,9 +341,10 @@ class _StopOverdue(BaseException):
 
 
 def _stop_interrupted(daemon):
-    # Ctrl-C (MicroPython) lands wherever the VM is: a task it lands in is dead, and
-    # whatever waits for that task would wait forever; in a collection, it can leave
-    # the heap locked (heap.unlock_heap). The orderly stop gets stop_timeout; then,
+    # Ctrl-C on a board lands between bytecodes of whatever runs: a task it lands in
+    # is dead, and whatever waits for that task would wait forever; where it is raised
+    # from an interrupt (stm32's second Ctrl-C), inside a collection it can leave the
+    # heap locked (heap.unlock_heap). The orderly stop gets stop_timeout; then,
     # or at a second Ctrl-C, the loop is ended and the queue closed without it (the
     # queue holds everything acknowledged: that is what 250 means).
     heap.unlock_heap()

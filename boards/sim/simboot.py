@@ -65,23 +65,7 @@ def _exists(path):
         return False
 
 
-def _unlock_heap():
-    # The host stops the sim with SIGINT: a KeyboardInterrupt that lands while a
-    # collection runs a finaliser (LittleFS closing a file through this Python block
-    # device) can leave the heap locked, and the report could not allocate (seen in
-    # tests/test_board_sim.py's power cuts once the relay collects more often).
-    # The lock is the collection's own flag, not a heap_lock(): heap_unlock() cannot
-    # undo it, a new collection does (as the relay's heap.unlock_heap; the boot keeps
-    # its own, since the flash may hold a bundle of another version).
-    try:
-        bytearray(1)
-    except MemoryError:
-        import gc
-        gc.collect()
-
-
 def _finish(status):
-    _unlock_heap()
     flash_report()
     if not os.getenv(ENV_CONSOLE):
         vfs.umount(MOUNT)

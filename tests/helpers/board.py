@@ -219,11 +219,8 @@ class SimBoard:
             return f.read().decode("utf-8", "replace")
 
     def stop(self):
-        """Ctrl-C (SIGINT: KeyboardInterrupt stops mcp); returns the exit status.
-        .log_before_stop: the log as it was before the Ctrl-C (a Ctrl-C that lands in
-        a collection's finaliser can end in "MemoryError: ... heap is locked" on the
-        way out: MicroPython's, not the relay's running; see heap.unlock_heap)."""
-        self.log_before_stop = self.log() if os.path.exists(self.log_path) else ""
+        """Ctrl-C (SIGINT: the sim raises KeyboardInterrupt between bytecodes, as a
+        board does, and mcp stops in order); returns the exit status."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:

@@ -20,7 +20,6 @@ RUNTIMES = ("cpython", "micropython")
 UPY_HEAP = "512K"
 ROUTER_HEAP = "1M"
 START_TIMEOUT_S = 30
-CTRL_C_AGAIN_S = 3              # Ctrl-C again when the first did not begin the stop
 STOP_REQUEST_S = 30             # the control channel's stop answers when the stop is done
 _bundle_built = []
 
@@ -98,7 +97,6 @@ class Daemon:
     def start(self):
         cmd, env = self.command()
         env.update(self.env)
-        self.log_before_stop = None
         self.logfile = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.logfile,
                                      stderr=subprocess.STDOUT)
@@ -128,22 +126,13 @@ class Daemon:
             self.proc.wait()
 
     def interrupt(self):
-        """Ctrl-C as a user presses it on the unix port: SIGINT, and once more if the
-        daemon has not begun stopping after CTRL_C_AGAIN_S (MicroPython drops a
-        KeyboardInterrupt that lands in a finaliser run by a collection)."""
+        """Ctrl-C as a user presses it: SIGINT (on the unix port it ends the process
+        at once, as SIGTERM does: meta1lite/__main__.py)."""
         self.proc.send_signal(signal.SIGINT)
-        deadline = time.time() + CTRL_C_AGAIN_S
-        while time.time() < deadline and self.proc.poll() is None:
-            if "stopping (" in self.log():
-                return
-            time.sleep(0.1)
-        if self.proc.poll() is None and "stopping (" not in self.log():
-            self.proc.send_signal(signal.SIGINT)
 
     def _stop_request(self):
-        # MicroPython: the control channel's stop, as `meta1lite stop` does. A Ctrl-C
-        # is a KeyboardInterrupt that lands wherever the VM is, a collection's
-        # finaliser included (README: the unix port); the tests of Ctrl-C send it.
+        # MicroPython: the control channel's stop, as `meta1lite stop` does (Ctrl-C
+        # ends the unix port's process at once; the tests of Ctrl-C send it).
         if self.control is None:
             return False
         try:
@@ -155,10 +144,9 @@ class Daemon:
             return False
 
     def stop(self):
-        """Graceful stop: SIGTERM (CPython) or Ctrl-C (MicroPython: KeyboardInterrupt).
-        .log_before_stop: the log before it (see helpers.smtpclient.assert_clean_log)."""
+        """Graceful stop: SIGTERM (CPython) or the control channel's stop (MicroPython;
+        Ctrl-C if nobody answers there)."""
         if self.proc and self.proc.poll() is None:
-            self.log_before_stop = self.log()
             if self.runtime == "cpython":
                 self.proc.send_signal(signal.SIGTERM)
             elif not self._stop_request():

@@ -14,3 +14,11 @@
 
 // Enable extra Unix features.
 #include "variants/mpconfigvariant_common.h"
+
+// Ctrl-C as a board takes it: a pending KeyboardInterrupt raised between bytecodes.
+// The unix port's default (with threads and no GIL) raises it from the SIGINT handler,
+// out of whatever C code runs: inside a collection that leaves the heap locked, inside
+// an allocation the GC mutex held (the next allocation waits for ever). No board does
+// that, and the relay's stop cannot recover from it.
+#undef MICROPY_ASYNC_KBD_INTR
+#define MICROPY_ASYNC_KBD_INTR (0)
