@@ -109,11 +109,6 @@ async def sleep(seconds):
     await asyncio.sleep(seconds / _clock.scale)
 
 
-def ticks_ms():
-    """A millisecond counter for short measurements (log delays)."""
-    return int(monotonic() * 1000)
-
-
 def format_time(epoch, utc=False):
     """'Nov 24 14:08:00' (syslog style) for a wall-clock time."""
     t = time.gmtime(int(epoch)) if utc or not hasattr(time, "localtime") else time.localtime(int(epoch))

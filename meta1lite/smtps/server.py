@@ -9,7 +9,6 @@
 # more than one reply.
 from meta1lite import compat, heap, listener, tls
 from meta1lite.proto import replies
-from meta1lite.smtps import authdb
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
 from meta1lite.smtps.session import Session
 
@@ -55,7 +54,7 @@ class SmtpServer:
         self.cfg, self.opts, self.hostname = cfg, opts, cfg["hostname"]
         self.rate, self.policy, self.tls_ctx = rate, RelayPolicy(opts, self.smar), tls_ctx
         self.users, self.lockout = users, lockout
-        self.dummy_hash = authdb.dummy_hash(users)   # derived for unknown users
+        self.dummy_hash = _dummy_hash(users)         # derived for unknown users
         self.max_sessions = _session_cap(opts["max_connections"])
 
     async def start(self):
@@ -171,6 +170,7 @@ class SmtpServer:
 
     async def check_password(self, user, password):
         """True if the password is user's; as slow for unknown users, never blocking."""
+        from meta1lite.smtps import authdb
         return await authdb.verify_user(self.users, self.dummy_hash, user, password)
 
 
@@ -182,11 +182,20 @@ def _tls_context(opts):
 
 
 def _auth(opts):
+    # authdb is imported only with AUTH users (a board without them keeps its 1.1K)
     auth = opts.get("auth") or {}
     if not auth.get("users"):
         return None, None
+    from meta1lite.smtps import authdb
     users = authdb.load_users(auth["users"])
     return users, authdb.Lockout(auth["max_failures"], auth["lockout"])
+
+
+def _dummy_hash(users):
+    if users is None:
+        return None
+    from meta1lite.smtps import authdb
+    return authdb.dummy_hash(users)
 
 
 async def _refuse(writer, reply):
