@@ -325,8 +325,10 @@ class _Session:
         job = self.current
         address = from_rewrite(self.route, job)
         rewriter = headers.FromRewriter(address) if address else None
+        body = None
         try:
-            for chunk in job.body():
+            body = job.body()
+            for chunk in body:
                 if rewriter is not None:
                     chunk = rewriter.feed(chunk)
                 await self._write(self.conn.encode_body_chunk(chunk))
@@ -339,6 +341,10 @@ class _Session:
             self.io_error = "cannot read the queued message: %s" % _describe(exc)
             self._log("warning", self.io_error)
             return
+        finally:
+            if body is not None:
+                body.close()    # MicroPython never closes a dropped generator: its file
+                                # handle and pooled buffer would wait for a collection
         await self._write(self.conn.end_body())
 
     def _text(self, code, enhanced, text, status=None):

@@ -208,8 +208,10 @@ class Attempts:
                 if addr not in rcpts:
                     rcpts.append(addr)
         writer = self.spool.new_message()
+        body = None
         try:
-            for chunk in self.spool.read_body(msg.id):
+            body = self.spool.read_body(msg.id)
+            for chunk in body:
                 writer.write(chunk)
                 await asyncio.sleep(0)
             info = dict(msg.info or {})
@@ -218,6 +220,9 @@ class Attempts:
         except BaseException:       # unreadable body, cancelled (a BaseException on both)
             writer.abort()
             raise
+        finally:
+            if body is not None:
+                body.close()        # cut short: MicroPython never closes it by itself
         compat.log.log("info", LOG, "%s: alias expansion queued as %s (%d recipients)" % (
             msg.id, new_id, len(rcpts)))
         self.wake(new_id)

@@ -140,10 +140,15 @@ async def queue_dsn(cfg, spool, msg, failed, addrs, target):
     """Queue one DSN about `failed` outcomes of msg to target=(address, kind), sender <>;
     returns its queue ID (raises SpoolFull/OSError if it cannot be queued)."""
     address, kind = target
+    body = None
     try:
-        headers = original_headers(spool.read_body(msg.id))
+        body = spool.read_body(msg.id)
+        headers = original_headers(body)
     except Exception:  # noqa: BLE001 - an unreadable original still gets its DSN
         headers = b""
+    finally:
+        if body is not None:
+            body.close()        # read in part: MicroPython never closes it by itself
     writer = spool.new_message()
     try:
         data = build(cfg["hostname"], msg, failure_list(msg, failed, addrs), headers,
