@@ -174,9 +174,9 @@ def unlock_heap():
     the unix port's SIGINT handler) inside a collection ends that collection early
     with its "collecting" flag still set, which locks the heap: nothing could be
     allocated after it, not even the stop (measured on the unix port: 6 of 48 Ctrl-Cs
-    during deliveries). A new collection ends with the flag
-    cleared (nothing was allocated since, so its marks are whole); another Ctrl-C can
-    land in that one too, hence a few tries. True if the heap was locked."""
+    during deliveries). A new collection ends with the flag cleared (nothing was
+    allocated since, so its marks are whole); another Ctrl-C can land in that one too,
+    hence a few tries. True if the heap was locked."""
     import gc
     tries = UNLOCK_TRIES            # a while loop: range() would allocate
     while tries:

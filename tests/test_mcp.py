@@ -8,8 +8,9 @@
 # FILE:LINE:COL while the old configuration keeps running; an orderly stop (control
 # channel, SIGTERM on CPython) says 421 4.3.2 to an open session, exits 0, and every
 # message acknowledged before it is delivered after a restart; Ctrl-C ends the unix
-# port's process at once and loses nothing either. Dropping root to mcp.user is a unit test with os mocked (the
-# test machine runs as root; the test process keeps its uid). CPython-only driver.
+# port's process at once and loses nothing either. Dropping root to mcp.user is a unit
+# test with os mocked (the test machine runs as root; the test process keeps its uid).
+# CPython-only driver.
 import asyncio
 import base64
 import signal

@@ -280,12 +280,12 @@ class Spool:
         files = {}                      # the envelope's segment stays open for the body
         try:
             msg = self.index.build(handle, False, files)
+            if msg is None:
+                raise CorruptMessage("%s: envelope unreadable" % queue_id)
         except BaseException:
             close_all(files)
+            self.journal.handles_closed()
             raise
-        if msg is None:
-            close_all(files)
-            raise CorruptMessage("%s: envelope unreadable" % queue_id)
         return self.journal.chunks(msg, True, self.buffers if reuse else None, files)
 
     def messages(self):
