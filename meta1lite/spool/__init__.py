@@ -61,7 +61,7 @@
 from meta1lite import compat, durable
 from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
-from meta1lite.spool.journal import Journal, close_all
+from meta1lite.spool.journal import Journal
 from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public API
     BufferPool,
     CorruptMessage,
@@ -277,16 +277,10 @@ class Spool:
         handle = self.index.find_id(queue_id)
         if handle is None:
             raise KeyError(queue_id)
-        files = {}                      # the envelope's segment stays open for the body
-        try:
-            msg = self.index.build(handle, False, files)
-            if msg is None:
-                raise CorruptMessage("%s: envelope unreadable" % queue_id)
-        except BaseException:
-            close_all(files)
-            self.journal.handles_closed()
-            raise
-        return self.journal.chunks(msg, True, self.buffers if reuse else None, files)
+        msg = self.index.build(handle, False)
+        if msg is None:
+            raise CorruptMessage("%s: envelope unreadable" % queue_id)
+        return self.journal.chunks(msg, True, self.buffers if reuse else None)
 
     def messages(self):
         """The live messages, oldest first: a sequence (len, truth, iteration,

@@ -23,7 +23,6 @@
 import struct
 
 from meta1lite.spool import format as fmt
-from meta1lite.spool.journal import close_all
 from meta1lite.spool.message import log, message_from_envelope
 from meta1lite.status import STATUSES
 
@@ -277,15 +276,12 @@ class Index:
 
     # --- Message objects, built on demand --------------------------------------------
 
-    def build(self, handle, states=True, files=None):
+    def build(self, handle, states=True):
         """A fresh Message for a record (None if its envelope is unreadable);
-        states=False: the recipients' replies and next tries are not read.
-        files: a dict the caller closes (journal.close_all), left holding the
-        segments opened here (the body's first one, for journal.chunks)."""
+        states=False: the recipients' replies and next tries are not read."""
         buf, off = handle
         h = head(buf, off)
-        own = files is None
-        files = {} if own else files
+        files = {}
         try:
             msg = self._envelope(files, h)
             if msg is None:
@@ -301,8 +297,10 @@ class Index:
                     r.reply, r.next_try = state.get("r"), state.get("n")
             return msg
         finally:
-            if own and files:
-                close_all(files)        # the closed handles, free for the refill's collection
+            for f in files.values():
+                f.close()
+            if files:
+                files = None            # the closed handles, free for the refill's collection
                 self.journal.handles_closed()
 
     def _envelope(self, files, h):

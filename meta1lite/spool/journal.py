@@ -34,13 +34,6 @@ def _open_rw(path):
         return open(path, "r+b")
 
 
-def close_all(files):
-    """Close the open segments of a files dict (read_record's) and empty it."""
-    for f in files.values():
-        f.close()
-    files.clear()
-
-
 def _open_and_close(path):
     open(path, "rb").close()
 
@@ -424,31 +417,26 @@ class Journal:
             return None, 0
         return fmt.decode_record(frame[2]), frame[3]
 
-    def chunks(self, msg, strict, pool=None, files=None):
+    def chunks(self, msg, strict, pool=None):
         """Generator of a message's body chunks (bytes), in order. strict: raise
         CorruptMessage at the first missing one; else yield what verifies. pool (a
-        BufferPool): full chunks come in one of its buffers, reused for the next.
-        files: segments already open (key -> file, as read_record fills it), used
-        and closed here."""
+        BufferPool): full chunks come in one of its buffers, reused for the next."""
         buf = pool.take() if pool is not None else None
-        files = files if files is not None else {}
         try:
-            for chunk in self._chunks(msg, strict, buf, files):
+            for chunk in self._chunks(msg, strict, buf):
                 yield chunk
         finally:
-            close_all(files)
             if pool is not None:
                 pool.give(buf)
             self.handles_closed()
 
-    def _chunks(self, msg, strict, buf, files):
+    def _chunks(self, msg, strict, buf):
         expected = 0
         for i, key in enumerate(msg.segs):
             seg = self.segs.get(key)
             if seg is None:
                 break
-            f = files.pop(key, None)
-            with f if f is not None else self.open_read(seg.path) as f:
+            with self.open_read(seg.path) as f:
                 start = msg.first if i == 0 else seg.start
                 frames = fmt.iter_tagged(f, start, seg.end, seg.gen, fmt.T_CHUNK, msg.tag, seg.skips)
                 for pos, peek in frames:
