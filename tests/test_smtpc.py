@@ -4,7 +4,9 @@
 # SmtpClient from a config file, as the daemon does - under CPython and under the
 # real micropython binary (DNS through the codec resolver there).
 import os
+import socket
 import sys
+import threading
 
 import pytest
 import trustme
@@ -34,14 +36,17 @@ if os.getenv("M1L_TEST_IMPLICIT_PORT"):
     smtpc.IMPLICIT_TLS_PORT = int(os.getenv("M1L_TEST_IMPLICIT_PORT"))
 
 def chunks(path):
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(1000)
-            if not data:
-                return
-            yield data
-            if os.getenv("M1L_TEST_BROKEN_BODY"):
-                raise OSError(5, "I/O error on the flash")
+    try:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(1000)
+                if not data:
+                    return
+                yield data
+                if os.getenv("M1L_TEST_BROKEN_BODY"):
+                    raise OSError(5, "I/O error on the flash")
+    finally:
+        print("C body closed")      # the spool's reader closes its file and buffer here
 
 async def run(argv):
     cfg = conf.load(argv[1])
@@ -74,6 +79,7 @@ class Outcome:
         self.log = proc.stderr.decode(errors="replace")
         self.results = {}
         self.error = None
+        self.bodies_closed = self.out.count("C body closed")
         for line in self.out.splitlines():
             if line.startswith("R "):
                 f = line.split(" ", 7)
@@ -321,3 +327,45 @@ def test_unreadable_body_is_never_completed(runtime, tmp_path, zone, monkeypatch
         out = deliver(runtime, tmp_path, _config(tmp_path, zone, port, routes), ["a@far.test"])
     assert out.status() == "deferred" and "cannot read the queued message" in out.text()
     assert hop.messages == []
+
+
+class _HangUpInData:
+    """A next hop that says 354 to DATA and then closes the connection."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.sendall(b"220 hop.test ESMTP\r\n")
+            buf = b""
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    verb = line[:4].upper()
+                    conn.sendall(b"354 go on\r\n" if verb == b"DATA" else b"250 ok\r\n")
+                    if verb == b"DATA":
+                        conn.recv(4096)
+                        return          # closed in the middle of the body
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_next_hop_gone_mid_body_defers_and_the_body_is_closed(runtime, tmp_path, zone):
+    # MicroPython never closes a generator that is dropped unfinished: smtpc closes
+    # the body it stopped reading (on a board, the spool's reader holds a 1K LittleFS
+    # file handle and a pooled buffer until then)
+    hop = _HangUpInData()
+    routes = 'route "*" { via = "[127.0.0.1]:%d"; }' % hop.port
+    out = deliver(runtime, tmp_path, _config(tmp_path, zone, hop.port, routes), ["a@far.test"],
+                  body=BODY * 200)
+    assert out.status() == "deferred", out.results
+    assert out.bodies_closed == 1, out.out + out.log
