@@ -5,6 +5,7 @@ MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
     .venv/bin/python benchmarks/board.py [--messages 100] [--clients 3]
                      [--lo 64K] [--hi 384K] [--step 8K] [--repeat 3]
                      [--no-bisect --heap 192448] [--only plain|tls] [--sessions]
+                     [--heap-map]
 
   1. import cost: heap in use (gc.mem_alloc after gc.collect) after importing every
      frozen module of the relay, minus the same figure before; and what one verified
@@ -21,6 +22,9 @@ MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
      A heap passes when all --repeat runs at it pass.
 With --no-bisect each scenario runs at --heap only. --sessions prints only the relay's
 live heap (`status`) idle, per connected session and after a message from each.
+--heap-map boots the relay through a /flash/main.py that prints MicroPython's heap
+report and block map (micropython.mem_info(1)) at the first file open the journal's
+handle reserve could not serve; a failed run prints its summary and the log's path.
 Figures only, no assertions.
 """
 import argparse
@@ -51,6 +55,29 @@ RETRY_S = 1.0                            # a 4xx refusal (flash full): the clien
 MAX_RETRIES = 60                         # per message, then the session counts as dropped
 REPEAT = 3                               # runs that must all pass for a heap to count as passing
 META1LITE_MODULES_SKIP = ("cli", "__main__")
+HEAP_MAP = []                            # --heap-map given
+# /flash/main.py with --heap-map: the sim's boot (boards/sim/main.py) with the report
+HEAP_MAP_MAIN = """import micropython
+import m1lboot
+from meta1lite import heap
+_call = heap.Reserve.call
+_shown = []
+
+
+def _reporting(self, fn, *args):
+    try:
+        return _call(self, fn, *args)
+    except MemoryError:
+        if not _shown:
+            _shown.append(1)
+            print("HEAP MAP: a %d-byte block's open failed" % self.size)
+            micropython.mem_info(1)
+        raise
+
+
+heap.Reserve.call = _reporting
+m1lboot.run("/flash")
+"""
 
 
 # --- import cost ----------------------------------------------------------------------
@@ -292,9 +319,13 @@ def next_hop(pki):
 def prepare(board, port, hop, pki):
     if pki is None:
         board.create_flash(sim_config(port, via_route(hop.port)))
+    else:
+        board.create_flash(sim_config(port, via_route(hop.port, extra=SMARTHOST_ROUTE),
+                                      smtpc_extra=SMARTHOST_SMTPC))
+    if HEAP_MAP:
+        board.put_text("main.py", HEAP_MAP_MAIN)
+    if pki is None:
         return
-    board.create_flash(sim_config(port, via_route(hop.port, extra=SMARTHOST_ROUTE),
-                                  smtpc_extra=SMARTHOST_SMTPC))
     with open(pki.ca) as f:
         board.put_text("ca.pem", f.read())
     board.put_text("smarthost.password", PASSWORD + "\n")
@@ -342,9 +373,22 @@ def relay_run(heap, count, nclients, pki):
             board.stop()
         seconds = time.time() - t0
         got = delivered(hop)
+        if HEAP_MAP and reason is not None:
+            print_heap_map(board)
         if reason is None and pki is not None and not all(m.tls for m in hop.messages):
             reason = "delivered without TLS"
     return reason is None, len(got), seconds, clients.refusals, reason or "ok"
+
+
+def print_heap_map(board):
+    lines = board.log().splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("HEAP MAP")]
+    if not at:
+        print("    no heap map: the failure was not a file open (%s)" % board.log_path)
+        return
+    summary = [line.strip() for line in lines[at[0]:at[0] + 8]
+               if line.startswith(("HEAP", "GC:", " No.", "No."))]
+    print("    %s\n    (the block map: %s)" % ("\n    ".join(summary), board.log_path))
 
 
 # --- bisection ----------------------------------------------------------------------
@@ -390,7 +434,11 @@ def main():
     ap.add_argument("--only", choices=("plain", "tls"), help="run one scenario")
     ap.add_argument("--repeat", type=int, default=REPEAT, help="runs that must all pass at a heap")
     ap.add_argument("--sessions", action="store_true", help="only the live heap per session")
+    ap.add_argument("--heap-map", action="store_true",
+                    help="print the heap map at the first file open that fails")
     args = ap.parse_args()
+    if args.heap_map:
+        HEAP_MAP.append(True)
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)    # aiosmtpd: failed handshakes
     try:
         info = firmware()

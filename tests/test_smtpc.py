@@ -341,21 +341,14 @@ class _HangUpInData:
 
     def _serve(self):
         conn, _ = self.sock.accept()
-        with conn:
+        with conn, conn.makefile("rb") as lines:
             conn.sendall(b"220 hop.test ESMTP\r\n")
-            buf = b""
-            while True:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                buf += data
-                while b"\r\n" in buf:
-                    line, buf = buf.split(b"\r\n", 1)
-                    verb = line[:4].upper()
-                    conn.sendall(b"354 go on\r\n" if verb == b"DATA" else b"250 ok\r\n")
-                    if verb == b"DATA":
-                        conn.recv(4096)
-                        return          # closed in the middle of the body
+            for line in lines:
+                if line[:4].upper() == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    conn.recv(4096)
+                    return          # closed in the middle of the body
+                conn.sendall(b"250 ok\r\n")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
