@@ -54,7 +54,6 @@ CLIENT_TIMEOUT_S = 60
 RETRY_S = 1.0                            # a 4xx refusal (flash full): the client tries again
 MAX_RETRIES = 60                         # per message, then the session counts as dropped
 REPEAT = 3                               # runs that must all pass for a heap to count as passing
-META1LITE_MODULES_SKIP = ("cli", "__main__")
 HEAP_MAP = []                            # --heap-map given
 # /flash/main.py with --heap-map: the sim's boot (boards/sim/main.py) with the report
 HEAP_MAP_MAIN = """import micropython
@@ -83,16 +82,13 @@ m1lboot.run("/flash")
 # --- import cost ----------------------------------------------------------------------
 
 def frozen_modules():
-    """Every meta1lite module that runs on the board (cli/ is CPython-only)."""
-    root = os.path.join(C.ROOT, "meta1lite")
+    """Every meta1lite module that runs on the board (the frozen ones but __main__)."""
+    import build_firmware  # firmware/ is on the path (helpers.board)
     mods = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in META1LITE_MODULES_SKIP and d != "__pycache__")
-        for name in sorted(files):
-            if not name.endswith(".py") or name[:-3] in META1LITE_MODULES_SKIP:
-                continue
-            rel = os.path.relpath(os.path.join(folder, name), C.ROOT)[:-3].replace(os.sep, ".")
-            mods.append(rel[:-len(".__init__")] if rel.endswith(".__init__") else rel)
+    for rel in build_firmware.meta1lite_modules():
+        name = "meta1lite." + rel[:-3].replace("/", ".")
+        if not name.endswith(".__main__"):
+            mods.append(name[:-len(".__init__")] if name.endswith(".__init__") else name)
     return mods
 
 

@@ -1,7 +1,7 @@
 # meta1lite.smar.dnsresolve - smar's DNS resolver: MX and address lookups for delivery.
 # Owns: one API (Resolver.resolve_mx, Resolver.resolve_addresses) over two
-# transports - dnspython's async resolver on CPython, and on MicroPython (or on
-# request) the sans-I/O codec in meta1lite.proto.dns over UDP with TCP on
+# transports - dnspython's async resolver on CPython (dnspython_transport.py), and on
+# MicroPython (or on request) the sans-I/O codec in meta1lite.proto.dns over UDP with TCP on
 # truncation - plus CNAME chasing, RFC 5321 section 5 MX ordering, RFC 7505 null MX,
 # the error classes, and a TTL cache bounded in entries.
 # Must never: block the event loop on network I/O, return an answer that does not
@@ -14,15 +14,6 @@ import socket
 
 from meta1lite import compat
 from meta1lite.proto import dns as codec
-
-try:
-    import dns.asyncresolver as _dnspython_resolver
-    import dns.exception as _dnspython_exception
-    import dns.name as _dnspython_name
-    import dns.nameserver as _dnspython_nameserver
-    import dns.resolver as _dnspython_sync
-except ImportError:
-    _dnspython_resolver = None
 
 RESOLV_CONF = "/etc/resolv.conf"
 DNS_PORT = 53
@@ -280,68 +271,14 @@ def _describe(exc):
     return "%s %s" % (type(exc).__name__, exc)
 
 
-# --- the dnspython transport (CPython) ---------------------------------------------
-
-def _dnspython_text(name):
-    return name.to_text(omit_final_dot=True)
-
-
-def _dnspython_value(rdata):
-    rtype = rdata.rdtype
-    if rtype in (codec.TYPE_A, codec.TYPE_AAAA):
-        return rdata.address
-    if rtype == codec.TYPE_MX:
-        return (rdata.preference, _dnspython_text(rdata.exchange))
-    return _dnspython_text(rdata.target)
-
-
-def _from_message(message, name, qtype):
-    """A codec.Response with the same shape from a dnspython message."""
-    answers = []
-    for rrset in message.answer:
-        if rrset.rdclass != codec.CLASS_IN or rrset.rdtype not in codec.TYPE_NAMES:
-            continue
-        for rdata in rrset:
-            if len(answers) >= codec.MAX_ANSWERS:
-                break
-            answers.append((_dnspython_text(rrset.name), rrset.rdtype, rrset.ttl,
-                            _dnspython_value(rdata)))
-    negative_ttl = None
-    for rrset in message.authority:
-        if rrset.rdtype == codec.TYPE_SOA and len(rrset):
-            negative_ttl = min(rrset.ttl, rrset[0].minimum)
-    return codec.Response(message.id, message.rcode(), False, False, name, qtype,
-                          answers, negative_ttl)
-
-
-class _DnspythonTransport:
-    """Queries through dns.asyncresolver with the same nameservers, ports and timeouts."""
-
-    def __init__(self, nameservers, timeout_s, retries):
-        resolver = _dnspython_resolver.Resolver(configure=False)
-        resolver.nameservers = [_dnspython_nameserver.Do53Nameserver(host, port)
-                                for host, port in nameservers]
-        resolver.timeout = timeout_s
-        resolver.lifetime = timeout_s * (retries + 1) * max(1, len(nameservers))
-        resolver.use_edns(0, 0, codec.EDNS_PAYLOAD)
-        resolver.retry_servfail = False
-        self._resolver = resolver
-
-    async def exchange(self, name, qtype):
-        """The NOERROR/NXDOMAIN answer as a codec.Response, else TemporaryDNSError."""
-        qname = _dnspython_name.from_text(name)
-        try:
-            answer = await self._resolver.resolve(qname, qtype, raise_on_no_answer=False,
-                                                  search=False)
-            return _from_message(answer.response, name, qtype)
-        except _dnspython_sync.NXDOMAIN as exc:
-            response = exc.responses().get(qname)
-            if response is None:
-                return codec.Response(0, codec.RCODE_NXDOMAIN, False, False, name, qtype,
-                                      [], None)
-            return _from_message(response, name, qtype)
-        except _dnspython_exception.DNSException as exc:
-            raise TemporaryDNSError("%s %s: %s" % (name, codec.TYPE_NAMES[qtype], exc))
+def _dnspython_available():
+    if compat.MICROPYTHON:
+        return False
+    try:
+        import dns.asyncresolver  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # --- the resolver -------------------------------------------------------------------
@@ -391,7 +328,10 @@ class Resolver:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backend = self._choose_backend(backend)
-        transport = _DnspythonTransport if self.backend == "dnspython" else _CodecTransport
+        if self.backend == "dnspython":     # CPython only: never imported on a board
+            from meta1lite.smar.dnspython_transport import DnspythonTransport as transport
+        else:
+            transport = _CodecTransport
         self._transport = transport(self.nameservers, timeout_s, retries)
         self._cache = _Cache(clock or compat.monotonic, cache_entries)
         self.queries_sent = 0
@@ -399,10 +339,10 @@ class Resolver:
     @staticmethod
     def _choose_backend(backend):
         if backend is None:
-            return "dnspython" if _dnspython_resolver is not None else "codec"
+            return "dnspython" if _dnspython_available() else "codec"
         if backend not in BACKENDS:
             raise ValueError("unknown DNS backend %r" % (backend,))
-        if backend == "dnspython" and _dnspython_resolver is None:
+        if backend == "dnspython" and not _dnspython_available():
             raise ValueError("dnspython is not available on this runtime")
         return backend
 
