@@ -170,11 +170,11 @@ UNLOCK_TRIES = 3                # collections tried by unlock_heap()
 
 
 def unlock_heap():
-    """MicroPython: a KeyboardInterrupt raised from an interrupt (stm32's second Ctrl-C,
-    the unix port's SIGINT handler) inside a collection ends that collection early
-    with its "collecting" flag still set, which locks the heap: nothing could be
-    allocated after it, not even the stop (measured on the unix port: 6 of 48 Ctrl-Cs
-    during deliveries). A new collection ends with the flag cleared (nothing was
+    """MicroPython: a KeyboardInterrupt raised from an interrupt (stm32's second Ctrl-C;
+    the unix port's SIGINT handler did it too until `run` gave SIGINT its default action)
+    inside a collection ends that collection early with its "collecting" flag still
+    set, which locks the heap: nothing could be allocated after it, not even the stop
+    (measured on the unix port then: 6 of 48 Ctrl-Cs during deliveries). A new collection ends with the flag cleared (nothing was
     allocated since, so its marks are whole); another Ctrl-C can land in that one too,
     hence a few tries. True if the heap was locked."""
     import gc

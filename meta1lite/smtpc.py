@@ -32,8 +32,9 @@ _IO_ERRORS = (OSError, ValueError, EOFError) + compat.TIMEOUT_ERRORS
 class Job:
     """One queued message for one destination.
 
-    rcpts: list of (index, address); body: a callable returning an iterator of
-    bytes chunks (CRLF lines, not dot-stuffed); rewrite_from: None or the address
+    rcpts: list of (index, address); body: a callable returning a generator of
+    bytes chunks (CRLF lines, not dot-stuffed; closed when not read to its end,
+    spool.read_body's); rewrite_from: None or the address
     for the From: header."""
 
     def __init__(self, queue_id, sender, rcpts, size=None, eightbit=False, body=None,
@@ -343,8 +344,8 @@ class _Session:
             return
         finally:
             if body is not None:
-                body.close()    # MicroPython never closes a dropped generator: its file
-                                # handle and pooled buffer would wait for a collection
+                body.close()    # MicroPython never closes a dropped generator: its pooled
+                                # buffer and file would wait for a collection
         await self._write(self.conn.end_body())
 
     def _text(self, code, enhanced, text, status=None):

@@ -148,6 +148,29 @@ def test_reload_gives_every_module_the_new_configuration_or_keeps_the_old(runtim
             daemon.stop()
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_auth_after_a_reload_took_the_users_away_is_refused(runtime, tmp_path):
+    port, ctl = free_port(), free_port()
+    with NextHop() as hop:
+        first = _reload_conf(tmp_path, port, ctl, hop.port, _users(tmp_path / "users", "alice", "pw"))
+        daemon = Daemon(runtime, tmp_path, first, port).start()
+        try:
+            with Client(port) as c:
+                assert "AUTH" in c.greeting_and_ehlo().text              # offered now
+                top = "control = 127.0.0.1:%d;\nsmar { route \"*\" { via = \"[127.0.0.1]:%d\"; } }\n" \
+                    % (ctl, hop.port)
+                (tmp_path / "meta1lite.conf").write_text(
+                    config_text(str(tmp_path / "spool"), port, top_extra=top))
+                run = cli(daemon, "reload")
+                assert run.returncode == 0 and "reloaded" in run.stdout, run.stderr
+                r = _auth(c, "alice", "pw")
+                assert (r.code, r.text[:5]) == (502, "5.5.1"), r
+                assert c.cmd("NOOP").code == 250                          # the session goes on
+            assert "session error" not in daemon.log() and "Traceback" not in daemon.log()
+        finally:
+            daemon.stop()
+
+
 def _check_second(daemon, port, hop_b):
     with Client(port) as c:                     # the lockout of 127.0.0.1 survived
         assert "STARTTLS" in c.greeting_and_ehlo().text                 # TLS now

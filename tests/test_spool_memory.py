@@ -48,6 +48,12 @@ if mode == "check":
     for chunk in sp.read_body(m.id):
         body += len(chunk)
     print("CHECK %d %d %d" % (seen, deferred, body == m.size))
+    import os
+    fds = len(os.listdir("/proc/self/fd"))
+    cut = sp.read_body(m.id)        # read in part, then closed: its segment file too
+    next(cut)
+    cut.close()
+    print("FDS %d" % (len(os.listdir("/proc/self/fd")) - fds))
 sp.close()
 """
 
@@ -98,7 +104,7 @@ def _run(loaded, heap, mode):
     out = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
-        if parts and parts[0] in ("COUNT", "HEAP", "CHECK"):
+        if parts and parts[0] in ("COUNT", "HEAP", "CHECK", "FDS"):
             out[parts[0]] = [int(p) for p in parts[1:]]
     return proc, out
 
@@ -111,6 +117,7 @@ def test_index_heap_per_message(loaded):
           % (out["COUNT"][0], total, per))
     assert out["COUNT"] == [COUNT]
     assert out["CHECK"] == [COUNT, 20, 1], out
+    assert out["FDS"] == [0], "a body read in part and closed left its file open"
 
 
 def test_recover_thousand_in_256k_heap(loaded):

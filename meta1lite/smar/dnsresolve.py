@@ -275,7 +275,7 @@ def _dnspython_available():
     if compat.MICROPYTHON:
         return False
     try:
-        import dns.asyncresolver  # noqa: F401
+        import meta1lite.smar.dnspython_transport  # noqa: F401 - all of dnspython it needs
     except ImportError:
         return False
     return True

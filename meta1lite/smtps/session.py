@@ -351,6 +351,9 @@ class Session:
     async def on_auth(self, event):
         self._count("auth")
         lockout = self.server.lockout
+        if lockout is None:     # a reload took the AUTH users away after EHLO offered it
+            self.out.append(self.conn.reject_auth(*replies.AUTH_NOT_AVAILABLE))
+            return
         if lockout.locked(self.ip):
             self.out.append(self.conn.reject_auth(*replies.AUTH_LOCKED))
             return

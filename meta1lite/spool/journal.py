@@ -422,10 +422,12 @@ class Journal:
         CorruptMessage at the first missing one; else yield what verifies. pool (a
         BufferPool): full chunks come in one of its buffers, reused for the next."""
         buf = pool.take() if pool is not None else None
+        inner = self._chunks(msg, strict, buf)
         try:
-            for chunk in self._chunks(msg, strict, buf):
+            for chunk in inner:
                 yield chunk
         finally:
+            inner.close()       # its open segment: MicroPython would leave it to a collection
             if pool is not None:
                 pool.give(buf)
             self.handles_closed()

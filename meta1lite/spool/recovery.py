@@ -315,10 +315,14 @@ class Recovery:
                 queue_id, msg.sender, msg.size, queue_id))
 
     def _salvage(self, msg, name):
-        with open(name, "wb") as out:
-            out.write(fmt.record(envelope_record(msg)))
-            for data in self.journal.chunks(msg, False):
-                out.write(data)
+        body = self.journal.chunks(msg, False)
+        try:
+            with open(name, "wb") as out:
+                out.write(fmt.record(envelope_record(msg)))
+                for data in body:
+                    out.write(data)
+        finally:
+            body.close()        # a full flash cuts it short: see journal.chunks
 
     # --- incoming/ ---------------------------------------------------------------------
 

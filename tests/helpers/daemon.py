@@ -145,7 +145,7 @@ class Daemon:
 
     def stop(self):
         """Graceful stop: SIGTERM (CPython) or the control channel's stop (MicroPython;
-        Ctrl-C if nobody answers there)."""
+        if nobody answers there, Ctrl-C, which ends the unix port's process at once)."""
         if self.proc and self.proc.poll() is None:
             if self.runtime == "cpython":
                 self.proc.send_signal(signal.SIGTERM)

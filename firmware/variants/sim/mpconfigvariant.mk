@@ -4,6 +4,6 @@
 # No libffi and no berkeley-db: neither exists on a board (nor in the trimmed source).
 MICROPY_PY_FFI = 0
 MICROPY_PY_BTREE = 0
-# No _thread: a Pico W's second core is not the relay's (mcp runs the relay in the
-# main thread here, as on a board; see mcp.run on the unix port).
+# No _thread: a Pico W's second core is not the relay's, and without threads nothing
+# makes the SIGINT handler raise out of C code (mpconfigvariant.h).
 MICROPY_PY_THREAD = 0
