@@ -14,8 +14,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "meta1lite")
 DEFAULT_OUT = os.path.join(ROOT, "firmware", "build", "bundle")
-CPYTHON_ONLY = ("cli/passwd.py",            # getpass and a terminal: `meta1lite passwd`
-                "smar/dnspython_transport.py")   # dnspython: CPython's DNS backend
+CPYTHON_ONLY = ("cli/passwd.py",)  # getpass and a terminal: `meta1lite passwd` runs on CPython
 MPY_MAGIC = ord("M")
 
 

@@ -37,7 +37,7 @@ ZIG_TARGET = "x86-linux-musl"           # static: runs without a 32-bit libc ins
 KEEP_FIRMWARES = 3              # fw-* folders kept (newest first); older ones are removed
 KEEP_OBJECT_DIRS = 2            # obj-* folders (make's incremental state) kept
 HASH_CHUNK = 1 << 16
-CPYTHON_ONLY = ("cli", "smar/dnspython_transport.py")    # never frozen (freeze_meta1lite.py)
+CPYTHON_ONLY = "cli"            # meta1lite/cli/: never frozen (see freeze_meta1lite.py)
 
 BOARDS = {
     # name: (port, board folder in the port, manifest, mpy-cross flags of the port)
@@ -140,16 +140,14 @@ def path_vars(mpy, port, board_dir):
 
 def meta1lite_modules():
     """Paths (relative to meta1lite/) of the modules freeze_meta1lite.py freezes: every
-    .py but CPYTHON_ONLY's, from META1LITE_FREEZE_SRC/meta1lite when that is set."""
+    .py but meta1lite/cli/, from META1LITE_FREEZE_SRC/meta1lite when that is set."""
     pkg = os.path.join(os.environ.get("META1LITE_FREEZE_SRC") or ROOT, "meta1lite")
     found = []
     for folder, _dirs, names in os.walk(pkg):
         for name in names:
             rel = os.path.relpath(os.path.join(folder, name), pkg)
-            rel = rel.replace(os.sep, "/")
-            if name.endswith(".py") and rel.split("/")[0] not in CPYTHON_ONLY \
-                    and rel not in CPYTHON_ONLY:
-                found.append(rel)
+            if name.endswith(".py") and rel.split(os.sep)[0] != CPYTHON_ONLY:
+                found.append(rel.replace(os.sep, "/"))
     return sorted(found)
 
 

@@ -1,5 +1,5 @@
 # Manifest fragment (MicroPython tools/manifestfile.py): freezes the meta1lite package,
-# every module of meta1lite/ except the CPython-only ones (cli/, the dnspython backend),
+# every module of meta1lite/ except meta1lite/cli/ (the CPython-only command line),
 # as frozen bytecode with opt=3 (no asserts, no line numbers: smaller).
 # Owns: which part of meta1lite goes into firmware. Used by firmware/manifest.py and
 # every board manifest under boards/ (include("<path>/firmware/freeze_meta1lite.py")).
@@ -9,17 +9,14 @@
 # commit's tree, for before/after figures); default: this checkout.
 import os
 
-# never frozen (build_firmware.CPYTHON_ONLY says the same): the command line, and
-# smar's dnspython backend
-CPYTHON_ONLY = ("cli", "smar/dnspython_transport.py")
+CPYTHON_ONLY = "cli"
 base = os.environ.get("META1LITE_FREEZE_SRC") or ".."
 pkg = os.path.join(base, "meta1lite")
 shared = []
 for folder, _dirs, names in os.walk(pkg):
     for name in names:
         rel = os.path.relpath(os.path.join(folder, name), pkg)
-        if (name.endswith(".py") and rel.split(os.sep)[0] not in CPYTHON_ONLY
-                and rel.replace(os.sep, "/") not in CPYTHON_ONLY):
+        if name.endswith(".py") and rel.split(os.sep)[0] != CPYTHON_ONLY:
             shared.append(rel)
 
 package("meta1lite", files=sorted(shared), base_path=base, opt=3)  # noqa: F821

@@ -115,8 +115,8 @@ class Reserve:
     have no run for (MicroPython): call(fn, ...) runs fn, and while it fails with
     MemoryError, frees a block, collects and runs fn again, which then finds that
     block's run. refill() takes the blocks: first when the owner starts, then once
-    what used a block is closed and dropped (a collection first) (a closed object keeps its run until a collection,
-    and the next small objects would split it). A LittleFS file handle carries a 1K
+    what used a block is closed and dropped, after a collection (a closed object keeps
+    its run until a collection, and the next small objects would split it). A LittleFS file handle carries a 1K
     cache in one block (1148 bytes on the sim Pico W): the delivery that could not
     open its segment failed at 128K while 60K were free. Nothing kept on CPython or
     with size 0."""
@@ -174,9 +174,10 @@ def unlock_heap():
     the unix port's SIGINT handler did it too until `run` gave SIGINT its default action)
     inside a collection ends that collection early with its "collecting" flag still
     set, which locks the heap: nothing could be allocated after it, not even the stop
-    (measured on the unix port then: 6 of 48 Ctrl-Cs during deliveries). A new collection ends with the flag cleared (nothing was
-    allocated since, so its marks are whole); another Ctrl-C can land in that one too,
-    hence a few tries. True if the heap was locked."""
+    (measured on the unix port then: 6 of 48 Ctrl-Cs during deliveries). A new
+    collection ends with the flag cleared (nothing was allocated since, so its marks
+    are whole); another Ctrl-C can land in that one too, hence a few tries. True if
+    the heap was locked."""
     import gc
     tries = UNLOCK_TRIES            # a while loop: range() would allocate
     while tries:

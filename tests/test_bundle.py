@@ -7,9 +7,6 @@ import sys
 from helpers.upy import ROOT, find_micropython, run_micropython
 
 BUILD = os.path.join(ROOT, "firmware", "build_bundle.py")
-# CPython only, not bundled: `meta1lite passwd` (getpass, a terminal) and the dnspython
-# DNS backend
-CPYTHON_ONLY = (os.path.join("cli", "passwd.py"), os.path.join("smar", "dnspython_transport.py"))
 
 
 def build_bundle(tmp_path):
@@ -26,7 +23,7 @@ def test_bundle_builds_every_shared_module_and_prints_sizes(tmp_path):
     for folder, _dirs, names in os.walk(os.path.join(ROOT, "meta1lite")):
         for name in names:
             rel = os.path.relpath(os.path.join(folder, name), ROOT)
-            if name.endswith(".py") and not rel.endswith(CPYTHON_ONLY):
+            if name.endswith(".py") and not rel.endswith(os.path.join("cli", "passwd.py")):
                 sources.append(rel)
     for rel in sources:
         assert (out / (rel[:-3] + ".mpy")).is_file(), rel
@@ -73,5 +70,5 @@ def test_freeze_manifest_lists_shared_modules_only():
     name, files, base, _opt = calls["package"]
     assert name == "meta1lite" and os.path.normpath(os.path.join(ROOT, "firmware", base)) == ROOT
     assert "compat.py" in files and "__init__.py" in files
-    assert not [f for f in files if f.startswith("cli") or f.endswith("dnspython_transport.py")]
+    assert not [f for f in files if f.startswith("cli")]
     assert calls["include"] == ["$(PORT_DIR)/boards/manifest.py", "freeze_meta1lite.py"]

@@ -2,16 +2,24 @@
 # resolver (CPython; dnsresolve.Resolver's "dnspython" backend, its default there).
 # Owns: turning dnspython's answers and errors into the codec's Response and
 # dnsresolve's TemporaryDNSError, so that both backends give the same results
-# (tests/test_dns_resolver.py). Must never: be imported on MicroPython (no dnspython
-# there; dnsresolve imports it only for this backend), or cache (the resolver does).
-import dns.asyncresolver as _dnspython_resolver
-import dns.exception as _dnspython_exception
-import dns.name as _dnspython_name
-import dns.nameserver as _dnspython_nameserver
-import dns.resolver as _dnspython_sync
-
+# (tests/test_dns_resolver.py). Must never: be used on MicroPython (no dnspython
+# there: the module imports, available() says False), or cache (the resolver does).
 from meta1lite.proto import dns as codec
 from meta1lite.smar.dnsresolve import TemporaryDNSError
+
+try:
+    import dns.asyncresolver as _dnspython_resolver
+    import dns.exception as _dnspython_exception
+    import dns.name as _dnspython_name
+    import dns.nameserver as _dnspython_nameserver
+    import dns.resolver as _dnspython_sync
+except ImportError:
+    _dnspython_resolver = None
+
+
+def available():
+    """True where dnspython (2.4+, with dns.nameserver) imports."""
+    return _dnspython_resolver is not None
 
 
 def _dnspython_text(name):

@@ -272,13 +272,10 @@ def _describe(exc):
 
 
 def _dnspython_available():
-    if compat.MICROPYTHON:
+    if compat.MICROPYTHON:      # not even imported there (a board's heap)
         return False
-    try:
-        import meta1lite.smar.dnspython_transport  # noqa: F401 - all of dnspython it needs
-    except ImportError:
-        return False
-    return True
+    from meta1lite.smar import dnspython_transport
+    return dnspython_transport.available()
 
 
 # --- the resolver -------------------------------------------------------------------
