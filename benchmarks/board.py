@@ -18,7 +18,8 @@ MicroPython unix port, mbedtls allocating from the GC heap), issue 8 item 3.
            aiosmtpd smarthost.
      A run passes when every message is delivered, the log has no MemoryError / out of
      memory / ENOMEM and no client session was dropped. A 4xx refusal (452: flash
-     full, issue 8 item 4) is retried by the client after RETRY_S and counted.
+     full, issue 8 item 4) is retried by the client after RETRY_S and counted; after
+     a 421 (low memory: the relay closes the session) the client connects again.
      A heap passes when all --repeat runs at it pass.
 With --no-bisect each scenario runs at --heap only. --sessions prints only the relay's
 live heap (`status`) idle, per connected session and after a message from each.
@@ -226,6 +227,7 @@ class Clients:
         self.sizes = [rnd.randint(MIN_SIZE, MAX_SIZE) for _ in range(count)]
         self.port, self.count, self.clients = port, count, clients
         self.sent, self.errors, self.abort, self.refusals = set(), [], False, 0
+        self.tries = {}                 # message -> 4xx replies it met
         self.threads = [threading.Thread(target=self.worker, args=(w,), daemon=True)
                         for w in range(clients)]
 
@@ -251,30 +253,35 @@ class Clients:
         raise smtplib.SMTPException("connection refused %d times" % MAX_RETRIES)
 
     def worker(self, w):
+        todo = list(range(w, self.count, self.clients))
         try:
-            with self.connect() as s:
-                for n in range(w, self.count, self.clients):
-                    if self.abort:
-                        return
-                    self.send(s, n)
+            while todo and not self.abort:
+                with self.connect() as s:
+                    while todo and not self.abort and self.send(s, todo[0]):
+                        todo.pop(0)
         except (OSError, smtplib.SMTPException) as exc:
             if not self.abort:
                 self.errors.append("client %d: %r" % (w, exc))
 
     def send(self, s, n):
-        """One message; a 4xx reply (452 flash full) is retried as a real client would."""
-        for _ in range(MAX_RETRIES):
+        """One message; a 4xx reply (452 flash full) is retried as a real client would.
+        False after a 421 (the relay closed the session: low memory): reconnect."""
+        while True:
             try:
                 s.sendmail("dev@home.test", ["user%d@dest.test" % n], message(n, self.sizes[n]))
                 self.sent.add(n)
-                return
+                return True
             except smtplib.SMTPResponseException as exc:
                 if not 400 <= exc.smtp_code < 500 or self.abort:
                     raise
                 self.refusals += 1
-                s.rset()            # smtplib leaves the transaction open after a DATA 4xx
+                self.tries[n] = self.tries.get(n, 0) + 1
+                if self.tries[n] >= MAX_RETRIES:
+                    raise smtplib.SMTPException("message %d refused %d times" % (n, MAX_RETRIES))
                 time.sleep(RETRY_S)
-        raise smtplib.SMTPException("message %d refused %d times" % (n, MAX_RETRIES))
+                if exc.smtp_code == 421:
+                    return False
+                s.rset()            # smtplib leaves the transaction open after a DATA 4xx
 
     def stop(self):
         self.abort = True

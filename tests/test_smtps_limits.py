@@ -1,8 +1,10 @@
 # smtps limits over real sockets, against the daemon on CPython and under the
 # MicroPython unix port: recipients, message size (SIZE= and DATA), long lines, bad
 # commands, connections (total and per client), io_timeout, the per-client message
-# rate, and a full queue (qmgr.max_messages). Each test runs one daemon and several
-# checks; results are read through the spool API after the daemon stopped.
+# rate, a full queue (qmgr.max_messages) and, on MicroPython, a heap too short for new
+# mail. Each test runs one daemon and several checks; results are read through the
+# spool API after the daemon stopped.
+import os
 import time
 
 import pytest
@@ -10,6 +12,7 @@ from helpers.daemon import RUNTIMES
 from helpers.smtpclient import Client, assert_clean_log, queued, start_smtps, wait_sessions_ended
 
 MAX_SIZE = 64 * 1024
+BALLAST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "ballast_daemon.py")
 SESSION_LIMITS = "max_recipients = 3; max_message_size = 64K; max_bad_commands = 8;"
 DEADLINE_S = 60
 
@@ -287,3 +290,36 @@ def test_a_full_server_closes_its_idlest_session_for_a_newcomer(runtime, tmp_pat
     log = assert_clean_log(daemon)
     assert "server full: closing the idlest session, unknown[127.0.0.2]" in log
     assert len(queued(tmp_path)) == 1
+
+
+def test_low_memory_closes_sessions_with_421_and_mail_flows_again(tmp_path):
+    """MicroPython: with too little heap for new mail, MAIL and DATA get 421 4.3.2 and
+    the session is closed, so that its own memory returns too. (A 452 kept refused
+    sessions open: on the sim Pico W two of them held the margin between them and
+    refused each other for ever.) Once memory is back, mail flows again."""
+    flag = str(tmp_path / "short-of-memory")
+    daemon = start_smtps("micropython", tmp_path, entry=BALLAST, env={"META1LITE_BALLAST": flag})
+    try:
+        with Client(daemon.port) as a, Client(daemon.port) as b:
+            a.greeting_and_ehlo()
+            b.greeting_and_ehlo()
+            assert a.cmd("MAIL FROM:<f@relay.test>").code == 250
+            assert a.cmd("RCPT TO:<t@example.org>").code == 250
+            open(flag, "w").close()                 # the heap runs short
+            assert code_and_enhanced(a.cmd("DATA")) == (421, "4.3.2")
+            assert a.closed()
+            assert code_and_enhanced(b.cmd("MAIL FROM:<f@relay.test>")) == (421, "4.3.2")
+            assert b.closed()
+            with Client(daemon.port) as c:          # a newcomer is refused at once
+                assert code_and_enhanced(c.reply()) == (421, "4.3.2")
+                assert c.closed()
+        os.remove(flag)
+        with Client(daemon.port) as d:
+            d.greeting_and_ehlo()
+            r = d.message("f@relay.test", ["t@example.org"], b"Subject: again\r\n\r\nok\r\n")
+            assert r.code == 250, r
+    finally:
+        daemon.stop()
+    log = assert_clean_log(daemon)
+    assert log.count("closing the session of [127.0.0.1]") == 2, log
+    assert [body.endswith(b"again\r\n\r\nok\r\n") for _s, _r, body in queued(tmp_path).values()] == [True]

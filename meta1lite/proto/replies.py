@@ -39,6 +39,7 @@ DATA_TOO_SLOW = (421, "4.4.2", "Data rate too low, closing connection")
 TOO_MANY_JUNK = (421, "4.7.0", "Too many commands that do nothing, closing connection")
 EVICTED = (421, "4.7.0", "Server full: closing the idlest connection")
 SHUTTING_DOWN = (421, "4.3.2", "Service shutting down, closing connection")
+LOW_MEMORY = (421, "4.3.2", "System resources low, try again later")   # MicroPython heap
 AUTH_LOCKED = (454, "4.7.0", "Too many authentication failures, try again later")
 TEMP_FAILURE = (451, "4.3.0", "Local error, try again later")
 

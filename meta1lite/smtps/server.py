@@ -18,7 +18,6 @@ LISTEN_BACKLOG_MIN = 16         # pending connections the kernel may queue per l
 STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
 STOP_POLLS = 100
 TOO_MANY_FROM_CLIENT = (421, "4.7.0", "Too many connections from your address")
-LOW_MEMORY = (421, "4.3.2", "System resources low, try again later")   # MicroPython heap
 SESSION_HEAP = 8 * 1024         # heap a session may need: ~4.5K idle (unix port), plus a
                                 # message in flight and room for fragmentation
 EVICT_MIN_IDLE_S = 2            # when full, a session waiting on its client this long
@@ -102,7 +101,7 @@ class SmtpServer:
             await self._serve_client(reader, writer, implicit_tls)
         except MemoryError:         # before its session ran: refused, never left open
             compat.log.log("error", LOG, "out of memory: a new connection refused")
-            await _refuse(writer, LOW_MEMORY)
+            await _refuse(writer, replies.LOW_MEMORY)
 
     async def _serve_client(self, reader, writer, implicit_tls):
         ip = compat.peer_address(writer)[0]
@@ -116,7 +115,7 @@ class SmtpServer:
         except MemoryError:         # the idlest session makes room for the next client
             compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
             self._evict()
-            await _refuse(writer, LOW_MEMORY)
+            await _refuse(writer, replies.LOW_MEMORY)
             return
         self.sessions.add(session)
         self.per_client[ip] = self.per_client.get(ip, 0) + 1
@@ -133,7 +132,7 @@ class SmtpServer:
             return TOO_MANY_FROM_CLIENT
         low = heap.memory_low(tls.tls_memory.headroom())
         if (low or self._live() >= self.max_sessions) and not self._evict():
-            return LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
+            return replies.LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
         return None
 
     def _live(self):

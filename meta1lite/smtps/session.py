@@ -183,6 +183,8 @@ class Session:
 
     async def on_mail(self, event):
         self._count("mail")
+        if self._memory_low("MAIL", event.mailbox.address):
+            return
         refusal = self._mail_refusal(event)
         if refusal is not None:
             self._noqueue("MAIL", refusal, event.mailbox.address, None)
@@ -193,11 +195,19 @@ class Session:
         self.eightbit = event.body == "8BITMIME"
         self.out.append(self.conn.accept_mail())
 
+    def _memory_low(self, stage, sender):
+        # too little heap for a new message (MicroPython): 421 and close, so that this
+        # session's own memory returns too; a 452 kept every refused session open, and
+        # sessions that together held the margin refused each other for ever
+        if not heap.memory_low(tls.tls_memory.headroom()):
+            return False
+        self.log("low memory (%d bytes free): closing the session of [%s]" % (
+            heap.heap_free(), self.ip), "warning")
+        self._noqueue(stage, replies.LOW_MEMORY, sender, None)
+        self.out.append(self.conn.shutdown(*replies.LOW_MEMORY))
+        return True
+
     def _mail_refusal(self, event):
-        if heap.memory_low(tls.tls_memory.headroom()):
-            self.log("low memory (%d bytes free): refusing mail from [%s]" % (
-                heap.heap_free(), self.ip), "warning")
-            return replies.QUEUE_FULL
         reason = self.server.spool.check_accept(event.size or 0)
         if reason == TOO_BIG:
             return replies.QUEUE_TOO_SMALL      # never fits, not even in an empty queue
@@ -227,9 +237,9 @@ class Session:
 
     async def on_data_start(self, event):
         self._count("data")
+        if self._memory_low("DATA", self.sender):
+            return
         try:
-            if heap.memory_low(tls.tls_memory.headroom()):
-                raise MemoryError("low memory (%d bytes free)" % heap.heap_free())
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
             self.log("cannot open queue file: %s" % exc, "warning")

@@ -146,13 +146,14 @@ qmgr { retry_min = 1h; retry_max = 2h; max_queue_size = 64M; %s }
 
 
 def start_smtps(runtime, tmp_path, smtps_extra="", top_extra="", relay_from="127.0.0.1/32",
-                qmgr="", heap=None, smar=""):
-    """Start `meta1lite run` on a fresh port; returns the started daemon.Daemon."""
+                qmgr="", heap=None, smar="", env=None, entry=None):
+    """Start `meta1lite run` (or the shim script `entry`) on a fresh port; returns the
+    started daemon.Daemon."""
     from helpers.daemon import Daemon, free_port
     heap = heap or SMTPS_HEAP
     port = free_port()
     conf = smtps_conf(tmp_path, port, smtps_extra, top_extra, relay_from, qmgr, smar)
-    return Daemon(runtime, tmp_path, conf, port, heap=heap).start()
+    return Daemon(runtime, tmp_path, conf, port, heap=heap, env=env, entry=entry).start()
 
 
 def queued(tmp_path):
