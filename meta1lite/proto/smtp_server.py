@@ -211,9 +211,11 @@ class ServerConnection(StateMachine):
         self._pos = 0
         self._roomy = False
 
-    def _make_room_for_data(self):
-        # at the first DATA of the session: room for a read plus BUFFER_SLACK, kept
-        # (an idle session's buffer stays as small as its commands)
+    def make_room_for_data(self):
+        """Allocate the input buffer DATA reads into (a read plus BUFFER_SLACK), kept
+        for the session; accept_data() does it if the I/O layer has not, which may
+        first check that the heap has room (MemoryError). An idle session's buffer
+        stays as small as its commands."""
         if self._roomy:
             return
         buf = _empty_buffer(self.data_chunk + BUFFER_SLACK)
@@ -313,7 +315,7 @@ class ServerConnection(StateMachine):
         self._decide("data")
         self._data = DataReader(self.max_line, self.max_message_size, self.bare_lf,
                                 self.data_chunk)
-        self._make_room_for_data()
+        self.make_room_for_data()
         self._set_state(DATA, "DATA")
         return reply_bytes(replies.START_DATA)
 

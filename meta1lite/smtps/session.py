@@ -201,11 +201,13 @@ class Session:
         # sessions that together held the margin refused each other for ever
         if not heap.memory_low(tls.tls_memory.headroom()):
             return False
-        self.log("low memory (%d bytes free): closing the session of [%s]" % (
-            heap.heap_free(), self.ip), "warning")
+        self._close_low_memory(stage, sender, "%d bytes free" % heap.heap_free())
+        return True
+
+    def _close_low_memory(self, stage, sender, why):
+        self.log("low memory (%s): closing the session of [%s]" % (why, self.ip), "warning")
         self._noqueue(stage, replies.LOW_MEMORY, sender, None)
         self.out.append(self.conn.shutdown(*replies.LOW_MEMORY))
-        return True
 
     def _mail_refusal(self, event):
         reason = self.server.spool.check_accept(event.size or 0)
@@ -238,6 +240,11 @@ class Session:
     async def on_data_start(self, event):
         self._count("data")
         if self._memory_low("DATA", self.sender):
+            return
+        try:
+            self.conn.make_room_for_data()      # the DATA buffer, before anything is opened
+        except MemoryError:                     # free heap, but no run of its size
+            self._close_low_memory("DATA", self.sender, "no room for a DATA buffer")
             return
         try:
             self.msg = self.server.spool.new_message()

@@ -600,3 +600,22 @@ def test_body_pipelined_behind_data_survives_the_buffer_made_for_data():
     session.feed(body[100:] + b".\r\nMAIL FROM:<c@example.org>\r\n")
     assert session.codes() == [250, 250, 354, 250, 250]
     assert session.body() == body
+
+
+def test_the_io_layer_makes_room_for_data_before_the_354():
+    # smtps allocates the DATA buffer before it answers DATA (a board's heap may have
+    # no run for it: it refuses then); the bytes behind DATA are carried over, and
+    # accept_data keeps that buffer
+    session = _greeted(data_chunk=64)
+    body = b"".join(b"line %03d of the message\r\n" % n for n in range(40))
+    session.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+    session.conn.receive_data(b"DATA\r\n" + body[:100])
+    assert isinstance(session.conn.next_event(), S.DataStart)
+    session.conn.make_room_for_data()
+    roomy = session.conn._buf
+    session.out.append(session.conn.accept_data())
+    assert session.conn._buf is roomy
+    session.pump()
+    session.feed(body[100:] + b".\r\n")
+    assert session.codes() == [250, 250, 354, 250]
+    assert session.body() == body
