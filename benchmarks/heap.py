@@ -4,7 +4,7 @@ bytecode in the GC heap, so code counts here; frozen firmware would keep it in f
 
     .venv/bin/python benchmarks/heap.py [--heap 1M] [--big 5M] [--sessions 20]
                      [--interval-ms 5] [--bisect-lo 64K] [--bisect-hi 2M] [--bisect-step 8K]
-                     [--no-bisect]
+                     [--no-bisect] [--micropython sim|PATH]
 
   1. import cost: every module of the bundle imported in dependency order in one
      process (delta = gc.mem_alloc() after gc.collect(), and the running total), and
@@ -16,6 +16,11 @@ bytecode in the GC heap, so code counts here; frozen firmware would keep it in f
      "live" = gc.mem_alloc() right after gc.collect(); "alloc" = without collecting.
   3. the smallest -X heapsize at which `micropython -m meta1lite run` (the real daemon,
      all modules, from the bundle) still accepts one --big message (bisection).
+The PyPI unix port is 64-bit: its GC blocks are 32 bytes. --micropython sim runs the same
+figures on the sim board's 32-bit unix port (16-byte blocks, as on a 32-bit MIPS or ARM
+router; built and cached by firmware/build_firmware.py; the bundle comes first on its
+path, ahead of its frozen copy of meta1lite); --micropython PATH on any other binary.
+Both need --no-bisect (the bisection starts the daemon on the PyPI unix port).
 Figures only, no assertions.
 """
 import argparse
@@ -53,8 +58,15 @@ def bundle_modules():
     return ["meta1lite." + m for m in order], root
 
 
+EXE = []                        # --micropython: the binary the figures are taken on
+
+
+def micropython():
+    return EXE[0] if EXE else C.find_micropython()
+
+
 def upy(args, heap, timeout=120):
-    exe = C.find_micropython()
+    exe = micropython()
     return subprocess.run([exe, "-X", "heapsize=" + heap] + args, env=C.micropython_env(C.bundle()),
                           capture_output=True, text=True, timeout=timeout, cwd=C.ROOT)
 
@@ -112,7 +124,7 @@ def session_peaks(args):
     conf_path = os.path.join(work, "meta1lite.conf")
     with open(conf_path, "w") as f:
         f.write(relay_conf(work, port, C.free_port()))
-    exe = C.find_micropython()
+    exe = micropython()
     proc = subprocess.Popen([exe, "-X", "heapsize=" + args.heap, DRIVER, "serve", conf_path, str(ctrl),
                              str(args.interval_ms)], env=C.micropython_env(C.bundle()), cwd=work,
                             stdout=subprocess.PIPE, stderr=open(os.path.join(work, "daemon.log"), "wb"),
@@ -199,8 +211,6 @@ def accepts_big(heap_bytes, big, timeout):
         return False, str(exc)[:50]
     finally:
         d.stop()
-        if "MemoryError" in d.log():
-            pass
 
 
 def bisect(args):
@@ -227,6 +237,11 @@ def bisect(args):
     print("smallest heap that accepts a %s message: %s (resolution %s)" % (args.big, C.kb(good), args.bisect_step))
 
 
+def sim_firmware():
+    from helpers.board import firmware
+    return firmware()["path"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heap", default="1M", help="heap of the import and session runs")
@@ -239,14 +254,19 @@ def main():
     ap.add_argument("--no-bisect", action="store_true")
     ap.add_argument("--no-imports", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--micropython", help="sim (the sim board's 32-bit unix port) or a binary's path")
     args = ap.parse_args()
-    if not C.find_micropython():
+    if args.micropython and not args.no_bisect:
+        ap.error("--micropython takes the figures of parts 1 and 2 only: add --no-bisect")
+    if args.micropython:
+        EXE.append(sim_firmware() if args.micropython == "sim" else args.micropython)
+    if not micropython():
         print("micropython: not installed")
         return
     print("heap.py: %s" % C.machine())
-    print("parameters: heap=%s big=%s sessions=%d interval=%dms bisect=%s..%s step %s; bundle %s"
+    print("parameters: heap=%s big=%s sessions=%d interval=%dms bisect=%s..%s step %s; bundle %s; %s"
           % (args.heap, args.big, args.sessions, args.interval_ms, args.bisect_lo, args.bisect_hi,
-             args.bisect_step, C.bundle()))
+             args.bisect_step, C.bundle(), micropython()))
     if not args.no_imports:
         import_costs(args.heap)
     session_peaks(args)

@@ -25,7 +25,7 @@ TLS_DEADLINE_S = 40
 ROUTER_HEAP = 1024 * 1024       # a router's heap: proves TLS + verification + AUTH work
 PICO_W_HEAP = 192448            # boards/rpi-pico-w/profile.json
 # a MemoryError however it is logged ("memory allocation failed" is its text);
-# "low memory ...: refusing" is the relay declining new mail (a 452), not a failure
+# "low memory ...: closing the session" is the relay declining new mail (421 4.3.2), not a failure
 OUT_OF_MEMORY = ("MemoryError", "memory allocation failed", "out of memory", "ENOMEM")
 
 
