@@ -148,6 +148,54 @@ def test_wait_for_times_out_with_a_recognisable_error():
     asyncio.run(go())
 
 
+def test_wait_for_returns_and_a_later_shorter_wait_fires_first():
+    # one reaper times every wait on MicroPython: a short wait begun after a long one
+    # must not wait for the long one's deadline
+    order = []
+
+    async def value():
+        await asyncio.sleep(0)
+        return 42
+
+    async def waits(name, seconds):
+        try:
+            await compat.wait_for(asyncio.sleep(10), seconds)
+        except Exception as exc:  # noqa: BLE001
+            assert compat.is_timeout(exc), exc
+            order.append(name)
+
+    async def go():
+        assert await compat.wait_for(value(), 5) == 42
+        long_wait = asyncio.create_task(waits("long", 2))
+        await asyncio.sleep(0)
+        await waits("short", 0.05)
+        assert order == ["short"], order
+        await long_wait
+        assert order == ["short", "long"], order
+    asyncio.run(go())
+
+
+def test_wait_for_passes_a_cancel_from_elsewhere_through():
+    seen = []
+
+    async def waiter():
+        try:
+            await compat.wait_for(asyncio.sleep(10), 5)
+        except Exception as exc:  # noqa: BLE001 - a timeout would be one
+            seen.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - CancelledError
+            seen.append(exc)
+
+    async def go():
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.01)
+        assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
+        assert not compat.is_timeout(seen[0])
+    asyncio.run(go())
+
+
 def test_errno_classification():
     import errno
     assert compat.is_connection_error(OSError(errno.ECONNRESET, "reset"))
