@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 DRIVER = os.path.join(C.HERE, "_upy_heap_driver.py")
-MODULES = ["compat", "durable", "heap", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
+MODULES = ["timeouts", "compat", "durable", "heap", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
            "proto.smtp_server", "headers", "spool.format", "spool.message", "spool.journal",
            "spool.index", "spool.recovery",
            "spool", "smtps.authdb", "smtps.policy", "smtps.server", "proto.dns", "smar.dnsresolve",
@@ -239,7 +239,10 @@ def bisect(args):
 
 def sim_firmware():
     from helpers.board import firmware
-    return firmware()["path"]
+    try:
+        return firmware()["path"]
+    except BaseException as exc:  # noqa: BLE001 - pytest's skip/fail when it cannot be built
+        raise SystemExit("--micropython sim: %s" % exc)
 
 
 def main():

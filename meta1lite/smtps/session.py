@@ -242,15 +242,16 @@ class Session:
         if self._memory_low("DATA", self.sender):
             return
         try:
-            self.conn.make_room_for_data()      # the DATA buffer, before anything is opened
-        except MemoryError:                     # free heap, but no run of its size
-            self._close_low_memory("DATA", self.sender, "no room for a DATA buffer")
-            return
-        try:
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
             self.log("cannot open queue file: %s" % exc, "warning")
             self.out.append(self.conn.reject_data(*replies.QUEUE_FULL))
+            return
+        try:
+            self.conn.make_room_for_data()      # the DATA buffer, before the 354
+        except MemoryError:                     # free heap, but no run of its size
+            self._abort_message()
+            self._close_low_memory("DATA", self.sender, "no room for a DATA buffer")
             return
         self.failed = None
         self.total = 0              # bytes of the message as received (all of it)

@@ -1,4 +1,6 @@
 # compat: the runtime-difference layer, tested on CPython and MicroPython alike.
+import time
+
 from support import fresh_dir
 
 from meta1lite import compat, durable, logring, tls
@@ -193,6 +195,48 @@ def test_wait_for_passes_a_cancel_from_elsewhere_through():
         await asyncio.sleep(0.01)
         assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
         assert not compat.is_timeout(seen[0])
+    asyncio.run(go())
+
+
+def test_wait_for_a_cancel_that_meets_the_deadline_stays_a_cancel():
+    # the deadline passes while another task holds the CPU, which then cancels the
+    # waiting task: a stop must not be taken for a timeout (qmgr retries those)
+    seen = []
+
+    async def waiter():
+        try:
+            await compat.wait_for(asyncio.sleep(10), 0.05)
+        except BaseException as exc:  # noqa: BLE001 - CancelledError is one
+            seen.append(exc)
+
+    async def go():
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        time.sleep(0.1)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
+        assert not compat.is_timeout(seen[0])
+    asyncio.run(go())
+
+
+def test_wait_for_outlives_a_dead_reaper():
+    # MicroPython: the reaper task that times every wait ended (a Ctrl-C or a
+    # MemoryError in it); the next wait starts another
+    async def done():
+        pass
+
+    async def go():
+        if compat.MICROPYTHON:
+            from meta1lite import timeouts
+            timeouts._reaper[0] = asyncio.create_task(done())
+            await asyncio.sleep(0)
+        try:
+            await compat.wait_for(asyncio.sleep(10), 0.05)
+        except Exception as exc:  # noqa: BLE001
+            assert compat.is_timeout(exc), exc
+        else:
+            raise AssertionError("no timeout")
     asyncio.run(go())
 
 
