@@ -177,47 +177,36 @@ def test_wait_for_returns_and_a_later_shorter_wait_fires_first():
     asyncio.run(go())
 
 
-def test_wait_for_passes_a_cancel_from_elsewhere_through():
+def _cancel_while_waiting(timeout_s, hold_s):
+    # what a task waiting in compat.wait_for raises when another task, having held
+    # the CPU for hold_s, cancels it
     seen = []
 
     async def waiter():
         try:
-            await compat.wait_for(asyncio.sleep(10), 5)
-        except Exception as exc:  # noqa: BLE001 - a timeout would be one
-            seen.append(exc)
-        except BaseException as exc:  # noqa: BLE001 - CancelledError
-            seen.append(exc)
-
-    async def go():
-        task = asyncio.create_task(waiter())
-        await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.sleep(0.01)
-        assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
-        assert not compat.is_timeout(seen[0])
-    asyncio.run(go())
-
-
-def test_wait_for_a_cancel_that_meets_the_deadline_stays_a_cancel():
-    # the deadline passes while another task holds the CPU, which then cancels the
-    # waiting task: a stop must not be taken for a timeout (qmgr retries those)
-    seen = []
-
-    async def waiter():
-        try:
-            await compat.wait_for(asyncio.sleep(10), 0.05)
+            await compat.wait_for(asyncio.sleep(10), timeout_s)
         except BaseException as exc:  # noqa: BLE001 - CancelledError is one
             seen.append(exc)
 
     async def go():
         task = asyncio.create_task(waiter())
         await asyncio.sleep(0)
-        time.sleep(0.1)
+        time.sleep(hold_s)
         task.cancel()
         await asyncio.sleep(0.2)
-        assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
-        assert not compat.is_timeout(seen[0])
     asyncio.run(go())
+    assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
+    assert not compat.is_timeout(seen[0])
+
+
+def test_wait_for_passes_a_cancel_from_elsewhere_through():
+    _cancel_while_waiting(5, 0.01)
+
+
+def test_wait_for_a_cancel_that_meets_the_deadline_stays_a_cancel():
+    # the deadline passes while another task holds the CPU, which then cancels the
+    # waiting task: a stop must not be taken for a timeout (qmgr retries those)
+    _cancel_while_waiting(0.05, 0.1)
 
 
 def test_wait_for_outlives_a_dead_reaper():
