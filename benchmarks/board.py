@@ -325,13 +325,11 @@ def prepare(board, port, hop, pki):
     else:
         board.create_flash(sim_config(port, via_route(hop.port, extra=SMARTHOST_ROUTE),
                                       smtpc_extra=SMARTHOST_SMTPC))
+        with open(pki.ca) as f:
+            board.put_text("ca.pem", f.read())
+        board.put_text("smarthost.password", PASSWORD + "\n")
     if HEAP_MAP:
         board.put_text("main.py", HEAP_MAP_MAIN)
-    if pki is None:
-        return
-    with open(pki.ca) as f:
-        board.put_text("ca.pem", f.read())
-    board.put_text("smarthost.password", PASSWORD + "\n")
 
 
 def watch(board, hop, clients, count):

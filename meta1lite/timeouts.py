@@ -38,8 +38,8 @@ async def wait(awaitable, ms):
 def revive():
     """After a board's Ctrl-C: if it landed in the reaper, start another for the waits
     under way (their tasks run on in the stop's asyncio.run)."""
-    if _waits and (_reaper[0] is None or _reaper[0].done()):
-        _reaper[0], _reaper[1] = asyncio.create_task(_reap()), None
+    if _waits and not _reaper_alive():
+        _start_reaper()
 
 
 def _forget(entry):
@@ -53,10 +53,18 @@ def _wake(deadline):
     # a reaper if there is none (or it died); an earlier sleep if it would sleep past
     # `deadline`
     reaper, until = _reaper
-    if reaper is None or reaper.done():
-        _reaper[0], _reaper[1] = asyncio.create_task(_reap()), None
+    if not _reaper_alive():
+        _start_reaper()
     elif until is not None and time.ticks_diff(deadline, until) < 0:
         reaper.cancel()
+
+
+def _reaper_alive():
+    return _reaper[0] is not None and not _reaper[0].done()
+
+
+def _start_reaper():
+    _reaper[0], _reaper[1] = asyncio.create_task(_reap()), None
 
 
 async def _reap():

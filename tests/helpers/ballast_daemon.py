@@ -20,14 +20,6 @@ _ballast = [None]               # the chain's head: [block, next]; linked, since
                                 # grown to thousands of entries needs a run no full heap has
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def _fill(heap):
     import gc
     gc.collect()
@@ -44,11 +36,11 @@ def install():
     flag = os.getenv(BALLAST_ENV)
     if not flag:
         return
-    from meta1lite import heap
+    from meta1lite import durable, heap
     original = heap.memory_low
 
     def memory_low(headroom=0):
-        if _exists(flag):
+        if durable.exists(flag):
             _fill(heap)
         else:
             _ballast[0] = None
