@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 DRIVER = os.path.join(C.HERE, "_upy_heap_driver.py")
-MODULES = ["timeouts", "compat", "durable", "heap", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
+MODULES = ["compat", "durable", "heap", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
            "proto.smtp_server", "headers", "spool.format", "spool.message", "spool.journal",
            "spool.index", "spool.recovery",
            "spool", "smtps.authdb", "smtps.policy", "smtps.server", "proto.dns", "smar.dnsresolve",

@@ -22,8 +22,6 @@ except ImportError:  # very old MicroPython
     import uasyncio as asyncio
 
 MICROPYTHON = sys.implementation.name == "micropython"
-if MICROPYTHON:
-    from meta1lite import timeouts
 
 try:
     import cbor2 as _cbor2
@@ -221,10 +219,8 @@ _TIMEOUT_CM = getattr(asyncio, "timeout", None)     # CPython 3.11+
 
 async def wait_for(awaitable, timeout_s):
     """Await with a timeout in (simulated) seconds; raises asyncio.TimeoutError.
-    No task per call (the reads of smtps and smtpc): CPython 3.11+ puts
-    asyncio.timeout() around the await, MicroPython uses meta1lite.timeouts."""
-    if MICROPYTHON:
-        return await timeouts.wait(awaitable, int(timeout_s * 1000 / _clock.scale))
+    CPython 3.11+: asyncio.timeout() around the await, no task per call (the reads
+    of smtps and smtpc: a loop iteration fewer per read)."""
     if _TIMEOUT_CM is None:
         return await asyncio.wait_for(awaitable, timeout_s / _clock.scale)
     async with _TIMEOUT_CM(timeout_s / _clock.scale):

@@ -366,8 +366,6 @@ def _stop_interrupted(daemon):
     # raised in a task in the task, and takes Ctrl-C as a signal (daemon.stop bounds it)
     if compat.MICROPYTHON:
         deadline.append(asyncio.create_task(overdue()))
-        from meta1lite import timeouts
-        timeouts.revive()
     try:
         asyncio.run(stop())
     except Exception:  # noqa: BLE001 - best effort after Ctrl-C
