@@ -415,16 +415,24 @@ if _cbor2 is not None:
         return _cbor2.loads(bytes(data))
 else:
     CBOR_ERRORS = (ValueError,)     # meta1lite.cbor.CBORError is a ValueError
+    # meta1lite.cbor, imported at first use and kept here: an import statement at
+    # each call looked its names up among the interned strings (1% of the unix
+    # port's CPU, perf)
+    _cbor = []
+
+    def _cbor_module():
+        if not _cbor:
+            from meta1lite import cbor
+            _cbor.append(cbor)
+        return _cbor[0]
 
     def cbor_dumps(obj):
-        """Deterministic CBOR encoding (meta1lite.cbor, imported on first use)."""
-        from meta1lite import cbor
-        return cbor.dumps(obj)
+        """Deterministic CBOR encoding (meta1lite.cbor)."""
+        return _cbor_module().dumps(obj)
 
     def cbor_loads(data):
         """Decode exactly one CBOR item; errors are in CBOR_ERRORS."""
-        from meta1lite import cbor
-        return cbor.loads(data)
+        return _cbor_module().loads(data)
 
 
 # --- logging ----------------------------------------------------------------

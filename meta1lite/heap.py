@@ -4,13 +4,14 @@
 # the heap figures are None and the rest no-ops, except forget_modules.
 # Owns: those decisions' thresholds (MIN_FREE_HEAP, GC_EVERY_*). Must never: hold
 # protocol or queue logic, or allocate where it reports that allocation failed.
+import gc
 import sys
+import time
 
 
 def forget_modules(names):
     """Drop one-shot modules (the config parser after start-up) so that, on the
     MicroPython unix port where bytecode lives in the heap, their memory returns."""
-    import gc
     for name in names:
         sys.modules.pop(name, None)
         parent, _, child = name.rpartition(".")
@@ -21,47 +22,76 @@ def forget_modules(names):
 
 
 MIN_FREE_HEAP = 16 * 1024       # free heap under which new mail is refused (MicroPython)
+# gc.mem_free() walks the heap's whole allocation table: about 0.3 ms on the unix
+# port's 2M heap, three times a message (10% of its CPU, perf). A figure at least
+# ROOMY_FACTOR times what a check asks for is trusted for ROOMY_MS: the relay does
+# not allocate that much so fast. A board's heap is never that roomy: it is measured
+# at every check.
+ROOMY_FACTOR = 8
+ROOMY_MS = 100
+_roomy = [None, 0]              # [ticks_ms when a roomy figure was measured, the figure]
 
 
 def memory_low(headroom=0):
     """True if, after a collect, less than MIN_FREE_HEAP + headroom bytes of heap
     are free, counting the blocks Reserves keep for the relay's own work: too little
     to take new work (MicroPython). Always False on CPython."""
-    free = heap_free()
-    if free is None or free + kept() >= MIN_FREE_HEAP + headroom:
+    need = MIN_FREE_HEAP + headroom
+    if _roomy_lately(need):
         return False
-    import gc
+    free = heap_free()
+    if free is None:
+        return False
+    if free + kept() >= need:
+        _roomy[0], _roomy[1] = time.ticks_ms(), free
+        return False
     gc.collect()
-    return heap_free() + kept() < MIN_FREE_HEAP + headroom
+    return heap_free() + kept() < need
+
+
+def _roomy_lately(need):
+    at, free = _roomy
+    return (at is not None and free >= need * ROOMY_FACTOR
+            and time.ticks_diff(time.ticks_ms(), at) < ROOMY_MS)
+
+
+def measure_next():
+    """Make the next memory_low() measure the heap (for a test that fills it at once,
+    faster than the relay could)."""
+    _roomy[0] = None
 
 
 GC_EVERY_FRACTION = 12          # collect after 1/12 of the heap was allocated (MicroPython)
 GC_EVERY_MIN = 16 * 1024        # ... but not more often than every 16K
+# ... on heaps up to this size (boards). A larger heap (a router's: 1536K) is
+# collected when full: every collection marks all that is live (on the unix port the
+# bytecode too), and collecting every 1/12 of a 2M heap was a third of the unix
+# port's CPU (perf; 130 -> 205 msg/s at 1536K without it, BENCHMARKS.md)
+GC_EARLY_UP_TO = 1024 * 1024
 
 
 def collect_often():
-    """MicroPython: collect garbage after every heap/GC_EVERY_FRACTION bytes allocated,
-    not only when the heap is full. Freed holes low in the heap are then reused by the
-    next small objects instead of scattering them over the free top, where the next
-    1K buffer or TLS record buffer would have needed a whole run: on the sim Pico W
-    this took 100 messages over TLS at 192K from failing every run to passing every
-    run (issue 8). No-op on CPython."""
-    import gc
+    """MicroPython, heaps up to GC_EARLY_UP_TO: collect garbage after every
+    heap/GC_EVERY_FRACTION bytes allocated, not only when the heap is full. Freed
+    holes low in the heap are then reused by the next small objects instead of
+    scattering them over the free top, where the next 1K buffer or TLS record buffer
+    would have needed a whole run: on the sim Pico W this took 100 messages over TLS
+    at 192K from failing every run to passing every run (issue 8). No-op on CPython
+    and on larger heaps."""
     if not hasattr(gc, "threshold"):
         return
     total = gc.mem_free() + gc.mem_alloc()
-    gc.threshold(max(GC_EVERY_MIN, total // GC_EVERY_FRACTION))
+    if total <= GC_EARLY_UP_TO:
+        gc.threshold(max(GC_EVERY_MIN, total // GC_EVERY_FRACTION))
 
 
 def heap_used():
     """Bytes of heap in use (MicroPython gc.mem_alloc), or None on CPython."""
-    import gc
     return gc.mem_alloc() if hasattr(gc, "mem_alloc") else None
 
 
 def heap_free():
     """Bytes of heap free (MicroPython gc.mem_free), or None on CPython."""
-    import gc
     return gc.mem_free() if hasattr(gc, "mem_free") else None
 
 
@@ -75,7 +105,6 @@ class Steps:
 
     def mark(self, name):
         if self.marks is not None:
-            import gc
             gc.collect()
             self.marks.append((name, heap_used()))
 
@@ -101,7 +130,6 @@ def kept():
 def allocated_by(fn, *args):
     """Bytes of heap that fn(*args) leaves allocated, counted from a fresh collection
     (MicroPython); 0 on CPython."""
-    import gc
     if not hasattr(gc, "mem_alloc"):
         return 0
     gc.collect()                # not during fn: a collection there would under-count
@@ -143,7 +171,6 @@ class Reserve:
         """Take the missing blocks again (a collection first if one is missing)."""
         if not self.size or len(self._blocks) >= self.count:
             return
-        import gc
         gc.collect()
         try:
             while len(self._blocks) < self.count:
@@ -162,7 +189,6 @@ class Reserve:
                 if not self._blocks:
                     raise
             self._blocks.pop()
-            import gc
             gc.collect()
 
 
@@ -178,7 +204,6 @@ def unlock_heap():
     collection ends with the flag cleared (nothing was allocated since, so its marks
     are whole); another Ctrl-C can land in that one too, hence a few tries. True if
     the heap was locked."""
-    import gc
     tries = UNLOCK_TRIES            # a while loop: range() would allocate
     while tries:
         try:

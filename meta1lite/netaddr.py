@@ -14,10 +14,9 @@ _HEX = "0123456789abcdefABCDEF"
 
 def only(text, alphabet):
     """True if every character of text is in alphabet."""
-    for ch in text:
-        if ch not in alphabet:
-            return False
-    return True
+    # no loop over characters: on MicroPython each would be looked up among the
+    # interned strings
+    return not text.strip(alphabet)
 
 
 def _parse_v4(text):

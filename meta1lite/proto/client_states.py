@@ -134,10 +134,9 @@ def _status_of(code):
 
 
 def _is_ascii(text):
-    for ch in text:
-        if ord(ch) > 127:
-            return False
-    return True
+    # no loop over characters: on MicroPython each would be looked up among the
+    # interned strings
+    return len(text.encode()) == len(text)
 
 
 def bad_path(address):

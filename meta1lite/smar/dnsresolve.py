@@ -90,9 +90,8 @@ def _check_name(name):
 def ip_literal(host):
     """(family, canonical text) of an IP address literal (IPv6 as dnspython prints
     it), or None when host is a name."""
-    for ch in host if isinstance(host, str) else "@":
-        if ch not in _IP_CHARS:
-            return None         # a name: netaddr is not even imported (a small heap)
+    if not isinstance(host, str) or host.strip(_IP_CHARS):
+        return None             # a name: netaddr is not even imported (a small heap)
     from meta1lite import netaddr
     try:
         family, value = netaddr.parse_ip(host)

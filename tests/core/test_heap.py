@@ -89,3 +89,54 @@ def test_steps_say_what_each_start_up_step_added():
     first, second = text.split(", ")
     assert first.startswith("first ") and second.startswith("second +")
     assert int(second.split("+")[1]) >= len(kept)
+
+
+def test_a_board_heap_is_collected_early_a_larger_one_when_full():
+    if not hasattr(gc, "threshold"):                # CPython: nothing to set
+        heap.collect_often()
+        return
+    saved = heap.GC_EARLY_UP_TO
+    try:
+        gc.threshold(-1)
+        heap.collect_often()                        # this heap is a board's
+        early = gc.threshold()
+        gc.threshold(-1)
+        heap.GC_EARLY_UP_TO = 1024                  # now it counts as a router's
+        heap.collect_often()
+        when_full = gc.threshold()
+    finally:
+        heap.GC_EARLY_UP_TO = saved
+        gc.threshold(-1)
+    total = gc.mem_free() + gc.mem_alloc()
+    assert early == max(heap.GC_EVERY_MIN, total // heap.GC_EVERY_FRACTION)
+    assert when_full == -1
+
+
+BALLAST = 512       # bytes per ballast block that runs the heap short
+
+
+def test_a_roomy_heap_figure_is_trusted_only_until_measured_again():
+    if heap.heap_free() is None:                    # CPython: never low
+        assert not heap.memory_low()
+        return
+    saved = heap.MIN_FREE_HEAP, heap.ROOMY_MS
+    ballast = []
+    try:
+        heap.MIN_FREE_HEAP = heap.heap_free() // (2 * heap.ROOMY_FACTOR)
+        heap.ROOMY_MS = 60000                       # no race with a slow machine
+        heap.measure_next()
+        assert not heap.memory_low()                # measured: roomy, remembered
+        try:
+            while heap.heap_free() >= heap.MIN_FREE_HEAP:
+                ballast.append(bytearray(BALLAST))
+                gc.collect()                        # the list's old tables count as free
+        except MemoryError:
+            pass
+        trusted = heap.memory_low()                 # the roomy figure, still trusted
+        heap.measure_next()
+        measured = heap.memory_low()
+    finally:
+        heap.MIN_FREE_HEAP, heap.ROOMY_MS = saved
+        ballast = None
+        heap.measure_next()
+    assert not trusted and measured

@@ -42,6 +42,7 @@ def install():
     def memory_low(headroom=0):
         if durable.exists(flag):
             _fill(heap)
+            heap.measure_next()     # filled at once, faster than the relay could
         else:
             _ballast[0] = None
         return original(headroom)
