@@ -2,7 +2,7 @@
 # free, collecting early (gc.threshold), refusing new work when little is left,
 # dropping one-shot modules, and unlocking a heap a Ctrl-C left locked. On CPython
 # the heap figures are None and the rest no-ops, except forget_modules.
-# Owns: those decisions' thresholds (MIN_FREE_HEAP, GC_EVERY_*). Must never: hold
+# Owns: those decisions' thresholds (MIN_FREE_HEAP, ROOMY_*, GC_*). Must never: hold
 # protocol or queue logic, or allocate where it reports that allocation failed.
 import gc
 import sys
