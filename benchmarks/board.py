@@ -402,7 +402,8 @@ def bisect(name, args, pki):
         # fragmented heap fails some runs and not others
         for _ in range(args.repeat):
             ok, got, secs, refused, why = relay_run(heap, args.messages, args.clients, pki)
-            rows.append([C.kb(heap), "%d/%d" % (got, args.messages), "%.0f" % secs, refused, why])
+            rows.append([C.kb(heap), "%d/%d" % (got, args.messages), "%.0f" % secs,
+                         "%.1f" % (got / secs) if secs else "-", refused, why])
             print("  %s %s: %s" % (name, C.kb(heap), why), flush=True)
             if not ok:
                 return False
@@ -418,7 +419,7 @@ def bisect(name, args, pki):
         hi, lo = C.bisect_heap(attempt, lo, hi, step)
         result = "smallest heap that passes: %s (%d bytes; %s fails)" % (C.kb(hi), hi, C.kb(lo))
     C.table("%s: %d clients, %d messages of 2-20 KB" % (name, args.clients, args.messages),
-            ["heapsize", "delivered", "seconds", "4xx retried", "result"], rows)
+            ["heapsize", "delivered", "seconds", "msg/s", "4xx retried", "result"], rows)
     print("%s: %s" % (name, result), flush=True)
     return result
 

@@ -59,4 +59,4 @@ def test_board_prints_figures():
     assert re.search(r"import cost \(sim firmware.*: \d+ modules, .* after: [\d.]+K \(\d+ bytes\)", out), out
     assert re.search(r"^\(a\) plain: (passes|FAILS) at 384\.0K", out, re.M), out
     assert re.search(r"^\(b\) tls: (passes|FAILS) at 384\.0K", out, re.M), out
-    assert re.search(r"^\s+384\.0K\s+\d+/6\s+\d+", out, re.M), out
+    assert re.search(r"^\s+384\.0K\s+\d+/6\s+\d+\s+[\d.]+\s", out, re.M), out   # and msg/s
