@@ -284,16 +284,18 @@ def _base36(out, end, n):
         n //= 36
 
 
-def _id_text(high, low):
-    out = bytearray(2 * ID_PART)
-    _base36(out, ID_PART, high)
-    _base36(out, 2 * ID_PART, low)
+def _id_text(*numbers):
+    out = bytearray(ID_PART * len(numbers))
+    end = 0
+    for n in numbers:
+        end += ID_PART
+        _base36(out, end, n)
     return out.decode()
 
 
 def tag_text(tag):
     """The queue ID characters that a frame tag stands for (its last six)."""
-    return _id_text(0, tag % ID_RANDOM_LIMIT)[ID_PART:]
+    return _id_text(tag % ID_RANDOM_LIMIT)
 
 
 def new_queue_id(now):
