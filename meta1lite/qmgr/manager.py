@@ -14,6 +14,7 @@ from meta1lite import compat, status
 from meta1lite.qmgr.attempts import SANE_EPOCH, Attempts, backoff, dns_failure, fmt_delay, sane  # noqa: F401
 from meta1lite.qmgr.bucketmap import BucketMap
 from meta1lite.smar import dnsresolve
+from meta1lite.smar.aliases import UnknownAddress
 from meta1lite.smtpc import Job
 
 asyncio = compat.asyncio
@@ -46,15 +47,15 @@ class _Planned:
         return len(self.jobs) < self.slots * BATCH
 
 
+def _earlier(a, b):
+    return b if a is None or (b is not None and b < a) else a
+
+
 def _batch_room(plan):
     for dest in plan:
         if plan[dest].has_room():
             return True
     return False
-
-
-def _is_unknown(exc):
-    return type(exc).__name__ == "UnknownAddress"
 
 
 class QueueManager:
@@ -194,6 +195,8 @@ class QueueManager:
                 msg = self.spool.get(queue_id)
                 if msg is not None:
                     self._track(queue_id, msg)
+                else:
+                    self._unreadable(queue_id)
         for queue_id in self._due:         # BucketMap iterates over a snapshot per bucket
             if not self.spool.exists(queue_id) and not self._busy.get(queue_id):
                 self._forget(queue_id)
@@ -205,10 +208,15 @@ class QueueManager:
         arrived, self._arrived = self._arrived, []
         tracked = []
         for queue_id in arrived:
+            if queue_id in self._due:
+                continue
             msg = self.spool.get(queue_id)
-            if msg is not None and queue_id not in self._due:
-                self._track(queue_id, msg)
-                tracked.append((queue_id, msg if len(tracked) < KEPT_BUILT else None))
+            if msg is None:
+                if self._unreadable(queue_id) is not None:
+                    self._walk = True       # the pass that follows sees its due time
+                continue
+            self._track(queue_id, msg)
+            tracked.append((queue_id, msg if len(tracked) < KEPT_BUILT else None))
         return tracked
 
     def _track(self, queue_id, msg):
@@ -280,12 +288,12 @@ class QueueManager:
                     continue
                 msg = self.spool.get(queue_id)
             if msg is None:
-                self._forget(queue_id)
+                soonest = _earlier(soonest, self._unreadable(queue_id))
                 continue
             if msg.held:
                 continue
             examined += 1
-            self._plan_message(queue_id, msg, plan, state, full)
+            soonest = _earlier(soonest, self._plan_safely(queue_id, msg, plan, state, full))
         self._launch(plan)
         if walk:
             self._soonest = soonest
@@ -294,12 +302,39 @@ class QueueManager:
         soonest = self._soonest
         return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
 
+    def _plan_safely(self, queue_id, msg, plan, state, full):
+        # one message that cannot be planned (a bug, a board's MemoryError) is tried
+        # again after retry_min (its new due time is returned); the pass goes on
+        try:
+            self._plan_message(queue_id, msg, plan, state, full)
+            return None
+        except Exception as exc:  # noqa: BLE001 - one message must not stop the queue
+            compat.log.log("error", LOG, "%s: cannot plan its delivery: %r; trying again in %ds"
+                           % (queue_id, exc, self.retry_min))
+        due = self._due[queue_id] = self._now() + self.retry_min
+        return due
+
+    def _unreadable(self, queue_id):
+        # spool.get() found no readable envelope: gone, or unreadable just now (EIO,
+        # EMFILE, a board's heap). Still queued: tried again after retry_min (its due
+        # time, returned), never dropped from the table while the spool holds it.
+        if not self.spool.exists(queue_id):
+            self._forget(queue_id)
+            return None
+        compat.log.log("warning", LOG, "%s: envelope unreadable now; trying again in %ds"
+                       % (queue_id, self.retry_min))
+        due = self._due[queue_id] = self._now() + self.retry_min
+        return due
+
     def _plan_message(self, queue_id, msg, plan, state, full):
         # queue_id: the tables' key (msg.id is an equal string of its own)
         if queue_id in self.attempts.unrecorded:    # sent, not recorded: record, not send
             self._start(self._record_again(queue_id), None, [queue_id])
             return
         groups, special = self._groups(msg)
+        if not groups and not special:     # every recipient final, no done record yet
+            self._start(self._retire(queue_id), None, [queue_id])
+            return
         if special:
             self._start(self._expand(msg, special), None, [queue_id])
             return
@@ -341,9 +376,7 @@ class QueueManager:
             if expand:
                 try:
                     addrs = self.smar.expand(addr)
-                except Exception as exc:  # noqa: BLE001 - smar.UnknownAddress
-                    if not _is_unknown(exc):
-                        raise
+                except UnknownAddress:      # AliasError too: bounced by _expand
                     addrs = []
                 if len(addrs) != 1:
                     special.append((index, addrs))
@@ -376,12 +409,17 @@ class QueueManager:
     def _start(self, coro, dest, ids):
         self._task_no += 1
         number = self._task_no
+        try:                        # first, or a MemoryError would leave it counted for ever
+            task = asyncio.create_task(self._guard(coro, number, dest, ids))
+        except BaseException:
+            coro.close()
+            raise
         self._active += 1
         if dest is not None:
             self._dests[dest] = self._dests.get(dest, 0) + 1
         for queue_id in ids:
             self._busy[queue_id] = self._busy.get(queue_id, 0) + 1
-        self._tasks[number] = asyncio.create_task(self._guard(coro, number, dest, ids))
+        self._tasks[number] = task
 
     async def _guard(self, coro, number, dest, ids):
         try:
@@ -442,6 +480,12 @@ class QueueManager:
     def _retry_after(self, queue_id, delay):
         if delay is not None and queue_id in self._due and self.spool.exists(queue_id):
             self._due[queue_id] = max(self._due[queue_id], self._now() + delay)
+
+    async def _retire(self, queue_id):
+        # a power cut (or a full disk) between a delivery's last state record and the
+        # done record after it: the done record is written now
+        if await self.spool.record_attempt(queue_id, []) and not self.spool.exists(queue_id):
+            compat.log.log("info", LOG, "%s: removed (every recipient final)" % queue_id)
 
     async def _record_again(self, queue_id):
         self._retry_after(queue_id, await self.attempts.record_again(queue_id))

@@ -5,7 +5,9 @@ from support import fresh_dir
 
 from meta1lite import compat
 from meta1lite.qmgr import manager as qmgr
+from meta1lite.smar.aliases import Aliases, UnknownAddress, parse
 from meta1lite.spool import Spool
+from meta1lite.spool import format as fmt
 
 UPY_HEAP = "640K"
 HOUR = 3600
@@ -32,10 +34,6 @@ class Route:
         self.key = key
         self.via = via
         self.domain = domain
-
-
-class UnknownAddress(Exception):
-    pass
 
 
 class FakeSmar:
@@ -493,3 +491,124 @@ def test_a_failing_pass_does_not_spin_on_new_mail():
         assert passes[0] == 1, passes[0]
         await rig.stop()
     _run(main())
+
+
+def test_an_alias_that_expands_to_nothing_bounces_and_the_queue_goes_on():
+    # team: carol, carol local with no alias: smtps takes RCPT TO:<team@relay.test>
+    # (the aliases know team); qmgr gets AliasError, an UnknownAddress: a bounce, not
+    # a pass that dies on it again and again with every other message behind it
+    aliases = Aliases(parse(["team: carol\n"]), lambda domain: domain in ("", "relay.test"))
+    assert aliases.knows("team@relay.test")
+
+    class Smar(FakeSmar):
+        def expand(self, addr):
+            return aliases.expand(addr)
+
+    async def main():
+        rig = Rig(smar=Smar())
+        await _queue(rig.sp, rcpts=("team@relay.test",))
+        good = await _queue_n(rig.sp, 3)
+        rig.start()
+        assert await rig.settle(lambda: len(rig.smtpc.delivered) >= 4)
+        sent = sorted(set(d[0] for d in rig.smtpc.delivered if d[1] != ""))
+        assert sent == sorted(good), (sent, good)
+        dsn = [d for d in rig.smtpc.delivered if d[1] == ""]
+        assert dsn and b"team@relay.test" in dsn[0][3], dsn
+        await rig.stop()
+    _run(main())
+
+
+def test_a_memory_error_launching_a_delivery_leaves_no_slot_taken():
+    # a board's heap fails the task's creation: nothing stays counted, and with one
+    # connection allowed the queue still drains once the pass is tried again
+    cfg = _cfg()
+    cfg["smtpc"]["max_connections"] = 1
+
+    async def main():
+        rig = Rig(cfg)
+        ids = await _queue_n(rig.sp, 3)
+        guard, calls = rig.qm._guard, [0]
+
+        def failing_once(*args):
+            calls[0] += 1
+            if calls[0] == 1:
+                raise MemoryError("memory allocation failed")
+            return guard(*args)
+        rig.qm._guard = failing_once
+        recover, qmgr.RECOVER_S = qmgr.RECOVER_S, 0.01
+        try:
+            rig.start()
+            assert await rig.settle(lambda: not rig.sp.messages()), rig.qm._active
+        finally:
+            qmgr.RECOVER_S = recover
+        assert calls[0] > 1 and rig.qm._active == 0, (calls, rig.qm._active)
+        assert sorted(set(d[0] for d in rig.smtpc.delivered)) == sorted(ids)
+        await rig.stop()
+    _run(main())
+
+
+def test_an_envelope_unreadable_once_is_tried_again_after_retry_min():
+    # one failed read (EIO, EMFILE, a board's heap) must not drop the message from
+    # the schedule while the spool still holds it
+    async def main():
+        rig = Rig(_cfg(retry_min=60, retry_max=HOUR))
+        qid = await _queue(rig.sp)
+        get, fails = rig.sp.get, [0]
+
+        def unreadable_once(queue_id):
+            if not fails[0]:
+                fails[0] += 1
+                return None
+            return get(queue_id)
+        rig.sp.get = unreadable_once
+        rig.start()
+        await rig.settle(None, 20)
+        assert fails[0] == 1 and not rig.smtpc.delivered and rig.sp.exists(qid)
+        rig.clock.advance(61)           # its due time passes; the scheduler wakes with
+        rig.qm._event.set()             # no rescan (wake() would rescan the spool)
+        assert await rig.settle(lambda: not rig.sp.exists(qid))
+        assert [d[0] for d in rig.smtpc.delivered] == [qid]
+        await rig.stop()
+    _run(main())
+
+
+def _cut_before_done(path):
+    # a power cut that kept the file up to (not including) its done record
+    with open(path, "rb") as f:
+        data = f.read()
+    cut = None
+    for pos in range(len(data) - fmt.HEAD_SIZE, -1, -1):      # the last frame written
+        if data[pos:pos + 2] == fmt.MAGIC and data[pos + 2] == fmt.T_DONE:
+            cut = pos
+            break
+    assert cut is not None
+    with open(path, "wb") as f:
+        f.write(data[:cut])
+
+
+def test_every_recipient_final_without_its_done_record_leaves_the_queue():
+    # record_attempt appends the state record, then the done record; a power cut
+    # between them leaves every recipient final and the message queued: the next
+    # pass writes the done record (nothing is sent again)
+    async def main():
+        rig = Rig()
+        qid = await _queue(rig.sp)
+        assert await rig.sp.record_attempt(qid, [(0, "sent", "250 2.0.0 Ok", None)])
+        path = rig.sp.journal._cur.path
+        rig.sp.close()
+        _cut_before_done(path)
+        rig.sp = _reopen(rig.sp.path, rig.cfg)
+        assert rig.sp.get(qid).recipients[0].status == "sent"
+        rig.qm = qmgr.QueueManager(rig.cfg, rig.sp, FakeSmar(), rig.smtpc)
+        rig.start()
+        assert await rig.settle(lambda: not rig.sp.exists(qid))
+        assert not rig.smtpc.delivered
+        await rig.stop()
+    _run(main())
+
+
+def _reopen(path, cfg):
+    q = cfg["qmgr"]
+    sp = Spool(path, q["max_queue_size"], q["max_messages"], q["min_free_space"])
+    sp.recover()
+    return sp
