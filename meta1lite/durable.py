@@ -43,6 +43,32 @@ def sync_dir(path):
     return True
 
 
+def sync_new_entries(path):
+    """Make new directory entries in `path` durable: an fsync of the directory
+    (POSIX), the `sync` command (the MicroPython unix port, which cannot fsync a
+    directory), nothing on LittleFS (a file's entry commits with the file). False if
+    it could not be done here."""
+    if sync_dir(path):
+        return True
+    return sync_all() if CAN_SYNC_ALL and _on_host_fs(path) else True
+
+
+def _on_host_fs(path):
+    # MicroPython: True unless path is on a LittleFS (or FAT) mount, such as the sim
+    # board's flash, which commits its own entries
+    try:
+        import vfs
+        mounts = vfs.mount()
+    except (ImportError, AttributeError, TypeError, OSError):
+        return True
+    best = None
+    for fs, point in mounts:
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[1])):
+            best = (fs, point)
+    return best is None or type(best[0]).__name__ == "VfsPosix"
+
+
 def rename(src, dst):
     """Atomic replace of dst by src (POSIX and LittleFS; never FAT)."""
     os.rename(src, dst)

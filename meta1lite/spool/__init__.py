@@ -58,6 +58,8 @@
 # A segment is freed when no live message or open writer needs a frame in it, and
 # no D record in it still cancels an envelope in a segment that exists.
 # Incoming files get negative segment keys in memory (-1, -2, ... as adopted).
+from errno import EIO
+
 from meta1lite import compat, durable
 from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
@@ -235,6 +237,8 @@ class Spool:
         writer.flush()
         if writer.error is None and self.index.count >= self.max_messages:
             writer._fail(SpoolFull("too many messages in the queue"))
+        if writer.error is None and self._in_failed(writer.segs):
+            writer._fail(OSError(EIO, "a queue sync failed while the message was written"))
         if writer.error is not None:
             self._drop_writer(writer)
             raise writer.error
@@ -358,6 +362,12 @@ class Spool:
         self._apply(queue_id, written)
         self.journal.collect()
         return True
+
+    def _in_failed(self, keys):
+        for key in keys:
+            if key in self.journal.failed:
+                return True
+        return False
 
     def _written(self, written, data, ftype, tag, fields):
         seg, pos = self.journal.append_record(ftype, tag, fields)

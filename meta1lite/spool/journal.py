@@ -96,6 +96,7 @@ class Journal:
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
         self._handle_reserve = heap.Reserve(0)     # sized by start()
         self._join_upto = SMALL_FRAME
+        self.failed = []        # keys of segments an fsync failed on (see _sync_failed)
 
     def is_open(self):
         """True between start() and close()."""
@@ -202,9 +203,11 @@ class Journal:
         # rewritten first one (a recycled 32K segment cost 8 erases on the sim)
         self._write(self._handle_reserve.call(open, seg.path, "wb"),
                     fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
-        if create:
-            durable.sync_dir(self.seg_dir)
+        if create and not durable.sync_new_entries(self.seg_dir):
+            log("warning", "%s: the new segment's directory entry could not be synced" % seg.path)
         seg.start = seg.end = fmt.HEAD_SIZE + len(payload)
+        if seg.key in self.failed:
+            self.failed.remove(seg.key)
         seg.refs = 0
         seg.needs = {}
         seg.skips = {}
@@ -255,7 +258,7 @@ class Journal:
         for part in parts:
             length += len(part)
         seg = self._cur
-        if seg.end + length > self.segment_size and seg.end > seg.start:
+        if seg.key in self.failed or seg.end + length > self.segment_size and seg.end > seg.start:
             seg = self._roll()
         head = fmt.frame_head(ftype, seg.gen, tag, parts)
         pos = seg.end
@@ -343,10 +346,21 @@ class Journal:
                     self.sync_now()
             except OSError as exc:
                 rnd.error = exc
+                self._sync_failed()
                 raise
             finally:
                 self._round = None
                 rnd.event.set()
+
+    def _sync_failed(self):
+        # Linux reports a failed writeback once per file and marks its pages clean:
+        # the next fsync of that file returns 0 with the frames lost. Every segment
+        # with unsynced appends is marked failed: appends move to a new segment, and
+        # a message with chunks in a failed segment cannot commit (Spool._commit).
+        for seg in self._dirty + [self._cur]:
+            if seg is not None and seg.unsynced and seg.key not in self.failed:
+                self.failed.append(seg.key)
+                log("error", "%s: a sync failed: appends go to a new segment" % seg.path)
 
     async def sync(self):
         """Wait until everything appended so far is on stable storage (group sync)."""

@@ -1,0 +1,162 @@
+# CPython-only tests of the queue against faults of the storage under it: a journal
+# segment that cannot be opened at start-up, an fsync that fails (Linux then reports
+# the lost writeback once and the next fsync succeeds), and the MicroPython unix
+# port's directory entries (it cannot fsync a directory). Each models the fault with
+# a shim on the file primitives and the power cut by what the disk would keep.
+import asyncio
+import builtins
+import errno
+import os
+
+import pytest
+
+from meta1lite import compat, durable
+from meta1lite.spool import Spool
+from meta1lite.spool import recovery as recovery_mod
+
+BIG = 100 * 1024 * 1024
+PAGE = 4096
+
+
+@pytest.fixture(autouse=True)
+def _quiet_log(monkeypatch):
+    monkeypatch.setattr(compat.log, "threshold", 100)
+
+
+def _open(path, **kw):
+    opts = {"max_queue_size": BIG, "max_messages": 100000, "min_free_space": 0}
+    opts.update(kw)
+    sp = Spool(str(path), **opts)
+    sp.recover()
+    return sp
+
+
+async def _commit(sp, body, piece=1000):
+    w = sp.new_message()
+    for i in range(0, len(body), piece):
+        w.write(body[i:i + piece])
+        await asyncio.sleep(0)
+    return await sp.commit(w, "s@x.example", ["r@x.example"])
+
+
+def _body(n, seed=1):
+    return bytes(((i * 131 + seed * 7 + (i >> 7)) & 0xFF) for i in range(n))
+
+
+def test_a_segment_that_cannot_be_opened_stops_the_start_and_is_kept(tmp_path, monkeypatch):
+    # Without that segment the journal would recycle the segments its messages still
+    # need, and the next segment it creates could take its number (open "wb": the
+    # acknowledged messages in it destroyed). The start fails with the file named;
+    # once it opens again, every message is there.
+    d = tmp_path / "spool"
+    geo = {"segment_size": 8192, "chunk_size": 1024}
+    sp = _open(d, **geo)
+    ids = [asyncio.run(_commit(sp, _body(1500, i))) for i in range(6)]
+    assert [q for q in ids if sp.get(q).env_seg == 2]
+    sp.close()
+    seg2 = os.path.realpath(str(d / "seg" / "00000002"))
+    real_open = builtins.open
+
+    def flaky_open(path, *args, **kw):
+        if os.path.realpath(str(path)) == seg2:
+            raise OSError(errno.EIO, "Input/output error")      # a flaky card or stick
+        return real_open(path, *args, **kw)
+    monkeypatch.setattr(recovery_mod, "open", flaky_open, raising=False)
+    with pytest.raises(OSError) as failed:
+        _open(d, **geo)
+    assert "00000002: cannot open" in str(failed.value) and "not started" in str(failed.value)
+    monkeypatch.undo()
+    sp2 = _open(d, **geo)                   # the next start: the file reads again
+    missing = [q for q in ids if not sp2.exists(q)]
+    sp2.close()
+    assert not missing
+
+
+def test_a_queue_tool_skips_a_segment_it_cannot_open(tmp_path, monkeypatch):
+    d = tmp_path / "spool"
+    sp = _open(d)
+    asyncio.run(_commit(sp, _body(500)))
+    seg = os.path.realpath(sp.journal._cur.path)
+    sp.close()
+    real_open = builtins.open
+
+    def denied(path, *args, **kw):
+        if os.path.realpath(str(path)) == seg:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kw)
+    monkeypatch.setattr(recovery_mod, "open", denied, raising=False)
+    tool = Spool(str(d), BIG, 100000, 0)
+    assert tool.recover(readonly=True) == 0         # read-only: a warning, no refusal
+
+
+def test_a_failed_fsync_refuses_the_message_whose_chunks_it_covered(tmp_path, monkeypatch):
+    # Session A streams chunks; session B's commit meets EIO in its sync round (B gets
+    # its 451). Linux marks the failed pages clean and the next fsync of that file
+    # returns 0: A must not get a 250 for chunks the disk dropped. A's commit fails
+    # too (the client sends again), appends move to a new segment, and every message
+    # acknowledged afterwards survives the pages' loss.
+    d = tmp_path / "spool"
+    sp = _open(d)
+    seg_path = os.path.realpath(sp.journal._cur.path)
+    synced = os.path.getsize(seg_path)
+    lost, real = [], durable.fsync_file
+
+    def fsync_file(f):
+        if not lost and os.path.realpath(f.name) == seg_path:
+            lost.append((synced, os.fstat(f.fileno()).st_size))
+            raise OSError(errno.EIO, "Input/output error")
+        real(f)
+    monkeypatch.setattr(durable, "fsync_file", fsync_file)
+    body_a = _body(40000, 3)
+
+    async def main():
+        wa = sp.new_message()
+        for i in range(0, 30000, 1000):
+            wa.write(body_a[i:i + 1000])
+        with pytest.raises(OSError):
+            await _commit(sp, _body(500, 4))        # B
+        for i in range(30000, len(body_a), 1000):
+            wa.write(body_a[i:i + 1000])
+        with pytest.raises(OSError):
+            await sp.commit(wa, "s@x.example", ["r@x.example"])   # A: 451, not 250
+        return await _commit(sp, _body(3000, 5))    # C, after the failure: 250
+    qid = asyncio.run(main())
+    assert sp.get(qid).env_seg != sp.journal.failed[0]      # C went to a new segment
+    sp.close()
+    start, stop = lost[0]
+    start, stop = -(-start // PAGE) * PAGE, stop // PAGE * PAGE
+    assert stop > start
+    with open(seg_path, "r+b") as f:                # the power cut: those pages were dropped
+        f.seek(start)
+        f.write(bytes(stop - start))
+    sp2 = _open(d)
+    assert [m.id for m in sp2.messages()] == [qid]
+    assert b"".join(bytes(c) for c in sp2.read_body(qid)) == _body(3000, 5)
+    sp2.close()
+
+
+def test_unix_port_a_new_segment_is_synced_before_a_commit_can_use_it(tmp_path, monkeypatch):
+    # The unix port cannot fsync a directory. A 250K message passes the current
+    # segment's half (the next segment is created then) and rolls into that new
+    # segment: its entry must be durable (the `sync` command) before the 250. Power
+    # cut model: entries made after the last sync are gone.
+    d = tmp_path / "spool"
+    seg_dir = str(d / "seg")
+    synced = [set()]
+
+    def sync_all():
+        synced[0] = set(os.listdir(seg_dir)) if os.path.isdir(seg_dir) else set()
+        return True
+    monkeypatch.setattr(durable, "sync_dir", lambda path: False)
+    monkeypatch.setattr(durable, "CAN_SYNC_ALL", True)
+    monkeypatch.setattr(durable, "sync_all", sync_all)
+    sp = _open(d)
+    asyncio.run(_commit(sp, _body(300 * 1024), piece=4096))
+    qid = asyncio.run(_commit(sp, _body(250 * 1024, 2), piece=4096))
+    sp.close()
+    for name in set(os.listdir(seg_dir)) - synced[0]:      # the power cut
+        os.remove(os.path.join(seg_dir, name))
+    sp2 = _open(d)
+    assert sp2.exists(qid)
+    assert b"".join(bytes(c) for c in sp2.read_body(qid)) == _body(250 * 1024, 2)
+    sp2.close()
