@@ -9,34 +9,18 @@ import errno
 import os
 
 import pytest
+from helpers.spools import BIG, commit, open_spool
 
 from meta1lite import compat, durable
 from meta1lite.spool import Spool
 from meta1lite.spool import recovery as recovery_mod
 
-BIG = 100 * 1024 * 1024
 PAGE = 4096
 
 
 @pytest.fixture(autouse=True)
 def _quiet_log(monkeypatch):
     monkeypatch.setattr(compat.log, "threshold", 100)
-
-
-def _open(path, **kw):
-    opts = {"max_queue_size": BIG, "max_messages": 100000, "min_free_space": 0}
-    opts.update(kw)
-    sp = Spool(str(path), **opts)
-    sp.recover()
-    return sp
-
-
-async def _commit(sp, body, piece=1000):
-    w = sp.new_message()
-    for i in range(0, len(body), piece):
-        w.write(body[i:i + piece])
-        await asyncio.sleep(0)
-    return await sp.commit(w, "s@x.example", ["r@x.example"])
 
 
 def _body(n, seed=1):
@@ -50,8 +34,8 @@ def test_a_segment_that_cannot_be_opened_stops_the_start_and_is_kept(tmp_path, m
     # once it opens again, every message is there.
     d = tmp_path / "spool"
     geo = {"segment_size": 8192, "chunk_size": 1024}
-    sp = _open(d, **geo)
-    ids = [asyncio.run(_commit(sp, _body(1500, i))) for i in range(6)]
+    sp = open_spool(d, **geo)
+    ids = [asyncio.run(commit(sp, _body(1500, i))) for i in range(6)]
     assert [q for q in ids if sp.get(q).env_seg == 2]
     sp.close()
     seg2 = os.path.realpath(str(d / "seg" / "00000002"))
@@ -63,10 +47,10 @@ def test_a_segment_that_cannot_be_opened_stops_the_start_and_is_kept(tmp_path, m
         return real_open(path, *args, **kw)
     monkeypatch.setattr(recovery_mod, "open", flaky_open, raising=False)
     with pytest.raises(OSError) as failed:
-        _open(d, **geo)
+        open_spool(d, **geo)
     assert "00000002: cannot open" in str(failed.value) and "not started" in str(failed.value)
     monkeypatch.undo()
-    sp2 = _open(d, **geo)                   # the next start: the file reads again
+    sp2 = open_spool(d, **geo)                   # the next start: the file reads again
     missing = [q for q in ids if not sp2.exists(q)]
     sp2.close()
     assert not missing
@@ -74,8 +58,8 @@ def test_a_segment_that_cannot_be_opened_stops_the_start_and_is_kept(tmp_path, m
 
 def test_a_queue_tool_skips_a_segment_it_cannot_open(tmp_path, monkeypatch):
     d = tmp_path / "spool"
-    sp = _open(d)
-    asyncio.run(_commit(sp, _body(500)))
+    sp = open_spool(d)
+    asyncio.run(commit(sp, _body(500)))
     seg = os.path.realpath(sp.journal._cur.path)
     sp.close()
     real_open = builtins.open
@@ -96,7 +80,7 @@ def test_a_failed_fsync_refuses_the_message_whose_chunks_it_covered(tmp_path, mo
     # too (the client sends again), appends move to a new segment, and every message
     # acknowledged afterwards survives the pages' loss.
     d = tmp_path / "spool"
-    sp = _open(d)
+    sp = open_spool(d)
     seg_path = os.path.realpath(sp.journal._cur.path)
     synced = os.path.getsize(seg_path)
     lost, real = [], durable.fsync_file
@@ -114,12 +98,12 @@ def test_a_failed_fsync_refuses_the_message_whose_chunks_it_covered(tmp_path, mo
         for i in range(0, 30000, 1000):
             wa.write(body_a[i:i + 1000])
         with pytest.raises(OSError):
-            await _commit(sp, _body(500, 4))        # B
+            await commit(sp, _body(500, 4))        # B
         for i in range(30000, len(body_a), 1000):
             wa.write(body_a[i:i + 1000])
         with pytest.raises(OSError):
             await sp.commit(wa, "s@x.example", ["r@x.example"])   # A: 451, not 250
-        return await _commit(sp, _body(3000, 5))    # C, after the failure: 250
+        return await commit(sp, _body(3000, 5))    # C, after the failure: 250
     qid = asyncio.run(main())
     assert sp.get(qid).env_seg != sp.journal.failed[0]      # C went to a new segment
     sp.close()
@@ -129,7 +113,7 @@ def test_a_failed_fsync_refuses_the_message_whose_chunks_it_covered(tmp_path, mo
     with open(seg_path, "r+b") as f:                # the power cut: those pages were dropped
         f.seek(start)
         f.write(bytes(stop - start))
-    sp2 = _open(d)
+    sp2 = open_spool(d)
     assert [m.id for m in sp2.messages()] == [qid]
     assert b"".join(bytes(c) for c in sp2.read_body(qid)) == _body(3000, 5)
     sp2.close()
@@ -150,13 +134,13 @@ def test_unix_port_a_new_segment_is_synced_before_a_commit_can_use_it(tmp_path, 
     monkeypatch.setattr(durable, "sync_dir", lambda path: False)
     monkeypatch.setattr(durable, "CAN_SYNC_ALL", True)
     monkeypatch.setattr(durable, "sync_all", sync_all)
-    sp = _open(d)
-    asyncio.run(_commit(sp, _body(300 * 1024), piece=4096))
-    qid = asyncio.run(_commit(sp, _body(250 * 1024, 2), piece=4096))
+    sp = open_spool(d)
+    asyncio.run(commit(sp, _body(300 * 1024), piece=4096))
+    qid = asyncio.run(commit(sp, _body(250 * 1024, 2), piece=4096))
     sp.close()
     for name in set(os.listdir(seg_dir)) - synced[0]:      # the power cut
         os.remove(os.path.join(seg_dir, name))
-    sp2 = _open(d)
+    sp2 = open_spool(d)
     assert sp2.exists(qid)
     assert b"".join(bytes(c) for c in sp2.read_body(qid)) == _body(250 * 1024, 2)
     sp2.close()

@@ -11,27 +11,19 @@ import sys
 import time
 
 import pytest
+from helpers.spools import commit, open_spool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meta1lite import compat, durable
-from meta1lite.spool import CorruptMessage, Spool
+from meta1lite.spool import CorruptMessage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIG = 100 * 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
 def _quiet_log(monkeypatch):
     monkeypatch.setattr(compat.log, "threshold", compat.LEVELS["error"])
-
-
-def _open(path, **kw):
-    opts = {"max_queue_size": BIG, "max_messages": 100000, "min_free_space": 0}
-    opts.update(kw)
-    sp = Spool(str(path), **opts)
-    sp.recover()
-    return sp
 
 
 class Recorder:
@@ -60,25 +52,17 @@ class Recorder:
         return any(e[0] == "fsync" and e[1] == path and e[2] >= offset for e in self.events[:upto])
 
 
-async def _commit(sp, body, rcpts=("r@x.example",)):
-    w = sp.new_message()
-    for i in range(0, len(body), 1000):
-        w.write(body[i:i + 1000])
-        await asyncio.sleep(0)
-    return await sp.commit(w, "s@x.example", list(rcpts))
-
-
 def _seg_path(sp, key):
     return sp.journal.segs[key].path
 
 
 def test_commit_acknowledges_only_after_covering_fsync(tmp_path, monkeypatch):
-    sp = _open(tmp_path, segment_size=16384, chunk_size=2048)
+    sp = open_spool(tmp_path, segment_size=16384, chunk_size=2048)
     rec = Recorder(monkeypatch)
     acks = []
 
     async def one(i):
-        qid = await _commit(sp, bytes([i]) * (3000 + 1500 * i))
+        qid = await commit(sp, bytes([i]) * (3000 + 1500 * i))
         acks.append((qid, len(rec.events)))     # the moment commit returned ("250")
 
     async def main():
@@ -100,8 +84,8 @@ def test_commit_acknowledges_only_after_covering_fsync(tmp_path, monkeypatch):
 
 def test_new_segment_directory_synced_before_use(tmp_path, monkeypatch):
     rec = Recorder(monkeypatch)
-    sp = _open(tmp_path, segment_size=8192, chunk_size=1024)
-    asyncio.run(_commit(sp, b"x" * 30000))
+    sp = open_spool(tmp_path, segment_size=8192, chunk_size=1024)
+    asyncio.run(commit(sp, b"x" * 30000))
     seg_dir = os.path.realpath(str(tmp_path / "seg"))
     # every segment file was fsynced and its directory synced when it was created
     for key in sp.journal.segs:
@@ -112,14 +96,14 @@ def test_new_segment_directory_synced_before_use(tmp_path, monkeypatch):
 
 
 def test_group_commit_shares_fsyncs(tmp_path, monkeypatch):
-    sp = _open(tmp_path)
+    sp = open_spool(tmp_path)
     rec = Recorder(monkeypatch)
-    asyncio.run(_commit(sp, b"a" * 2048))
+    asyncio.run(commit(sp, b"a" * 2048))
     one = (rec.count("fsync"), rec.count("sync_dir"))
     rec.events.clear()
 
     async def twenty():
-        return await asyncio.gather(*[_commit(sp, bytes([65 + i]) * 2048) for i in range(20)])
+        return await asyncio.gather(*[commit(sp, bytes([65 + i]) * 2048) for i in range(20)])
     ids = asyncio.run(twenty())
     many = (rec.count("fsync"), rec.count("sync_dir"))
     print("\nfsync/sync_dir calls: 1 message: %d/%d; 20 concurrent messages: %d/%d" % (one + many))
@@ -129,8 +113,8 @@ def test_group_commit_shares_fsyncs(tmp_path, monkeypatch):
 
 
 def test_record_attempt_is_group_synced(tmp_path, monkeypatch):
-    sp = _open(tmp_path)
-    ids = [asyncio.run(_commit(sp, b"m" * 100)) for _ in range(10)]
+    sp = open_spool(tmp_path)
+    ids = [asyncio.run(commit(sp, b"m" * 100)) for _ in range(10)]
     rec = Recorder(monkeypatch)
 
     async def deliver():
@@ -138,14 +122,14 @@ def test_record_attempt_is_group_synced(tmp_path, monkeypatch):
     asyncio.run(deliver())
     assert rec.count("fsync") == 1
     sp.close()
-    sp = _open(tmp_path)
+    sp = open_spool(tmp_path)
     assert all(sp.get(q).recipients[0].status == "deferred" for q in ids)
     sp.close()
 
 
 def test_enospc_mid_data_is_spoolfull_and_leaves_nothing(tmp_path, monkeypatch):
-    sp = _open(tmp_path, chunk_size=512)
-    ok = asyncio.run(_commit(sp, b"k" * 700))
+    sp = open_spool(tmp_path, chunk_size=512)
+    ok = asyncio.run(commit(sp, b"k" * 700))
     import errno
 
     from meta1lite import spool as spool_mod
@@ -168,9 +152,9 @@ def test_enospc_mid_data_is_spoolfull_and_leaves_nothing(tmp_path, monkeypatch):
     except spool_mod.SpoolFull as exc:
         assert "space" in exc.reason
     monkeypatch.setattr(journal_mod, "write_all", real)
-    ok2 = asyncio.run(_commit(sp, b"q" * 3000))
+    ok2 = asyncio.run(commit(sp, b"q" * 3000))
     sp.close()
-    sp = _open(tmp_path, chunk_size=512)
+    sp = open_spool(tmp_path, chunk_size=512)
     assert sorted(m.id for m in sp.messages()) == sorted([ok, ok2])
     assert b"".join(sp.read_body(ok2)) == b"q" * 3000
     sp.close()
@@ -225,7 +209,7 @@ def test_sigkill_never_loses_acknowledged_messages(tmp_path):
         proc.send_signal(signal.SIGKILL)
         out = proc.communicate()[0].decode()
         acked.update(line for line in out.split("\n") if len(line) == 12)
-        sp = _open(path, segment_size=16384, chunk_size=1024)
+        sp = open_spool(path, segment_size=16384, chunk_size=1024)
         have = {m.id for m in sp.messages()}
         missing = acked - have
         assert not missing, "lost acknowledged messages: %r" % sorted(missing)[:5]
@@ -251,8 +235,8 @@ def _base_spool(root):
     """A spool with messages in several segments, some delivered, built once."""
     if "path" not in _BASE:
         path = os.path.join(root, "base")
-        sp = _open(path, segment_size=4096, chunk_size=300)
-        ids = [asyncio.run(_commit(sp, bytes([i % 250 + 1]) * (200 + 97 * i), ("a@x", "b@y")))
+        sp = open_spool(path, segment_size=4096, chunk_size=300)
+        ids = [asyncio.run(commit(sp, bytes([i % 250 + 1]) * (200 + 97 * i), ("a@x", "b@y")))
                for i in range(25)]
 
         async def attempts():
@@ -290,7 +274,7 @@ def test_random_damage_never_breaks_recovery(tmp_path_factory, damage):
                 b = f.read(1)
                 f.seek(offset % size)
                 f.write(bytes([b[0] ^ (1 << bit)]))
-    sp = _open(work, segment_size=4096, chunk_size=300)
+    sp = open_spool(work, segment_size=4096, chunk_size=300)
     for msg in sp.messages():
         try:
             body = b"".join(sp.read_body(msg.id))
@@ -298,5 +282,5 @@ def test_random_damage_never_breaks_recovery(tmp_path_factory, damage):
         except CorruptMessage:
             pass
     sp.close()
-    sp = _open(work, segment_size=4096, chunk_size=300)     # a second start settles too
+    sp = open_spool(work, segment_size=4096, chunk_size=300)     # a second start settles too
     sp.close()
