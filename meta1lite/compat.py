@@ -264,14 +264,30 @@ async def open_connection(host, port, ctx=None, server_hostname=None):
     return reader, writer, bytes(buf[:n]) if n else b""
 
 
+CLOSE_WAIT_S = 10               # a peer that reads nothing holds a closing stream no longer
+
+
 async def close_stream(writer):
-    """Close a stream, ignoring errors from a peer that is already gone."""
+    """Close a stream, ignoring errors from a peer that is already gone; one that
+    does not take the unsent data within CLOSE_WAIT_S is dropped (abort_stream)."""
     try:
         if MICROPYTHON:
             forget_io_wait(writer.s)
         writer.close()
-        await writer.wait_closed()
+        await wait_for(writer.wait_closed(), CLOSE_WAIT_S)
     except Exception:  # noqa: BLE001 - closing must never raise
+        abort_stream(writer)
+
+
+def abort_stream(writer):
+    """Drop a connection at once, its unsent data too (a peer that reads nothing)."""
+    try:
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            transport.abort()
+        else:
+            writer.close()
+    except Exception:  # noqa: BLE001 - dropping must never raise
         pass
 
 
@@ -352,6 +368,8 @@ ENOSPC = getattr(errno, "ENOSPC", 28)
 EDQUOT = getattr(errno, "EDQUOT", 122)
 ENETUNREACH = getattr(errno, "ENETUNREACH", 101)
 ETIMEDOUT = getattr(errno, "ETIMEDOUT", 110)
+# CPython's asyncio TLS layer raises ConnectionResetError() without an errno
+_CONNECTION_ERRORS = (ConnectionError,) if not MICROPYTHON else ()
 _CONNECTION_ERRNOS = (errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, EPIPE,
                       errno.ENOTCONN, errno.EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, errno.EBADF)
 
@@ -390,7 +408,7 @@ def is_tls_error(exc):
 def is_connection_error(exc):
     """True when the peer went away or could not be reached (TLS failures count:
     the peer broke the session)."""
-    if isinstance(exc, EOFError):
+    if isinstance(exc, (EOFError,) + _CONNECTION_ERRORS):
         return True
     return isinstance(exc, OSError) and (errno_of(exc) in _CONNECTION_ERRNOS or
                                          is_tls_error(exc))

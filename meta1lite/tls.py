@@ -60,11 +60,10 @@ def client_tls_context(verify=True, ca_file=None):
     return ctx
 
 
-
-
 async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     """Upgrade an open stream to TLS (STARTTLS); returns the new (reader, writer)."""
     if not MICROPYTHON:
+        _discard_plaintext(reader)
         if server_side:
             await writer.start_tls(ctx)
         else:
@@ -78,6 +77,23 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     sock.setblocking(False)
     writer.s = sock
     return writer, writer
+
+
+# CPython 3.11+ (StreamWriter.start_tls): an implicit-TLS connection (listen_tls)
+# is accepted plain and its handshake runs in the session, after admission
+HANDSHAKE_IN_SESSION = not MICROPYTHON and hasattr(asyncio.StreamWriter, "start_tls")
+
+
+def _discard_plaintext(reader):
+    # CPython: what the peer sent after STARTTLS (or its 220), before the handshake,
+    # may sit in the stream's buffer beyond the core's last read; it would be read as
+    # if it came over TLS (command or reply injection, CVE-2011-0411). Dropped, as
+    # Postfix does.
+    # MicroPython reads the socket directly: leftover bytes reach mbedtls and the
+    # handshake fails.
+    buffered = getattr(reader, "_buffer", None)
+    if buffered:
+        del buffered[:]
 
 
 # mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls

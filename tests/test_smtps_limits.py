@@ -5,6 +5,7 @@
 # mail. Each test runs one daemon and several checks; results are read through the
 # spool API after the daemon stopped.
 import os
+import socket
 import time
 
 import pytest
@@ -323,3 +324,62 @@ def test_low_memory_closes_sessions_with_421_and_mail_flows_again(tmp_path):
     log = assert_clean_log(daemon)
     assert log.count("closing the session of [127.0.0.1]") == 2, log
     assert [body.endswith(b"again\r\n\r\nok\r\n") for _s, _r, body in queued(tmp_path).values()] == [True]
+
+
+def test_a_client_that_reads_nothing_is_cut_at_io_timeout(tmp_path):
+    # it pipelines EHLOs (no junk limit here) and never reads the replies: the
+    # session's writes block; within io_timeout it is cut, and its slot serves the
+    # next client. CPython: the unix port answers a 3 MB flood for a minute before
+    # its socket's buffer is full (its write timeout: the silent implicit-TLS client
+    # of test_smtps_tls.py, whose handshake waits in the greeting's write).
+    extra = ("max_connections = 1; max_connections_per_client = 1; "
+             "io_timeout = 2s; command_timeout = 2s; max_junk_commands = 0;")
+    daemon = start_smtps("cpython", tmp_path, extra)
+    try:
+        wait_sessions_ended(daemon)
+        hog = socket.socket()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.bind(("127.0.0.2", 0))
+        hog.connect(("127.0.0.1", daemon.port))
+        hog.settimeout(1)
+        flood = b"EHLO x\r\n" * 512
+        try:
+            for _ in range(20000):
+                hog.sendall(flood)
+        except OSError:             # timeout: the relay stopped reading; or cut already
+            pass
+        time.sleep(4)
+        with Client(daemon.port, source="127.0.0.3", timeout=10) as c:
+            greeting = c.reply()
+        hog.close()
+        assert greeting.code == 220, daemon.log()[-2000:]
+        assert "(writing)" in daemon.log()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_refused_recipients_count_as_errors_and_a_repeated_ehlo_as_junk(runtime, tmp_path):
+    # 1000 relay probes pipelined in one session: cut at max_bad_commands (Postfix's
+    # smtpd_hard_error_limit), not 1000 log lines; an EHLO every second is no
+    # keep-alive past max_junk_commands
+    daemon = start_smtps(runtime, tmp_path, "max_bad_commands = 10; max_junk_commands = 5;")
+    try:
+        with Client(daemon.port, source="127.0.0.2") as c:
+            c.greeting_and_ehlo()
+            assert c.cmd("MAIL FROM:<a@example.net>").code == 250
+            c.send(b"RCPT TO:<victim@example.org>\r\n" * 1000)
+            codes = []
+            try:
+                while len(codes) < 1000:
+                    codes.append(c.reply().code)
+            except (EOFError, OSError):
+                pass
+        assert codes.count(554) == 10 and codes[-1] == 421, codes[-3:]
+        with Client(daemon.port) as c:
+            c.greeting_and_ehlo()
+            got = [c.cmd("EHLO again.test").code for _ in range(6)]
+        assert got == [250] * 5 + [421], got
+    finally:
+        daemon.stop()
+    assert daemon.log().count("NOQUEUE: reject: RCPT") == 10

@@ -25,6 +25,7 @@ from helpers.smtpclient import (
 from meta1lite.smtps import authdb
 
 OUTSIDER = "127.0.0.2"
+READ_CHUNK = 4096               # compat.IO_CHUNK on CPython: a session's read
 USER, PASSWORD = "dev", "s3cret pass"
 DEADLINE_S = 60
 
@@ -194,3 +195,85 @@ def test_5mb_message_streamed_intact(runtime, tmp_path):
     assert hashlib.sha256(b"Subject: big\r\n" + stored[1]).digest() == \
         hashlib.sha256(data).digest(), "the stored body differs from what was sent"
     assert ("size=%d, nrcpt=1" % len(body)) in log
+
+
+def test_plaintext_after_starttls_beyond_the_first_read_is_not_taken_over_tls(tmp_path, ca):
+    # CVE-2011-0411's class on CPython: STARTTLS and 4 KB of padding fill the
+    # session's first read; the EHLO after them waited in asyncio's stream buffer
+    # across the handshake and was answered over TLS. It is dropped with the rest.
+    daemon = start_smtps("cpython", tmp_path, tls_section(ca, tmp_path))
+    try:
+        with Client(daemon.port, source=OUTSIDER) as c:
+            c.greeting_and_ehlo()
+            head = b"STARTTLS\r\n"
+            pad = b"NOOP\r\n" * ((READ_CHUNK - len(head)) // 6 - 1)
+            pad += b"X" * (READ_CHUNK - len(head) - len(pad) - 2) + b"\r\n"
+            assert len(head + pad) == READ_CHUNK
+            c.send(head + pad + b"EHLO injected.example\r\n")
+            assert c.reply().code == 220
+            c.starttls(client_context(ca))
+            c.sock.settimeout(2)
+            with pytest.raises((socket.timeout, TimeoutError)):
+                c.reply()           # nothing unasked arrives over TLS
+            c.sock.settimeout(DEADLINE_S)
+            assert c.cmd("EHLO after.tls").code == 250
+    finally:
+        daemon.stop()
+    assert_clean_log(daemon)
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_implicit_tls_connections_count_against_the_limits_before_their_handshake(tmp_path, ca):
+    # CPython: asyncio's own handshake ran before admission, 60 s each with a 256K
+    # buffer: 300 silent connections from one client grew the daemon by ~90 MB. Now
+    # a connection is admitted (or refused) first and handshakes in its session.
+    tls_port = free_port()
+    extra = tls_section(ca, tmp_path) + " listen_tls = { 127.0.0.1:%d };" % tls_port
+    extra += " max_connections = 20; max_connections_per_client = 5;"
+    daemon = start_smtps("cpython", tmp_path, extra)
+    socks = []
+    try:
+        wait_port(tls_port, daemon)
+        time.sleep(0.5)
+        before = _rss_kb(daemon.proc.pid)
+        for _ in range(300):
+            socks.append(socket.create_connection(("127.0.0.1", tls_port), timeout=5,
+                                                  source_address=(OUTSIDER, 0)))
+        time.sleep(2)
+        grown_mb = (_rss_kb(daemon.proc.pid) - before) / 1024.0
+        assert grown_mb < 16, "the daemon grew by %.0f MB" % grown_mb
+        with smtplib.SMTP_SSL("127.0.0.1", tls_port, context=client_context(ca),
+                              timeout=DEADLINE_S) as s:      # another client still gets in
+            assert s.noop()[0] == 250
+    finally:
+        for s in socks:
+            s.close()
+        daemon.stop()
+    assert "Too many connections from 127.0.0.2" in daemon.log() or "refused" in daemon.log()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_silent_implicit_tls_client_is_cut_at_io_timeout(runtime, tmp_path, ca):
+    tls_port = free_port()
+    extra = tls_section(ca, tmp_path) + " listen_tls = { 127.0.0.1:%d };" % tls_port
+    extra += " max_connections = 1; io_timeout = 2s; command_timeout = 2s;"
+    daemon = start_smtps(runtime, tmp_path, extra)
+    try:
+        wait_port(tls_port, daemon)
+        wait_sessions_ended(daemon)
+        silent = socket.create_connection(("127.0.0.1", tls_port), timeout=5,
+                                          source_address=(OUTSIDER, 0))
+        time.sleep(4)
+        with Client(daemon.port, source="127.0.0.3", timeout=10) as c:
+            greeting = c.reply()
+        silent.close()
+        assert greeting.code == 220, daemon.log()[-3000:]
+    finally:
+        daemon.stop()

@@ -107,6 +107,8 @@ def _helo_name(arg):
 
 
 def _do_helo(conn, verb, arg):
+    if conn.helo_name is not None and conn._junk():     # a repeated HELO/EHLO does nothing
+        return
     name = _helo_name(arg)
     if name is None:
         return conn._error(replies.HELO_SYNTAX)
@@ -175,7 +177,7 @@ def _do_rcpt(conn, verb, arg):
     except address.AddressError as exc:
         return conn._error(exc.reply, exc.detail)
     if conn.max_recipients and conn.recipients >= conn.max_recipients:
-        return conn._reply(replies.TOO_MANY_RECIPIENTS)
+        return conn._error(replies.TOO_MANY_RECIPIENTS)
     conn._pending = "rcpt"
     conn._emit(events.RcptTo(mailbox, params))
 

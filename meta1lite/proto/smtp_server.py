@@ -185,6 +185,11 @@ class ServerConnection(StateMachine):
 
     def _error(self, reply, text=None):
         self._reply(reply, text)
+        self._count_error()
+
+    def _count_error(self):
+        # a bad command or a refused recipient (Postfix's smtpd_hard_error_limit);
+        # counted until a message is accepted
         self.bad_commands += 1
         if self.max_bad_commands and self.bad_commands >= self.max_bad_commands:
             self._reply(replies.TOO_MANY_ERRORS)
@@ -308,7 +313,9 @@ class ServerConnection(StateMachine):
     def reject_rcpt(self, code=554, enhanced="5.7.1", text="Relay access denied"):
         """Refuse the RcptTo (554 5.7.1 relay denied, 550 5.1.1 unknown...)."""
         self._decide("rcpt")
-        return format_reply(code, enhanced, text)
+        out = format_reply(code, enhanced, text)
+        self._count_error()         # a relay probe or a guess at local names ends
+        return out
 
     def accept_data(self):
         """Start reading the message; bytes of the 354."""
@@ -328,6 +335,7 @@ class ServerConnection(StateMachine):
         """The message is durable: bytes of the 250 to the final dot."""
         self._decide("message")
         self.junk_commands = 0          # a client that sends mail is no slowloris
+        self.bad_commands = 0
         return reply_bytes(replies.MESSAGE_OK, text)
 
     def reject_message(self, code=452, enhanced="4.3.1", text="Insufficient system storage"):

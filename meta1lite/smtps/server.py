@@ -67,11 +67,14 @@ class SmtpServer:
 
     async def _listen(self, host, port, ctx):
         implicit = ctx is not None
+        # CPython 3.11+: the implicit-TLS handshake runs in the session, after the
+        # connection limits admitted it (asyncio's own ran before them, unbounded)
+        late = ctx if implicit and tls.HANDSHAKE_IN_SESSION else None
 
         async def accept(reader, writer):
-            await self._accept(reader, writer, implicit)
-        server = await listener.start_server(accept, host, port, self._backlog(), ctx,
-                                             self._evict)
+            await self._accept(reader, writer, implicit, late)
+        server = await listener.start_server(accept, host, port, self._backlog(),
+                                             None if late else ctx, self._evict)
         self.servers.append(server)
         self.bound.append(_bound_address(server, host, port))
 
@@ -96,14 +99,14 @@ class SmtpServer:
                 break
             await asyncio.sleep(STOP_POLL_S)
 
-    async def _accept(self, reader, writer, implicit_tls):
+    async def _accept(self, reader, writer, implicit_tls, handshake_ctx):
         try:
-            await self._serve_client(reader, writer, implicit_tls)
+            await self._serve_client(reader, writer, implicit_tls, handshake_ctx)
         except MemoryError:         # before its session ran: refused, never left open
             compat.log.log("error", LOG, "out of memory: a new connection refused")
             await _refuse(writer, replies.LOW_MEMORY)
 
-    async def _serve_client(self, reader, writer, implicit_tls):
+    async def _serve_client(self, reader, writer, implicit_tls, handshake_ctx):
         ip = compat.peer_address(writer)[0]
         refusal = self._admission(ip) if self.spool is not None else replies.SHUTTING_DOWN
         if refusal is not None:
@@ -111,7 +114,7 @@ class SmtpServer:
             await _refuse(writer, refusal)
             return
         try:
-            session = Session(self, reader, writer, ip, implicit_tls)
+            session = Session(self, reader, writer, ip, implicit_tls, handshake_ctx)
         except MemoryError:         # the idlest session makes room for the next client
             compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
             self._evict()

@@ -23,8 +23,9 @@ LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
 class Session:
     """One SMTP connection: reads, feeds the core, acts on its events."""
 
-    def __init__(self, server, reader, writer, ip, implicit_tls):
+    def __init__(self, server, reader, writer, ip, implicit_tls, handshake_ctx=None):
         self.server = server
+        self.handshake_ctx = handshake_ctx      # implicit TLS still to start (CPython)
         self.opts = server.opts
         self.reader = reader
         self.writer = writer
@@ -46,6 +47,7 @@ class Session:
             data_chunk=compat.IO_CHUNK, state_events=compat.log.threshold <= DEBUG,
             max_junk_commands=self.opts["max_junk_commands"])
         self.stopping = False
+        self.dropped = False        # cut at a timeout (_drop): not closed in order
         self.progress = compat.real_monotonic()  # last command or data chunk handled
         self.reading = False        # waiting for the client (may be evicted: server.py)
         self.received = 0           # bytes read from the client
@@ -68,8 +70,10 @@ class Session:
 
     async def run(self):
         self.log("connect from unknown[%s]" % self.ip)
-        self.out.append(self.conn.greeting())
         try:
+            if self.handshake_ctx is not None:
+                await self._handshake()
+            self.out.append(self.conn.greeting())
             await self._loop()
         except MemoryError as exc:
             self._abort_message()       # frees its buffer before anything else
@@ -82,13 +86,34 @@ class Session:
                 self.log("session error: %r" % (exc,), "warning")
         finally:
             self._abort_message()
-            await compat.close_stream(self.writer)
+            if not self.dropped:
+                await compat.close_stream(self.writer)
             self.log("disconnect from unknown[%s]%s" % (self.ip, self._stats_text()))
+
+    async def _handshake(self):
+        # implicit TLS within io_timeout; a silent client may be evicted meanwhile
+        self.reading = True
+        try:
+            self.reader, self.writer = await compat.wait_for(tls.start_tls(
+                self.reader, self.writer, self.handshake_ctx, True), self.opts["io_timeout"])
+        except Exception as exc:  # noqa: BLE001
+            if not compat.is_timeout(exc):
+                raise
+            self.log("timeout after TLS handshake from unknown[%s]" % self.ip)
+            self._drop()
+            raise OSError(compat.ETIMEDOUT, "TLS handshake timeout")
+        finally:
+            self.reading = False
+
+    def _drop(self):
+        # the connection is cut, unsent bytes and all: nothing more to wait for
+        compat.abort_stream(self.writer)
+        self.dropped = True
 
     async def _goodbye(self, reply):
         # a last reply before closing, if there is memory and a client to send it to
         try:
-            await compat.write_all(self.writer, self.conn.shutdown(*reply))
+            await self._send(self.conn.shutdown(*reply))
         except Exception:  # noqa: BLE001 - MemoryError again, or the client is gone
             pass
 
@@ -147,7 +172,19 @@ class Session:
         if self.out:
             data = b"".join(self.out)
             self.out = []
-            await compat.write_all(self.writer, data)
+            await self._send(data)
+
+    async def _send(self, data):
+        # within io_timeout: a client that reads nothing must not hold its session
+        # (and a connection slot) for ever
+        try:
+            await compat.wait_for(compat.write_all(self.writer, data), self.opts["io_timeout"])
+        except Exception as exc:  # noqa: BLE001
+            if not compat.is_timeout(exc):
+                raise
+            self.log("timeout after %s from unknown[%s] (writing)" % (self.conn.state, self.ip))
+            self._drop()
+            raise OSError(compat.ETIMEDOUT, "write timeout")
 
     def _count(self, name):
         self.stats[name] = self.stats.get(name, 0) + 1
