@@ -5,6 +5,7 @@
                      [--big-msgs 500] [--big-size 102400] [--lat-msgs 200]
                      [--smtpc "max_connections = 10; max_per_destination = 4;"]
                      [--upy-heap 2M] [--upy-msgs 500] [--upy-lat-msgs 50] [--no-upy] [--no-postfix]
+                     [--daemons N]
 
 Client: Postfix's smtp-source (else the built-in asyncio client, benchmarks/_loadtools.py),
 M messages of L bytes, S concurrent sessions, one session per message.
@@ -16,6 +17,9 @@ Runs, one after the other, each after a warm-up batch of --warmup messages:
              /var/tmp, smtpd on a loopback port, relayhost = [127.0.0.1]:SINKPORT); needs root
   meta1lite  `meta1lite run` on CPython, route "*" { via = "[127.0.0.1]:SINKPORT"; }
   meta1lite  the same under the MicroPython unix port from the .mpy bundle (--upy-heap)
+  meta1lite  with --daemons N: N independent CPython relays (own spools and ports), the
+             2 KB load split between them: the ceiling of any design that spreads the
+             relay over more processes (cores) on this machine
 Each of postfix and meta1lite (cpython) runs three loads: M x L bytes over S sessions,
 --big-msgs x --big-size bytes over S sessions, and --lat-msgs messages one at a time
 (1 recipient x 1 session, to latency.test, routed by both relays to a stamping sink of
@@ -23,7 +27,9 @@ benchmarks/_latency.py): latency = the client's final dot to the next hop's 250,
 and p99. The MicroPython run is M' = --upy-msgs x L over --upy-sessions, then --upy-lat-msgs
 one at a time (its latency).
 Figures: accept msg/s (M / client time) and end-to-end msg/s (M / time until the sink
-counted M), and meta1lite / Postfix ratios of the same run. Figures only, no assertions.
+counted M), and meta1lite / Postfix ratios of the same run; the relay's CPU per message
+(its processes, /proc/PID/stat) and the machine's (every process and the kernel,
+/proc/stat: client, sink and relay share the cores). Figures only, no assertions.
 The sim board's rate is benchmarks/board.py's (it builds the shared firmware; not run here).
 """
 import argparse
@@ -32,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -137,31 +144,67 @@ def cpu_seconds(pid):
         return None
 
 
+def machine_cpu_seconds():
+    """CPU seconds the whole machine has spent busy so far (/proc/stat: user, nice,
+    system, irq, softirq; every process and the kernel), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:8]]
+        return (sum(fields[:3]) + sum(fields[5:7])) / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
+
+
+def push(ports, msgs, sessions, size, args):
+    """smtp-source into each port at once, msgs and sessions split evenly between
+    them; (seconds until every client ended, client name, details of the first)."""
+    if len(ports) == 1:
+        return C.run_source(ports[0], msgs, sessions, size, use_postfix=not args.builtin_client,
+                            timeout=args.timeout)
+    out = [None] * len(ports)
+
+    def one(i):
+        out[i] = C.run_source(ports[i], msgs // len(ports), sessions // len(ports), size,
+                              use_postfix=not args.builtin_client, timeout=args.timeout)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(ports))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, out[0][1], out[0][2]
+
+
 def measure(name, port, sink, args, msgs=None, sessions=None, size=None, pid=None):
     """Warm up, then push msgs; returns a row of figures (with pid: the process's CPU
-    time per message, a figure that other jobs on the machine disturb less)."""
+    time per message, a figure that other jobs on the machine disturb less). port and
+    pid may be lists (independent relays side by side, the load split between them)."""
+    ports = port if isinstance(port, list) else [port]
+    pids = pid if isinstance(pid, list) else [pid] if pid else []
     msgs = msgs or args.msgs
     sessions = sessions or args.sessions
     size = size or args.size
-    use_pf = not args.builtin_client
     if args.warmup:
         base = sink.count
-        _dt, _c, wdet = C.run_source(port, args.warmup, sessions, size, use_postfix=use_pf,
-                                     timeout=args.timeout)
+        _dt, _c, wdet = push(ports, args.warmup * len(ports), sessions, size, args)
         if not wdet.get("rc"):
-            sink.wait_count(base + args.warmup, args.timeout)
+            sink.wait_count(base + args.warmup * len(ports), args.timeout)
         time.sleep(0.3)
     base = sink.count
-    cpu0 = cpu_seconds(pid) if pid else None
+    cpu0 = [cpu_seconds(p) for p in pids]
+    busy0 = machine_cpu_seconds()
     t0 = time.perf_counter()
-    dt, client, det = C.run_source(port, msgs, sessions, size, use_postfix=use_pf, timeout=args.timeout)
+    dt, client, det = push(ports, msgs, sessions, size, args)
     t_end = sink.wait_count(base + msgs, args.timeout)
+    busy1 = machine_cpu_seconds()
     got = sink.count - base
     e2e = (t_end - t0) if t_end else None
     note = "delivered %d/%d" % (got, msgs) + ("" if t_end else " (stalled or timed out)")
-    cpu1 = cpu_seconds(pid) if cpu0 is not None else None
-    if cpu1 is not None:
-        note += ", cpu %.2f ms/msg" % (1000 * (cpu1 - cpu0) / msgs)
+    cpu1 = [cpu_seconds(p) for p in pids]
+    if pids and None not in cpu0 + cpu1:
+        note += ", cpu %.2f ms/msg" % (1000 * (sum(cpu1) - sum(cpu0)) / msgs)
+    if busy0 is not None and busy1 is not None:
+        note += ", machine %.2f ms/msg" % (1000 * (busy1 - busy0) / msgs)
     if det.get("rc"):
         note += ", client rc %s" % det["rc"]
     if det.get("stderr"):
@@ -193,26 +236,38 @@ def run_loads(name, port, sink, lat, args, pid=None):
     return rows, lats
 
 
-def run_meta1lite(runtime, sink, lat, args, heap="1M", msgs=None, sessions=None):
-    work = tempfile.mkdtemp(prefix="m1l-relay-")
-    port = C.free_port()
-    d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, lat.port, args.smtpc), port, heap=heap)
-    d.start()
-    name = "meta1lite (%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else "")
+def run_meta1lite(runtime, sink, lat, args, heap="1M", msgs=None, sessions=None, daemons=1):
+    """One relay (or `daemons` independent ones, each with its own spool and port,
+    the load split between them) under runtime: rows, latencies."""
+    started = []
     try:
+        for _ in range(daemons):
+            work = tempfile.mkdtemp(prefix="m1l-relay-")
+            port = C.free_port()
+            d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, lat.port, args.smtpc), port, heap=heap)
+            d.start()
+            started.append((d, port, work))
+        name = "meta1lite (%s%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else "",
+                                       ", %d daemons" % daemons if daemons > 1 else "")
+        ports, pids = [p for _, p, _ in started], [d.proc.pid for d, _, _ in started]
         if runtime == "micropython":
-            rows = [measure(name, port, sink, args, msgs, sessions, pid=d.proc.pid)]
-            lats = _latency.measure(port, lat, args.upy_lat_msgs, args.size, C.SENDER, LAT_RCPT) \
+            rows = [measure(name, ports, sink, args, msgs, sessions, pid=pids)]
+            lats = _latency.measure(ports[0], lat, args.upy_lat_msgs, args.size, C.SENDER, LAT_RCPT) \
                 if args.upy_lat_msgs else None
+        elif daemons > 1:
+            rows, lats = [measure(name, ports, sink, args, pid=pids)], None
         else:
-            rows, lats = run_loads(name, port, sink, lat, args, pid=d.proc.pid)
+            rows, lats = run_loads(name, ports[0], sink, lat, args, pid=pids[0])
     finally:
-        d.stop()
-    log = d.log()
-    for r in rows:
+        for d, _, _ in started:
+            d.stop()
+    sent = 0
+    for d, _, work in started:
+        log = d.log()
+        sent += log.count("status=sent")
         if "Traceback" in log or "MemoryError" in log:
-            r["note"] += ", DAEMON ERROR (see %s/daemon.log)" % work
-    rows[-1]["note"] += ", sent lines %d" % log.count("status=sent")
+            rows[-1]["note"] += ", DAEMON ERROR (see %s/daemon.log)" % work
+    rows[-1]["note"] += ", sent lines %d" % sent
     return rows, lats
 
 
@@ -234,6 +289,9 @@ def main():
     ap.add_argument("--upy-msgs", type=int, default=500)
     ap.add_argument("--upy-sessions", type=int, default=4)
     ap.add_argument("--upy-lat-msgs", type=int, default=50, help="latency messages under MicroPython (0: none)")
+    ap.add_argument("--daemons", type=int, default=1,
+                    help="also run N independent CPython relays side by side, the 2 KB load split "
+                         "between them (what a second core could buy; 1: not run)")
     ap.add_argument("--no-upy", action="store_true")
     ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix instance")
     ap.add_argument("--builtin-client", action="store_true")
@@ -273,6 +331,8 @@ def main():
         got, lats = run_meta1lite("cpython", sink, lat, args)
         rows += got
         lat_rows.append(("meta1lite (cpython)", lats))
+        if args.daemons > 1:
+            rows += run_meta1lite("cpython", sink, lat, args, daemons=args.daemons)[0]
         if not args.no_upy and C.find_micropython():
             got, lats = run_meta1lite("micropython", sink, lat, args, heap=args.upy_heap, msgs=args.upy_msgs,
                                       sessions=args.upy_sessions)
