@@ -16,7 +16,7 @@ from meta1lite.smar import dnsresolve
 from meta1lite.smtpc import NO_RELAY, Result
 
 asyncio = compat.asyncio
-SANE_EPOCH = 1577836800         # 2020-01-01: wall times before this are "unknown"
+SANE_EPOCH = 1735689600         # 2025-01-01: wall times before this are "unknown" (rp2 boots at 2021)
 LOG = "qmgr"
 LOG_SMTPC = "smtpc"
 

@@ -12,6 +12,7 @@ from meta1lite.spool import format as fmt
 UPY_HEAP = "640K"
 HOUR = 3600
 SANE = qmgr.SANE_EPOCH + 10 ** 8
+RP2_BOOT_CLOCK = 1609459200     # 2021-01-01 00:00:00: rp2's clock after a reset
 asyncio = compat.asyncio
 
 
@@ -377,6 +378,29 @@ def test_expiry_bounces_with_4_4_7():
         assert rig.sp.get(qid) is None
         dsn = [d for d in rig.smtpc.delivered if d[1] == ""]
         assert len(dsn) == 1 and b"Status: 4.4.7" in dsn[0][3] and b"Action: failed" in dsn[0][3]
+        await rig.stop()
+    _run(main())
+
+
+def test_mail_queued_before_ntp_on_a_pico_is_not_years_old_once_ntp_answers():
+    # rp2's clock starts at 2021-01-01 after a reset: mail queued before NTP answers,
+    # deferred, then a restart with the right date: it must not look years old
+    # (expired and bounced at its next try)
+    async def main():
+        cfg = _cfg(max_queue_lifetime=2 * HOUR, retry_min=60, retry_max=600)
+        rig = Rig(cfg, clock=Clock(wall=RP2_BOOT_CLOCK))
+        ids = await _queue_n(rig.sp, 3)
+        for qid in ids:
+            await rig.sp.record_attempt(qid, [(0, "deferred", "451 4.3.0 later", None)])
+        rig.clock.wall = SANE                       # a restart; NTP answered
+        rig.qm = qmgr.QueueManager(cfg, rig.sp, FakeSmar(), rig.smtpc)
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "still later")
+        rig.start()
+        for _ in range(6):
+            await rig.advance(300)
+        assert all(rig.sp.get(q).recipients[0].attempts > 1 for q in ids)
+        assert all(rig.sp.get(q) is not None for q in ids)     # nothing expired
+        assert rig.qm.counts.get("dsn", 0) == 0
         await rig.stop()
     _run(main())
 
