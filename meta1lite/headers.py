@@ -95,8 +95,8 @@ class HeaderScanner:
             name = name.strip().lower()
             if sep and name in WATCHED and line[:1] not in (b" ", b"\t"):
                 self.present.append(name)
-                if name == b"message-id":
-                    self.message_id = value.strip().decode("utf-8", "replace")
+                if name == b"message-id":     # logged: no control or escape bytes
+                    self.message_id = bytes(b if 32 <= b < 127 else 63 for b in value.strip()).decode()
 
 
 class FromRewriter:

@@ -260,6 +260,26 @@ def test_implicit_tls_connections_count_against_the_limits_before_their_handshak
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_client_silent_after_starttls_is_cut_at_io_timeout(runtime, tmp_path, ca):
+    # its 220 to STARTTLS, then nothing: asyncio's handshake waited 60 s (CPython).
+    # The unix port's handshake comes with the next read (cut at io_timeout), then
+    # with the write of the 421 (cut at io_timeout again): 4 s here
+    extra = tls_section(ca, tmp_path) + " max_connections = 1; io_timeout = 2s; command_timeout = 2s;"
+    daemon = start_smtps(runtime, tmp_path, extra)
+    try:
+        wait_sessions_ended(daemon)
+        with Client(daemon.port, source=OUTSIDER) as silent:
+            silent.greeting_and_ehlo()
+            assert silent.cmd("STARTTLS").code == 220
+            time.sleep(5)
+            with Client(daemon.port, source="127.0.0.3", timeout=10) as c:
+                greeting = c.reply()
+        assert greeting.code == 220, daemon.log()[-2000:]
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_silent_implicit_tls_client_is_cut_at_io_timeout(runtime, tmp_path, ca):
     tls_port = free_port()
     extra = tls_section(ca, tmp_path) + " listen_tls = { 127.0.0.1:%d };" % tls_port

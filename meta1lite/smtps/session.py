@@ -71,8 +71,8 @@ class Session:
     async def run(self):
         self.log("connect from unknown[%s]" % self.ip)
         try:
-            if self.handshake_ctx is not None:
-                await self._handshake()
+            if self.handshake_ctx is not None:      # implicit TLS (CPython 3.11+)
+                await self._start_tls(self.handshake_ctx, "CONNECT")
             self.out.append(self.conn.greeting())
             await self._loop()
         except MemoryError as exc:
@@ -90,16 +90,17 @@ class Session:
                 await compat.close_stream(self.writer)
             self.log("disconnect from unknown[%s]%s" % (self.ip, self._stats_text()))
 
-    async def _handshake(self):
-        # implicit TLS within io_timeout; a silent client may be evicted meanwhile
+    async def _start_tls(self, ctx, state):
+        # a handshake within io_timeout (asyncio's own allows 60 s); a silent client
+        # may be evicted meanwhile
         self.reading = True
         try:
             self.reader, self.writer = await compat.wait_for(tls.start_tls(
-                self.reader, self.writer, self.handshake_ctx, True), self.opts["io_timeout"])
+                self.reader, self.writer, ctx, True), self.opts["io_timeout"])
         except Exception as exc:  # noqa: BLE001
             if not compat.is_timeout(exc):
                 raise
-            self.log("timeout after TLS handshake from unknown[%s]" % self.ip)
+            self.log("timeout after %s from unknown[%s] (TLS handshake)" % (state, self.ip))
             self._drop()
             raise OSError(compat.ETIMEDOUT, "TLS handshake timeout")
         finally:
@@ -395,9 +396,10 @@ class Session:
         self._count("starttls")
         await self._flush()
         try:
-            self.reader, self.writer = await tls.start_tls(
-                self.reader, self.writer, self.server.tls_ctx, True)
+            await self._start_tls(self.server.tls_ctx, "STARTTLS")
         except compat.TLS_ERRORS as exc:
+            if self.dropped:
+                raise
             self.log("STARTTLS handshake failed with unknown[%s]: %s" % (self.ip, exc))
             self.conn.shutdown(*replies.TEMP_FAILURE)
             return

@@ -27,6 +27,13 @@ def test_scanner_finds_fields_across_chunk_boundaries():
     assert s.message_id == "<1@b>"
 
 
+def test_a_message_id_is_logged_without_control_or_escape_bytes():
+    # it goes into the log line: no terminal escape, no NEL, no 8-bit trick
+    s = headers.HeaderScanner()
+    feed_all(s, (b"Message-ID: <1\x1b[2J@b\xc2\x85x>\r\n\r\n",))
+    assert s.message_id == "<1?[2J@b??x>", s.message_id
+
+
 def test_scanner_ignores_body_and_continuation_lines():
     s = headers.HeaderScanner()
     feed_all(s, [b"Subject: hi\r\n Date: folded\r\n\r\nDate: in body\r\n"])
