@@ -216,8 +216,9 @@ def test_micropython_tools_reach_a_unix_socket_control_channel(tmp_path):
 
 def test_unix_port_sendmail_syncs_a_new_queue_once(tmp_path):
     # the unix port cannot fsync a directory: a daemon-down sendmail that creates the
-    # queue's first segment runs `sync` before exit 0, and only then (a spool with
-    # segments made ahead of need is appended to, durable without a directory sync)
+    # queue's first segments runs `sync` after making each (the journal does), before
+    # exit 0, and only then (a spool with segments made ahead of need is appended to,
+    # durable without a directory sync)
     conf, _port = write_conf(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -228,8 +229,9 @@ def test_unix_port_sendmail_syncs_a_new_queue_once(tmp_path):
     env = {"PATH": "%s:%s" % (bin_dir, os.environ["PATH"])}
     first = tool("micropython", conf, ["sendmail", "-t"], MESSAGE, env)
     assert first.returncode == 0, first.stderr
-    assert marker.read_text().count("x") == 1
+    made = marker.read_text().count("x")
+    assert made >= 1
     second = tool("micropython", conf, ["sendmail", "-t"], MESSAGE, env)
     assert second.returncode == 0, second.stderr
-    assert marker.read_text().count("x") == 1
+    assert marker.read_text().count("x") == made
     assert len(queue_ids("micropython", conf)) == 2

@@ -55,9 +55,7 @@ def _to_journal(cfg, sender, rcpts, pieces):
             queue_id = _commit(spool, sender, rcpts, pieces)
         finally:
             spool.close()
-        if fresh:           # the new files' directory entries: durable only now
-            durable.sync_all()
-        return queue_id
+        return queue_id     # the journal ran `sync` after making each new segment
     finally:
         lock.release()
 
