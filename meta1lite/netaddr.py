@@ -114,6 +114,26 @@ def format_ip(family, value):
     return _format_v6(value)
 
 
+CLIENT_V6_PREFIX = 84           # leading bits of an IPv6 address that name one client
+                                # (Postfix 3.8's smtpd_client_ipv6_prefix_length): a host
+                                # given a /64 cannot dodge the per-client limits
+
+
+def client_key(ip_text):
+    """What per-client limits count a client under: its IPv4 address, or its IPv6
+    address's first CLIENT_V6_PREFIX bits ("2001:db8::/84")."""
+    if ":" not in ip_text:
+        return ip_text
+    try:
+        family, value = unmap(*parse_ip(ip_text))
+    except ValueError:
+        return ip_text
+    if family == 4:
+        return format_ip(4, value)
+    shift = V6_BITS - CLIENT_V6_PREFIX
+    return "%s/%d" % (format_ip(6, value >> shift << shift), CLIENT_V6_PREFIX)
+
+
 def _bits(family):
     return V4_BITS if family == 4 else V6_BITS
 

@@ -7,7 +7,7 @@
 # AUTH users and lockout), and the stop (sessions end before the loop does).
 # Must never: speak SMTP itself (session.py does), or let a refused client cost
 # more than one reply.
-from meta1lite import compat, heap, listener, tls
+from meta1lite import compat, heap, listener, netaddr, tls
 from meta1lite.proto import replies
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
 from meta1lite.smtps.session import Session
@@ -108,7 +108,8 @@ class SmtpServer:
 
     async def _serve_client(self, reader, writer, implicit_tls, handshake_ctx):
         ip = compat.peer_address(writer)[0]
-        refusal = self._admission(ip) if self.spool is not None else replies.SHUTTING_DOWN
+        client = netaddr.client_key(ip)     # per-client limits: an IPv6 client by prefix
+        refusal = self._admission(client) if self.spool is not None else replies.SHUTTING_DOWN
         if refusal is not None:
             compat.log.log("warning", LOG, "%s from [%s]: refused" % (refusal[2], ip))
             await _refuse(writer, refusal)
@@ -120,18 +121,19 @@ class SmtpServer:
             self._evict()
             await _refuse(writer, replies.LOW_MEMORY)
             return
+        session.client = client
         self.sessions.add(session)
-        self.per_client[ip] = self.per_client.get(ip, 0) + 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
-            self.per_client[ip] -= 1
-            if not self.per_client[ip]:
-                del self.per_client[ip]
+            self.per_client[client] -= 1
+            if not self.per_client[client]:
+                del self.per_client[client]
 
-    def _admission(self, ip):
-        if self.per_client.get(ip, 0) >= self.opts["max_connections_per_client"]:
+    def _admission(self, client):
+        if self.per_client.get(client, 0) >= self.opts["max_connections_per_client"]:
             return TOO_MANY_FROM_CLIENT
         low = heap.memory_low(tls.tls_memory.headroom())
         if (low or self._live() >= self.max_sessions) and not self._evict():

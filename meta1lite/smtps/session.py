@@ -30,6 +30,7 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.ip = ip
+        self.client = ip            # the per-client limits' key (smtps.server sets it)
         self.out = []
         self.buf = compat.new_read_buffer()
         self.msg = None             # the transaction's MessageWriter
@@ -254,7 +255,7 @@ class Session:
         if reason:
             self.log("queue refuses mail: %s" % reason, "warning")
             return replies.QUEUE_FULL
-        if self.server.rate.over(self.ip):      # counted at the final dot (accepted only)
+        if self.server.rate.over(self.client):      # counted at the final dot (accepted only)
             return (450, "4.7.1", "Too much mail from %s, slow down" % self.ip)
         return None
 
@@ -361,7 +362,7 @@ class Session:
         except (SpoolFull, OSError) as exc:
             self.log("%s: commit failed: %s" % (msg.queue_id, exc), "warning")
             return self.conn.reject_message(*self._failure_reply(exc))
-        self.server.rate.count(self.ip)
+        self.server.rate.count(self.client)
         self._queued(queue_id)
         return self.conn.accept_message("OK: queued as %s" % queue_id)
 
@@ -411,16 +412,16 @@ class Session:
         if lockout is None:     # a reload took the AUTH users away after EHLO offered it
             self.out.append(self.conn.reject_auth(*replies.AUTH_NOT_AVAILABLE))
             return
-        if lockout.locked(self.ip):
+        if lockout.locked(self.client):
             self.out.append(self.conn.reject_auth(*replies.AUTH_LOCKED))
             return
         if await self.server.check_password(event.user, event.password):
-            lockout.succeeded(self.ip)
+            lockout.succeeded(self.client)
             self.log("unknown[%s]: sasl_method=%s, sasl_username=%s"
                      % (self.ip, event.mechanism, event.user))
             self.out.append(self.conn.accept_auth())
             return
-        failures = lockout.failed(self.ip)
+        failures = lockout.failed(self.client)
         self.log("unknown[%s]: SASL %s authentication failed (%d)"
                  % (self.ip, event.mechanism, failures), "warning")
         await self._flush()

@@ -1,8 +1,8 @@
 # Unit tests of meta1lite.netaddr (both runtimes): address parsing, CIDR
-# matching for relay_from, IPv4-mapped IPv6 clients.
+# matching for relay_from, IPv4-mapped IPv6 clients, the per-client limits' key.
 from support import raises
 
-from meta1lite.netaddr import Network, format_ip, match_any, parse_ip
+from meta1lite.netaddr import Network, client_key, format_ip, match_any, parse_ip
 
 
 def test_ipv4_parses_to_family_and_integer():
@@ -71,3 +71,16 @@ def test_networks_compare_by_value():
     assert Network("::1/128") == Network("0::1")
     assert Network("10.0.0.0/8") != Network("10.0.0.0/9")
     assert str(Network("2001:DB8::/32")) == "2001:db8::/32"
+
+
+def test_per_client_limits_count_an_ipv6_client_by_its_84_bit_prefix():
+    # a host given a /64 (or a /80) must not get a fresh connection and message
+    # allowance for every address in it: Postfix 3.8's prefix length
+    key = client_key
+    assert key("192.0.2.7") == "192.0.2.7"
+    assert key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2:3::/84"
+    assert key("2001:db8:1:2:3:fff:ffff:ffff") == key("2001:db8:1:2:3::1")
+    assert key("2001:db8:1:2:3:1000::") != key("2001:db8:1:2:3::")
+    assert key("::1") == "::/84"
+    assert key("not an address") == "not an address"
