@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import errno
 import os
+import time
 
 import pytest
 from helpers.spools import BIG, commit, open_spool
@@ -144,3 +145,34 @@ def test_unix_port_a_new_segment_is_synced_before_a_commit_can_use_it(tmp_path, 
     assert sp2.exists(qid)
     assert b"".join(bytes(c) for c in sp2.read_body(qid)) == _body(250 * 1024, 2)
     sp2.close()
+
+
+def test_a_commit_during_a_failing_sync_round_fails_with_it(tmp_path, monkeypatch):
+    # A appends its envelope while B's round is in the worker thread's fsync, which
+    # then fails: A waits for that round too, and must not start a round of its own
+    # whose fsync of the same file returns 0 (Linux reports the error once)
+    d = tmp_path / "spool"
+    sp = open_spool(d)
+    seg_path = os.path.realpath(sp.journal._cur.path)
+    real, failed = durable.fsync_file, []
+
+    def slow_failing_fsync(f):
+        if not failed and os.path.realpath(f.name) == seg_path:
+            failed.append(True)
+            time.sleep(0.3)
+            raise OSError(errno.EIO, "Input/output error")
+        real(f)
+    monkeypatch.setattr(durable, "fsync_file", slow_failing_fsync)
+
+    async def main():
+        wa = sp.new_message()
+        wa.write(_body(3000, 1))
+        b = asyncio.ensure_future(commit(sp, _body(500, 2)))
+        await asyncio.sleep(0.1)                    # B's round is in its fsync now
+        a = asyncio.ensure_future(sp.commit(wa, "s@x.example", ["r@x.example"]))
+        results = await asyncio.gather(a, b, return_exceptions=True)
+        return results
+    got = asyncio.run(main())
+    assert failed and all(isinstance(r, OSError) for r in got), got
+    assert sp.count() == 0
+    sp.close()

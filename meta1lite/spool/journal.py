@@ -10,6 +10,8 @@
 # (Segment.refs), or while a done record in it still cancels an envelope in a
 # segment that exists; know what a record means (the index and the Spool do).
 # Shared code: MicroPython and CPython.
+from errno import EIO
+
 from meta1lite import compat, durable, heap
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
@@ -204,7 +206,7 @@ class Journal:
         self._write(self._handle_reserve.call(open, seg.path, "wb"),
                     fmt.frame(fmt.T_HEADER, seg.gen, 0, payload))
         if create and not durable.sync_new_entries(self.seg_dir):
-            log("warning", "%s: the new segment's directory entry could not be synced" % seg.path)
+            raise OSError(EIO, "%s: its directory entry could not be synced" % seg.path)
         seg.start = seg.end = fmt.HEAD_SIZE + len(payload)
         if seg.key in self.failed:
             self.failed.remove(seg.key)
@@ -213,6 +215,8 @@ class Journal:
         seg.skips = {}
 
     def _retire(self, seg):
+        if seg.key in self.failed:
+            self.failed.remove(seg.key)
         try:
             self._write(self._handle_reserve.call(open, seg.path, "wb"),
                         fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
@@ -258,7 +262,9 @@ class Journal:
         for part in parts:
             length += len(part)
         seg = self._cur
-        if seg.key in self.failed or seg.end + length > self.segment_size and seg.end > seg.start:
+        if seg.key in self.failed:
+            seg = self._roll_from_failed(seg)
+        if seg.end + length > self.segment_size and seg.end > seg.start:
             seg = self._roll()
         head = fmt.frame_head(ftype, seg.gen, tag, parts)
         pos = seg.end
@@ -346,11 +352,20 @@ class Journal:
                     self.sync_now()
             except OSError as exc:
                 rnd.error = exc
+                rnd.upto = self._wseq   # frames appended during the round fail with it
                 self._sync_failed()
                 raise
             finally:
                 self._round = None
                 rnd.event.set()
+
+    def _roll_from_failed(self, seg):
+        # away from a segment an fsync failed on; if no new segment can be made (a full
+        # disk), frames appended to it from now on are synced as usual
+        try:
+            return self._roll()
+        except (OSError, SpoolFull):
+            return seg
 
     def _sync_failed(self):
         # Linux reports a failed writeback once per file and marks its pages clean:

@@ -163,9 +163,9 @@ class Recovery:
             if kind == "j" and not self.readonly:
                 # without it the journal would recycle segments its messages still
                 # need (and could give a new segment its number): no start at all
-                raise OSError("%s: cannot open (%s): the queue is not started; check the "
-                              "storage, or move the file aside to start without its messages"
-                              % (path, exc))
+                raise OSError(compat.errno_of(exc), "%s: cannot open (%s): the queue is not "
+                              "started; check the storage, or move the file aside to start "
+                              "without its messages" % (path, exc))
             log("error", "%s: cannot open: %s" % (path, exc))
             return None
         header = self._read_header(path, f, newest)
