@@ -223,7 +223,7 @@ class QueueManager:
         # queue_id: the one string every table of this message is keyed by
         now = self._now()
         wall = compat.wall_time()
-        self._born[queue_id] = now - age_at(msg.arrival, wall)
+        self._note_born(queue_id, msg, now, wall)
         next_try = None
         for rcpt in msg.recipients:
             if rcpt.status in status.PENDING and rcpt.next_try is not None:
@@ -234,6 +234,10 @@ class QueueManager:
             self._due[queue_id] = now + max(0, min(self.retry_max, int(next_try - wall)))
         else:   # wall clock unknown: spread the retries over retry_min, never a storm
             self._due[queue_id] = now + compat.urandom(2)[0] * self.retry_min // 256
+
+    def _note_born(self, queue_id, msg, now, wall):
+        # when the message arrived, on the monotonic clock (its lifetime counts from it)
+        self._born[queue_id] = now - age_at(msg.arrival, wall)
 
     def _forget(self, queue_id):
         self._due.pop(queue_id, None)
@@ -290,6 +294,8 @@ class QueueManager:
             if msg is None:
                 soonest = _earlier(soonest, self._unreadable(queue_id))
                 continue
+            if queue_id not in self._born:      # tracked while its envelope was unreadable
+                self._note_born(queue_id, msg, now, compat.wall_time())
             if msg.held:
                 continue
             examined += 1

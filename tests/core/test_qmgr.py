@@ -5,6 +5,7 @@ from support import fresh_dir
 
 from meta1lite import compat
 from meta1lite.qmgr import manager as qmgr
+from meta1lite.qmgr.control import LineReader
 from meta1lite.smar.aliases import Aliases, UnknownAddress, parse
 from meta1lite.spool import Spool
 from meta1lite.spool import format as fmt
@@ -571,20 +572,26 @@ def test_a_memory_error_launching_a_delivery_leaves_no_slot_taken():
     _run(main())
 
 
+def _unreadable_once(sp):
+    # the first spool.get() finds no readable envelope (EIO, EMFILE, a board's heap)
+    get, fails = sp.get, [0]
+
+    def unreadable_once(queue_id):
+        if not fails[0]:
+            fails[0] += 1
+            return None
+        return get(queue_id)
+    sp.get = unreadable_once
+    return fails
+
+
 def test_an_envelope_unreadable_once_is_tried_again_after_retry_min():
     # one failed read (EIO, EMFILE, a board's heap) must not drop the message from
     # the schedule while the spool still holds it
     async def main():
         rig = Rig(_cfg(retry_min=60, retry_max=HOUR))
         qid = await _queue(rig.sp)
-        get, fails = rig.sp.get, [0]
-
-        def unreadable_once(queue_id):
-            if not fails[0]:
-                fails[0] += 1
-                return None
-            return get(queue_id)
-        rig.sp.get = unreadable_once
+        fails = _unreadable_once(rig.sp)
         rig.start()
         await rig.settle(None, 20)
         assert fails[0] == 1 and not rig.smtpc.delivered and rig.sp.exists(qid)
@@ -592,6 +599,23 @@ def test_an_envelope_unreadable_once_is_tried_again_after_retry_min():
         rig.qm._event.set()             # no rescan (wake() would rescan the spool)
         assert await rig.settle(lambda: not rig.sp.exists(qid))
         assert [d[0] for d in rig.smtpc.delivered] == [qid]
+        await rig.stop()
+    _run(main())
+
+
+def test_an_envelope_unreadable_once_still_expires_on_time():
+    # its lifetime counts from its arrival, not from each try
+    async def main():
+        rig = Rig(_cfg(retry_min=60, retry_max=600, max_queue_lifetime=2 * HOUR))
+        qid = await _queue(rig.sp)
+        rig.smtpc.replies["c@d.test"] = ("deferred", 451, "4.3.0", "later")
+        fails = _unreadable_once(rig.sp)
+        rig.start()
+        await rig.settle(None, 20)
+        assert fails[0] == 1
+        for _ in range(36):                         # 3 hours
+            await rig.advance(300)
+        assert not rig.sp.exists(qid) and rig.qm.counts.get("dsn", 0) == 1, rig.qm.counts
         await rig.stop()
     _run(main())
 
@@ -636,3 +660,39 @@ def _reopen(path, cfg):
     sp = Spool(path, q["max_queue_size"], q["max_messages"], q["min_free_space"])
     sp.recover()
     return sp
+
+
+# --- the control channel's line reader -------------------------------------------
+
+class FakeReader:
+    """A stream that hands out scripted pieces (CPython read / MicroPython readinto)."""
+
+    def __init__(self, pieces):
+        self.pieces = list(pieces)
+
+    async def read(self, n):
+        return self.pieces.pop(0)[:n] if self.pieces else b""
+
+    async def readinto(self, buf):
+        if not self.pieces:
+            return 0
+        piece = self.pieces.pop(0)
+        buf[:len(piece)] = piece
+        return len(piece)
+
+
+def test_line_reader_splits_lines_and_bounds_them():
+    async def go():
+        r = LineReader(FakeReader([b"HELO a\r\nMA", b"IL x\r\n", b"tail"]), max_line=64)
+        assert await r.readline() == b"HELO a\r\n"
+        assert await r.readline() == b"MAIL x\r\n"
+        assert await r.readline() == b"tail"
+        assert await r.readline() == b""
+        long = LineReader(FakeReader([b"x" * 40, b"y" * 40]), max_line=64)
+        try:
+            await long.readline()
+        except ValueError as exc:
+            assert "64" in str(exc)
+        else:
+            raise AssertionError("over-long line accepted")
+    _run(go())
