@@ -170,9 +170,6 @@ def getpid():
 TLS_ERRORS = (OSError, ValueError) if MICROPYTHON else (OSError,)
 
 
-
-
-
 # --- streams ----------------------------------------------------------------
 
 def new_read_buffer(size=READ_CHUNK):
@@ -212,6 +209,17 @@ async def write_all(writer, data):
     for start in range(0, len(mv), WRITE_CHUNK):
         writer.write(bytes(mv[start:start + WRITE_CHUNK]))
         await writer.drain()
+
+
+async def write_within(writer, data, timeout_s):
+    """write_all() bounded by timeout_s (a timeout error). MicroPython: no task for
+    the bound when the socket took a short reply at once, as it usually does."""
+    if MICROPYTHON and len(data) <= WRITE_CHUNK:
+        writer.write(data)
+        if writer.out_buf:
+            await wait_for(writer.drain(), timeout_s)
+        return
+    await wait_for(write_all(writer, data), timeout_s)
 
 
 _TIMEOUT_CM = getattr(asyncio, "timeout", None)     # CPython 3.11+
@@ -271,8 +279,11 @@ async def close_stream(writer):
     """Close a stream, ignoring errors from a peer that is already gone; one that
     does not take the unsent data within CLOSE_WAIT_S is dropped (abort_stream)."""
     try:
-        if MICROPYTHON:
+        if MICROPYTHON:             # its wait_closed() closes the socket, nothing to wait for
             forget_io_wait(writer.s)
+            writer.close()
+            await writer.wait_closed()
+            return
         writer.close()
         await wait_for(writer.wait_closed(), CLOSE_WAIT_S)
     except Exception:  # noqa: BLE001 - closing must never raise
@@ -282,11 +293,11 @@ async def close_stream(writer):
 def abort_stream(writer):
     """Drop a connection at once, its unsent data too (a peer that reads nothing)."""
     try:
-        transport = getattr(writer, "transport", None)
-        if transport is not None:
-            transport.abort()
+        if MICROPYTHON:             # Stream.close() closes nothing there
+            forget_io_wait(writer.s)
+            writer.s.close()
         else:
-            writer.close()
+            writer.transport.abort()
     except Exception:  # noqa: BLE001 - dropping must never raise
         pass
 
@@ -332,31 +343,6 @@ async def start_unix_server(handler, path, mode=0o600):
     server = await asyncio.start_unix_server(handler, path)
     os.chmod(path, mode)
     return server
-
-
-class LineReader:
-    """Bounded line reader over a stream: one preallocated buffer, lines split here."""
-
-    def __init__(self, reader, max_line=1024):
-        self.reader = reader
-        self.max_line = max_line
-        self.buf = new_read_buffer(max_line)
-        self.pending = b""
-
-    async def readline(self):
-        """Next line with its ending; b'' at EOF; raises ValueError if over max_line."""
-        while True:
-            nl = self.pending.find(b"\n")
-            if nl >= 0:
-                line, self.pending = self.pending[:nl + 1], self.pending[nl + 1:]
-                return line
-            if len(self.pending) >= self.max_line:
-                raise ValueError("line longer than %d octets" % self.max_line)
-            data = await read_some(self.reader, self.buf)
-            if not data:
-                line, self.pending = self.pending, b""
-                return line
-            self.pending += data
 
 
 # --- errors -----------------------------------------------------------------

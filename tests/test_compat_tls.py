@@ -18,12 +18,11 @@ asyncio = compat.asyncio
 async def main(port, ca):
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(b"STARTTLS\\n"); await w.drain()
-    lines = compat.LineReader(r, 128)
-    assert await lines.readline() == b"GO\\n"
+    assert await r.readline() == b"GO\\n"
     ctx = tls.client_tls_context(verify=True, ca_file=ca)
     r, w = await tls.start_tls(r, w, ctx, False, "localhost")
     await compat.write_all(w, b"PING\\n")
-    print((await compat.LineReader(r, 128).readline()).decode().strip())
+    print((await r.readline()).decode().strip())
     await compat.close_stream(w)
 asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 """
@@ -34,12 +33,11 @@ from meta1lite import compat, tls
 asyncio = compat.asyncio
 done = asyncio.Event()
 async def session(r, w):
-    lines = compat.LineReader(r, 128)
-    assert await lines.readline() == b"STARTTLS\\n"
+    assert await r.readline() == b"STARTTLS\\n"
     await compat.write_all(w, b"GO\\n")
     ctx = tls.server_tls_context(sys.argv[2], sys.argv[3])
     r, w = await tls.start_tls(r, w, ctx, True)
-    line = await compat.LineReader(r, 128).readline()
+    line = await r.readline()
     await compat.write_all(w, b"PONG " + line)
     await compat.close_stream(w)
     done.set()

@@ -222,6 +222,18 @@ def test_plaintext_after_starttls_beyond_the_first_read_is_not_taken_over_tls(tm
     assert_clean_log(daemon)
 
 
+def closed_by_peer(sock, wait_s=3):
+    sock.settimeout(wait_s)
+    try:
+        while sock.recv(4096):
+            pass
+        return True                             # EOF
+    except ConnectionResetError:
+        return True
+    except OSError:                             # timeout: still open
+        return False
+
+
 def _rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -293,7 +305,8 @@ def test_a_silent_implicit_tls_client_is_cut_at_io_timeout(runtime, tmp_path, ca
         time.sleep(4)
         with Client(daemon.port, source="127.0.0.3", timeout=10) as c:
             greeting = c.reply()
-        silent.close()
         assert greeting.code == 220, daemon.log()[-3000:]
+        assert closed_by_peer(silent)           # the socket itself was closed, not left open
+        silent.close()
     finally:
         daemon.stop()

@@ -98,6 +98,8 @@ def _decode(raw, sender, smtputf8):
         _fail(sender, replies.NEED_SMTPUTF8)
     if not valid_utf8(raw):     # MicroPython's decode takes overlongs and surrogates
         _fail(sender, replies.BAD_UTF8)
+    if _has_c1_control(raw):    # U+0080-U+009F: NEL, CSI... (logged as received)
+        _fail(sender)
     return raw.decode("utf-8"), True
 
 
@@ -137,6 +139,15 @@ def valid_utf8(raw):
                 return False
         i += n
     return True
+
+
+def _has_c1_control(raw):
+    at = raw.find(b"\xc2")      # C1 controls are C2 80 .. C2 9F in UTF-8
+    while at >= 0:
+        if at + 1 < len(raw) and 0x80 <= raw[at + 1] <= 0x9F:
+            return True
+        at = raw.find(b"\xc2", at + 1)
+    return False
 
 
 def _only(raw, alphabet, utf8):

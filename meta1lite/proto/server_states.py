@@ -177,7 +177,8 @@ def _do_rcpt(conn, verb, arg):
     except address.AddressError as exc:
         return conn._error(exc.reply, exc.detail)
     if conn.max_recipients and conn.recipients >= conn.max_recipients:
-        return conn._error(replies.TOO_MANY_RECIPIENTS)
+        return conn._reply(replies.TOO_MANY_RECIPIENTS)     # not an error: the client
+                                                            # sends the rest later
     conn._pending = "rcpt"
     conn._emit(events.RcptTo(mailbox, params))
 

@@ -161,6 +161,7 @@ class ServerConnection(StateMachine):
         self.bad_commands = 0
         self.max_junk_commands = max_junk_commands
         self.junk_commands = 0          # since the session began or the last message
+        self.closed_from = None         # the state the session closed from
         self._buf = bytearray()         # input not yet processed starts at _pos
         self._pos = 0
         self._roomy = False             # _buf was given room for DATA reads
@@ -207,6 +208,7 @@ class ServerConnection(StateMachine):
     def _close(self, reason):
         self._discard_input()
         self._pending = None
+        self.closed_from = self.state       # for the I/O side's log lines
         self._set_state(CLOSED, reason)
         self._closed_event = Close(reason)
         self._emit(self._closed_event)

@@ -32,6 +32,31 @@ LOG_PICKUP = "sendmail"         # logs as Postfix's pickup (pflogsumm: received)
 MAX_ENVELOPE = 64 * 1024        # bytes of an inject's JSON envelope
 
 
+class LineReader:
+    """Bounded line reader over a stream: one preallocated buffer, lines split here."""
+
+    def __init__(self, reader, max_line=1024):
+        self.reader = reader
+        self.max_line = max_line
+        self.buf = compat.new_read_buffer(max_line)
+        self.pending = b""
+
+    async def readline(self):
+        """Next line with its ending; b'' at EOF; raises ValueError if over max_line."""
+        while True:
+            nl = self.pending.find(b"\n")
+            if nl >= 0:
+                line, self.pending = self.pending[:nl + 1], self.pending[nl + 1:]
+                return line
+            if len(self.pending) >= self.max_line:
+                raise ValueError("line longer than %d octets" % self.max_line)
+            data = await compat.read_some(self.reader, self.buf)
+            if not data:
+                line, self.pending = self.pending, b""
+                return line
+            self.pending += data
+
+
 class HeapWatch:
     """The highest heap in use (gc.mem_alloc, garbage not yet collected included) seen
     by the daemon: sampled every HEAP_SAMPLE_MS and on each status request. Sampling
@@ -232,7 +257,7 @@ async def _read_into(lines, n, sink):
 
 
 async def _serve(control, reader, writer):
-    lines = compat.LineReader(reader, MAX_REQUEST)
+    lines = LineReader(reader, MAX_REQUEST)
     try:
         for _ in range(MAX_REQUESTS):
             raw = await compat.wait_for(lines.readline(), IO_TIMEOUT_S)

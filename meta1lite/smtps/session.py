@@ -180,11 +180,13 @@ class Session:
         # within io_timeout: a client that reads nothing must not hold its session
         # (and a connection slot) for ever
         try:
-            await compat.wait_for(compat.write_all(self.writer, data), self.opts["io_timeout"])
+            await compat.write_within(self.writer, data, self.opts["io_timeout"])
         except Exception as exc:  # noqa: BLE001
             if not compat.is_timeout(exc):
                 raise
-            self.log("timeout after %s from unknown[%s] (writing)" % (self.conn.state, self.ip))
+            conn = self.conn        # writing the goodbye: the state it closed from
+            state = conn.closed_from if conn.state == core.CLOSED else conn.state
+            self.log("timeout after %s from unknown[%s] (writing)" % (state, self.ip))
             self._drop()
             raise OSError(compat.ETIMEDOUT, "write timeout")
 

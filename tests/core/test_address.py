@@ -135,6 +135,14 @@ def test_smtputf8():
     assert bad.reply[:2] == (553, "5.6.7")
 
 
+def test_c1_control_characters_are_refused_in_smtputf8_addresses():
+    # NEL, CSI (a terminal escape): valid UTF-8, but the address is logged as given
+    for raw in (b"\xc2\x85", b"\xc2\x9b31m", b"\xc2\x80"):
+        raises(address.AddressError, address.parse_path, b"<a" + raw + b"@example.org>",
+               smtputf8=True)
+    assert _parse("<a\u00a0b\u00e9@example.org>", smtputf8=True).utf8    # C2 A0: not a control
+
+
 def test_invalid_utf8_is_refused_on_both_runtimes():
     # issue 11 item 6: MicroPython's decode accepted overlong and surrogate forms (250)
     for raw in (b"\xc0\xaf", b"\xed\xa0\x80", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf",

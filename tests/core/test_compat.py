@@ -8,23 +8,6 @@ from meta1lite import compat, durable, logring, tls
 asyncio = compat.asyncio
 
 
-class FakeReader:
-    """A stream that hands out scripted pieces (CPython read / MicroPython readinto)."""
-
-    def __init__(self, pieces):
-        self.pieces = list(pieces)
-
-    async def read(self, n):
-        return self.pieces.pop(0)[:n] if self.pieces else b""
-
-    async def readinto(self, buf):
-        if not self.pieces:
-            return 0
-        piece = self.pieces.pop(0)
-        buf[:len(piece)] = piece
-        return len(piece)
-
-
 class FakeWriter:
     def __init__(self):
         self.writes = []
@@ -105,23 +88,6 @@ def test_pem_to_der_takes_the_base64_between_the_markers():
         pass
     else:
         raise AssertionError("expected ValueError")
-
-
-def test_line_reader_splits_lines_and_bounds_them():
-    async def go():
-        r = compat.LineReader(FakeReader([b"HELO a\r\nMA", b"IL x\r\n", b"tail"]), max_line=64)
-        assert await r.readline() == b"HELO a\r\n"
-        assert await r.readline() == b"MAIL x\r\n"
-        assert await r.readline() == b"tail"
-        assert await r.readline() == b""
-        long = compat.LineReader(FakeReader([b"x" * 40, b"y" * 40]), max_line=64)
-        try:
-            await long.readline()
-        except ValueError as exc:
-            assert "64" in str(exc)
-        else:
-            raise AssertionError("over-long line accepted")
-    asyncio.run(go())
 
 
 def test_write_all_writes_in_bounded_chunks_and_drains_each():
