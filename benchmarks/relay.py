@@ -161,18 +161,21 @@ def push(ports, msgs, sessions, size, args):
     if len(ports) == 1:
         return C.run_source(ports[0], msgs, sessions, size, use_postfix=not args.builtin_client,
                             timeout=args.timeout)
-    out = [None] * len(ports)
+    n = len(ports)
+    out = [(0, "", {"rc": "no result"})] * n
 
     def one(i):
-        out[i] = C.run_source(ports[i], msgs // len(ports), sessions // len(ports), size,
+        share = msgs // n + (1 if i < msgs % n else 0)
+        out[i] = C.run_source(ports[i], share, max(1, sessions // n), size,
                               use_postfix=not args.builtin_client, timeout=args.timeout)
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(ports))]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0, out[0][1], out[0][2]
+    failed = [o for o in out if o[2].get("rc")]
+    return time.perf_counter() - t0, out[0][1], (failed or out)[0][2]
 
 
 def measure(name, port, sink, args, msgs=None, sessions=None, size=None, pid=None):
