@@ -58,7 +58,7 @@ class Trace:
 
 
 def _wrap_compat(trace, compat, durable):
-    fsync_file, sync_dir, write_all = durable.fsync_file, durable.sync_dir, compat.write_all
+    fsync_file, sync_dir, write_within = durable.fsync_file, durable.sync_dir, compat.write_within
 
     def counted_fsync(f):
         # SYNC-BEGIN before: an append logged after it is not covered by this fsync,
@@ -74,18 +74,19 @@ def _wrap_compat(trace, compat, durable):
             trace.event("SYNC %d dir %s" % (trace.next_sync(), path))
         return done
 
-    async def traced_write_all(writer, data):
+    async def traced_write_within(writer, data, timeout_s):
+        # how smtps writes its replies
         blob = bytes(data)
         if QUEUED in blob:
             for line in blob.split(b"\r\n"):
                 at = line.find(MARK)
                 if line.startswith(QUEUED) and at >= 0:
                     trace.event("ACK %s" % line[at + len(MARK):].split()[0].decode())
-        await write_all(writer, data)
+        await write_within(writer, data, timeout_s)
 
     durable.fsync_file = counted_fsync
     durable.sync_dir = counted_sync_dir
-    compat.write_all = traced_write_all
+    compat.write_within = traced_write_within
 
 
 def _wrap_spool(trace, spool, journal, fmt):
