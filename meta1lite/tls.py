@@ -63,11 +63,12 @@ def client_tls_context(verify=True, ca_file=None):
 async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     """Upgrade an open stream to TLS (STARTTLS); returns the new (reader, writer)."""
     if not MICROPYTHON:
-        _discard_plaintext(reader)
-        if server_side:
-            await writer.start_tls(ctx)
+        if not server_side:     # the server speaks after our ClientHello: all injected
+            discard_plaintext(reader)
+        if hasattr(writer, "start_tls"):
+            await writer.start_tls(ctx, server_hostname=None if server_side else server_hostname)
         else:
-            await writer.start_tls(ctx, server_hostname=server_hostname)
+            await _start_tls_310(writer, ctx, server_side, server_hostname)
         return reader, writer
     kwargs = {"server_side": server_side, "do_handshake_on_connect": False}
     if not server_side and server_hostname:
@@ -79,18 +80,33 @@ async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     return writer, writer
 
 
-# CPython 3.11+ (StreamWriter.start_tls): an implicit-TLS connection (listen_tls)
-# is accepted plain and its handshake runs in the session, after admission
+async def _start_tls_310(writer, ctx, server_side, server_hostname):
+    # CPython 3.10 has no StreamWriter.start_tls(): the steps of 3.11's, by hand
+    protocol = writer._protocol
+    await writer.drain()
+    transport = await asyncio.get_event_loop().start_tls(
+        writer.transport, protocol, ctx, server_side=server_side,
+        server_hostname=None if server_side else server_hostname)
+    writer._transport = transport
+    protocol._stream_writer = writer
+    protocol._transport = transport
+    protocol._over_ssl = True
+
+
+# CPython 3.11+: an implicit-TLS connection (listen_tls) is accepted plain, reading
+# paused as it is made, and its handshake runs in the session, after admission.
+# 3.10's transport resumes reading after a pause made then (its reader is added
+# after connection_made): there asyncio's own handshake comes first, as before.
 HANDSHAKE_IN_SESSION = not MICROPYTHON and hasattr(asyncio.StreamWriter, "start_tls")
 
 
-def _discard_plaintext(reader):
-    # CPython: what the peer sent after STARTTLS (or its 220), before the handshake,
-    # may sit in the stream's buffer beyond the core's last read; it would be read as
-    # if it came over TLS (command or reply injection, CVE-2011-0411). Dropped, as
-    # Postfix does.
-    # MicroPython reads the socket directly: leftover bytes reach mbedtls and the
-    # handshake fails.
+def discard_plaintext(reader):
+    """CPython: drop what sits in the stream's buffer beyond the core's last read.
+    smtps calls it when STARTTLS is read, before its 220 goes out (the client's
+    handshake can only follow the 220); smtpc before its handshake (the server's can
+    only follow it). What was sent ahead would be read as if it came over TLS
+    (command or reply injection, CVE-2011-0411); Postfix drops it too. MicroPython
+    reads the socket directly: leftover bytes reach mbedtls and the handshake fails."""
     buffered = getattr(reader, "_buffer", None)
     if buffered:
         del buffered[:]

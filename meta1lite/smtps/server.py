@@ -71,8 +71,12 @@ class SmtpServer:
         # connection limits admitted it (asyncio's own ran before them, unbounded)
         late = ctx if implicit and tls.HANDSHAKE_IN_SESSION else None
 
-        async def accept(reader, writer):
-            await self._accept(reader, writer, implicit, late)
+        def accept(reader, writer):
+            # called as the connection is made (CPython): the ClientHello must stay in
+            # the socket until the handshake starts, or asyncio reads it as plaintext
+            if late is not None:
+                writer.transport.pause_reading()
+            return self._accept(reader, writer, implicit, late)
         server = await listener.start_server(accept, host, port, self._backlog(),
                                              None if late else ctx, self._evict)
         self.servers.append(server)
