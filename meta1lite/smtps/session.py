@@ -101,16 +101,17 @@ class Session:
         except Exception as exc:  # noqa: BLE001
             if not compat.is_timeout(exc):
                 raise
-            self.log("timeout after %s from unknown[%s] (TLS handshake)" % (state, self.ip))
-            self._drop()
-            raise OSError(compat.ETIMEDOUT, "TLS handshake timeout")
+            raise self._drop(state, "TLS handshake")
         finally:
             self.reading = False
 
-    def _drop(self):
-        # the connection is cut, unsent bytes and all: nothing more to wait for
+    def _drop(self, state, doing):
+        # cut at a timeout, unsent bytes and all: nothing more to wait for; the error
+        # that ends the session (a connection error: no "session error" line)
+        self.log("timeout after %s from unknown[%s] (%s)" % (state, self.ip, doing))
         compat.abort_stream(self.writer)
         self.dropped = True
+        return OSError(compat.ETIMEDOUT, doing + " timed out")
 
     async def _goodbye(self, reply):
         # a last reply before closing, if there is memory and a client to send it to
@@ -186,9 +187,7 @@ class Session:
                 raise
             conn = self.conn        # writing the goodbye: the state it closed from
             state = conn.closed_from if conn.state == core.CLOSED else conn.state
-            self.log("timeout after %s from unknown[%s] (writing)" % (state, self.ip))
-            self._drop()
-            raise OSError(compat.ETIMEDOUT, "write timeout")
+            raise self._drop(state, "writing")
 
     def _count(self, name):
         self.stats[name] = self.stats.get(name, 0) + 1

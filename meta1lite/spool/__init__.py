@@ -84,7 +84,6 @@ SEGMENT_SIZE = 256 * 1024       # bytes per journal segment (qmgr.segment_size)
 CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
 FREE_SEGMENTS = 2               # freed segments kept for reuse (qmgr.free_segments)
 RECORD_RESERVE = 16 * 1024      # free space only state/done records may use (qmgr.record_reserve)
-FAILED_SYNC = "a queue sync failed while the message was written"
 POOLED_BUFFERS = 8              # chunk buffers kept for reuse (writers + body readers at once)
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
 TOO_BIG = "message size exceeds what the queue can ever hold"   # check_accept/SpoolFull
@@ -238,8 +237,6 @@ class Spool:
         writer.flush()
         if writer.error is None and self.index.count >= self.max_messages:
             writer._fail(SpoolFull("too many messages in the queue"))
-        if writer.error is None and self._in_failed(writer.segs):
-            writer._fail(OSError(EIO, FAILED_SYNC))
         if writer.error is not None:
             self._drop_writer(writer)
             raise writer.error
@@ -254,8 +251,8 @@ class Spool:
         seg.refs += 1               # kept while the sync runs
         try:
             await self.journal.sync()
-            if self._in_failed(writer.segs) or self._in_failed((seg.key,)):
-                raise OSError(EIO, FAILED_SYNC)
+            if self._in_failed(writer.segs + [seg.key]):    # a sync failed meanwhile
+                raise OSError(EIO, "a queue sync failed while the message was written")
             self.index.add_message(msg)
         except BaseException:       # not acknowledged: the envelope must not load
             seg.refs -= 1

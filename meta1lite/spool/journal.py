@@ -208,15 +208,18 @@ class Journal:
         if create and not durable.sync_new_entries(self.seg_dir):
             raise OSError(EIO, "%s: its directory entry could not be synced" % seg.path)
         seg.start = seg.end = fmt.HEAD_SIZE + len(payload)
-        if seg.key in self.failed:
-            self.failed.remove(seg.key)
+        self._sound(seg)
         seg.refs = 0
         seg.needs = {}
         seg.skips = {}
 
-    def _retire(self, seg):
+    def _sound(self, seg):
+        # a segment rewritten or retired holds no frame of the failed sync any more
         if seg.key in self.failed:
             self.failed.remove(seg.key)
+
+    def _retire(self, seg):
+        self._sound(seg)
         try:
             self._write(self._handle_reserve.call(open, seg.path, "wb"),
                         fmt.frame(fmt.T_RETIRED, 0, 0, fmt.record({})))
