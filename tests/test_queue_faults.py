@@ -1,7 +1,8 @@
 # CPython-only tests of the queue against faults of the storage under it: a journal
 # segment that cannot be opened at start-up, an fsync that fails (Linux then reports
-# the lost writeback once and the next fsync succeeds), and the MicroPython unix
-# port's directory entries (it cannot fsync a directory). Each models the fault with
+# the lost writeback once and the next fsync succeeds), the MicroPython unix
+# port's directory entries (it cannot fsync a directory), and a damaged message's
+# copy in corrupt/ (on disk before its done record). Each models the fault with
 # a shim on the file primitives and the power cut by what the disk would keep.
 import asyncio
 import builtins
@@ -176,3 +177,48 @@ def test_a_commit_during_a_failing_sync_round_fails_with_it(tmp_path, monkeypatc
     assert failed and all(isinstance(r, OSError) for r in got), got
     assert sp.count() == 0
     sp.close()
+
+
+def test_a_salvaged_message_is_on_disk_before_its_done_record(tmp_path, monkeypatch):
+    # A message whose body is damaged is copied to corrupt/ID and then marked done. A
+    # copy that exists is not made again, so after a power cut between the two a copy
+    # still in the page cache would have stood in for the salvage: empty or cut.
+    d = tmp_path / "spool"
+    sp = open_spool(d)
+    body = _body(6000)
+    queue_id = asyncio.run(commit(sp, body))
+    path = sp.journal._cur.path
+    sp.close()
+    with open(path, "r+b") as f:
+        data = f.read()
+        at = data.find(body[3000:3100]) + 50            # inside the fourth chunk
+        f.seek(at)
+        f.write(bytes([data[at] ^ 0xFF]))
+    order = []
+    real_fsync, real_sync_new = durable.fsync_file, durable.sync_new_entries
+
+    def fsync_file(f):
+        order.append("fsync " + os.path.basename(getattr(f, "name", "")))
+        real_fsync(f)
+
+    def sync_new_entries(path):
+        order.append("sync dir " + os.path.basename(path))
+        return real_sync_new(path)
+    monkeypatch.setattr(durable, "fsync_file", fsync_file)
+    monkeypatch.setattr(durable, "sync_new_entries", sync_new_entries)
+    sp2 = Spool(str(d), BIG, 100000, 0)
+    real_append = sp2.journal.append_record
+
+    def append_record(ftype, tag, payload):
+        order.append("record %s" % payload.get("why"))
+        return real_append(ftype, tag, payload)
+    monkeypatch.setattr(sp2.journal, "append_record", append_record)
+    sp2.recover()
+    sp2.close()
+    assert not sp2.exists(queue_id)
+    with open(str(d / "corrupt" / queue_id), "rb") as f:
+        copy = f.read()
+    assert queue_id.encode() in copy[:200] and len(copy) > 1000    # envelope, then chunks
+    assert "record corrupt" in order
+    done = order.index("record corrupt")
+    assert order.index("fsync " + queue_id) < done and order.index("sync dir corrupt") < done, order

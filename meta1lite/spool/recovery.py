@@ -91,6 +91,8 @@ class Recovery:
                     break
                 out.write(block)
                 pos += len(block)
+            durable.fsync_file(out)
+        durable.sync_new_entries(self.corrupt_dir)
         return True
 
     # --- startup -----------------------------------------------------------------------
@@ -321,14 +323,18 @@ class Recovery:
                 queue_id, msg.sender, msg.size, queue_id))
 
     def _salvage(self, msg, name):
+        # durable before its done record: after a power cut a partial copy would stand
+        # in for the salvage (a copy that exists is not made again)
         body = self.journal.chunks(msg, False)
         try:
             with open(name, "wb") as out:
                 out.write(fmt.record(envelope_record(msg)))
                 for data in body:
                     out.write(data)
+                durable.fsync_file(out)
         finally:
             body.close()        # a full flash cuts it short: see journal.chunks
+        durable.sync_new_entries(self.corrupt_dir)
 
     # --- incoming/ ---------------------------------------------------------------------
 
