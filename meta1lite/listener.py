@@ -80,6 +80,9 @@ if compat.MICROPYTHON:
                     s2, addr = s.accept()
                 except OSError:
                     continue
+                except MemoryError:         # no room for the new socket object
+                    await self._pause()
+                    continue
                 try:
                     _connection(s2, addr, cb, ssl)
                 except MemoryError:

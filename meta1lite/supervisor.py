@@ -138,18 +138,23 @@ class Supervisor:
 
     async def _watch(self):
         while not self.stopping:
-            if self.wdt is not None:
-                self.wdt.feed()
             try:
+                if self.wdt is not None:
+                    self.wdt.feed()
                 self._look(compat.real_monotonic())
             except Exception as exc:  # noqa: BLE001 - the watcher must never die
-                compat.log.log("error", LOG, "watcher: %r" % (exc,))
+                try:
+                    compat.log.log("error", LOG, "watcher: %r" % (exc,))
+                except Exception:  # noqa: BLE001 - no heap even for the line
+                    pass
             await asyncio.sleep(self.tick)
 
     def _look(self, now):
         for mod in self.modules:
             if mod.task is not None and mod.task.done():
                 self._died(mod, now)
+            elif mod.task is None and mod.due is None and not self.stopping:
+                mod.due = now       # a restart that failed half-way (MemoryError): again
         for mod in self.modules:
             if mod.due is not None and mod.due <= now and self._deps_up(mod):
                 self._restart(mod, now)

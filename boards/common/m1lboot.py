@@ -11,6 +11,8 @@
 # printed at start and at exit (micropython.mem_info(): its "max free sz" is the
 # largest free run of 16-byte blocks on a 32-bit board, what a TLS handshake's 16K
 # record buffer needs).
+# A relay that ends by an error (not a stop asked for, not a configuration to fix)
+# resets the board after a pause: an unattended board comes back by itself.
 # Must never: mount filesystems or bring up a network itself (main.py does, through
 # retry()), hold relay logic of its own, or start the relay in safe mode.
 import gc
@@ -27,6 +29,9 @@ CONSOLE_PREFIX = b"console: "
 CONSOLE_MORE = b"console~ "     # a reply's earlier pieces, each a line of its own
 CONSOLE_CHUNK = 256             # bytes of a reply per console line
 NEWLINE = 10
+RESET_PAUSE_S = 30              # after the relay ended by an error, then the board resets
+RESET_EXIT = 3                  # the sim's exit status for a reset (simboot.RESET_EXIT)
+CR = 13
 # The relay's modules, imported here, a few frames deep, rather than from mcp's start
 # inside the event loop: the C stack of a board (and of the sim, 40000 bytes) has no
 # room for the import chain below asyncio's frames once main.py runs under a boot.
@@ -93,15 +98,43 @@ def set_time(pause_s):
 
 
 def run(mount_point):
-    """Run the relay with MOUNT_POINT/meta1lite.conf until it stops; its exit status."""
+    """Run the relay with MOUNT_POINT/meta1lite.conf until it stops; its exit status.
+    A relay that ended by an error once its configuration was read (a listener that
+    could not be bound, the flash, memory at start-up) resets the board after
+    RESET_PAUSE_S, as an unattended board must come back by itself; a stop asked for
+    (`stop`, Ctrl-C) or a configuration to fix leaves the REPL free."""
     print(heap_line("boot"))
-    for name in PRELOAD:
-        __import__(name)
-    from meta1lite.__main__ import micro_main
-    status = micro_main(["run", "-c", mount_point + "/" + CONF_NAME], on_config=_console)
+    loaded = []
+
+    def on_config(cfg):
+        loaded.append(True)
+        _console(cfg)
+    try:
+        for name in PRELOAD:
+            __import__(name)
+        from meta1lite.__main__ import micro_main
+        status = micro_main(["run", "-c", mount_point + "/" + CONF_NAME], on_config=on_config)
+    except Exception as exc:  # noqa: BLE001 - whatever ended it, the board comes back
+        print("m1lboot: the relay failed: %r" % (exc,))
+        status, loaded = 1, [True]
     print(heap_line("exit"))
     micropython.mem_info()
+    if status and loaded:
+        print("m1lboot: the relay ended (status %s); resetting in %ds" % (status, RESET_PAUSE_S))
+        time.sleep(RESET_PAUSE_S)
+        reset()
     return status
+
+
+def reset():
+    """Reset the board (machine.reset). The sim, whose unix port has none, ends its
+    process instead: its host boots it again, as after a reset."""
+    try:
+        import machine
+        machine.reset()
+    except (ImportError, AttributeError):
+        pass
+    raise SystemExit(RESET_EXIT)
 
 
 def _console(cfg):
@@ -119,20 +152,36 @@ async def _console_loop(asyncio, endpoint):
     # hours of relaying a 192K heap may hold no 2K run for it whole. Each piece is a
     # console line of its own (`console~ ` pieces, then the `console: ` last one), so
     # that the relay's log lines fall between pieces, never inside one.
-    reader = asyncio.StreamReader(sys.stdin)
+    # The console is read a byte at a time from its binary stream: a board's USB
+    # console hands over bytes as they are typed, and sys.stdin.readline() would block
+    # the whole event loop until Enter; a byte that is not UTF-8 must not end the task.
+    reader = asyncio.StreamReader(sys.stdin.buffer)
     buf = bytearray(CONSOLE_CHUNK)
+    line = bytearray(MAX_CONSOLE_LINE)
+    n = 0
     while True:
-        line = await reader.readline()
-        if not line:
+        got = await reader.read(1)
+        if not got:
             return
-        if isinstance(line, bytes):
-            line = line.decode()
-        line = line.strip()[:MAX_CONSOLE_LINE]
-        if line:
-            try:
-                await _ask(asyncio, endpoint, line, buf)
-            except (OSError, MemoryError) as exc:
-                print('%s{"ok": false, "error": "control channel: %s"}' % (CONSOLE_PREFIX, exc))
+        c = got[0]
+        if c != NEWLINE and c != CR:
+            if n < MAX_CONSOLE_LINE:
+                line[n] = c
+                n += 1
+            continue
+        data, n = bytes(line[:n]), 0
+        try:
+            text = data.decode().strip()
+            if text:
+                await _ask(asyncio, endpoint, text, buf)
+        except Exception as exc:  # noqa: BLE001 - the console must outlive any request
+            _console_error(exc)
+
+
+def _console_error(exc):
+    # the reply a console reader parses, as the relay's own would be (JSON)
+    import json
+    print(CONSOLE_PREFIX.decode() + json.dumps({"ok": False, "error": "control channel: %r" % (exc,)}))
 
 
 async def _ask(asyncio, endpoint, line, buf):

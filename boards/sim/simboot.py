@@ -6,7 +6,7 @@
 # `.mpy` bundle of a stock firmware), run /flash/main.py when the flash has one (what
 # scripts/flash copies) or else the frozen main, print the flash counters when it
 # returns. With SIM_CONSOLE set (the host's console, a pseudo-terminal) the process
-# then stays in the REPL with the flash still mounted, as a board does after main.py;
+# then stays in the REPL (but after m1lboot.reset(): it ends) with the flash still mounted, as a board does after main.py;
 # Ctrl-D there ends the process and the host boots it again (a reset). Also the two
 # tools the host launcher runs before a first boot: format_flash() and put().
 # Must never: format a flash that does not mount unless asked (format_flash()), or run
@@ -21,6 +21,8 @@ MOUNT = "/flash"
 MAIN = MOUNT + "/main.py"
 ENV_CONSOLE = "SIM_CONSOLE"
 COPY_CHUNK = 512
+RESET_EXIT = 3                  # m1lboot.RESET_EXIT: main.py asked for a reset
+RESET_COMMAND = "kill -TERM $PPID"  # a reset: the shell's parent is this process
 
 _flash = []
 
@@ -67,9 +69,15 @@ def _exists(path):
 
 def _finish(status):
     flash_report()
-    if not os.getenv(ENV_CONSOLE):
+    if status == RESET_EXIT or not os.getenv(ENV_CONSOLE):
         vfs.umount(MOUNT)
         _flash[0].close()
+    if status == RESET_EXIT:
+        # m1lboot.reset() on the sim (its unix port has no machine.reset): the process
+        # ends, under the console too (whose -i would keep the REPL after SystemExit),
+        # and the host boots it again, as a board resets
+        os.system(RESET_COMMAND)
+    if not os.getenv(ENV_CONSOLE):
         sys.exit(status or 0)
 
 

@@ -16,7 +16,7 @@
 import gc
 import json
 
-from meta1lite import compat, durable, heap
+from meta1lite import compat, durable, heap, listener
 from meta1lite.proto import address
 from meta1lite.spool import TOO_BIG, SpoolFull
 
@@ -292,7 +292,8 @@ async def start_control(cfg, spool, qmgr, mcp=None):
         return _serve(control, reader, writer)
 
     if isinstance(endpoint, (tuple, list)):
-        server = await asyncio.start_server(handler, endpoint[0], endpoint[1])
+        # listener's accept loop: asyncio's own ends for good at a MemoryError
+        server = await listener.start_server(handler, endpoint[0], endpoint[1], 5)
     else:
         server = await compat.start_unix_server(handler, endpoint)
     if server is None:
