@@ -42,7 +42,7 @@ def _to_daemon(cfg, sender, rcpts, pieces, size):
 def _to_journal(cfg, sender, rcpts, pieces):
     from meta1lite.spool import TOO_BIG, open_configured
     from meta1lite.spool.lock import lock_spool
-    lock = lock_spool(cfg["spool"])                 # SpoolBusy: a live daemon has it
+    lock = lock_spool(cfg["spool"], True)           # SpoolBusy: a live daemon has it
     try:
         fresh = not durable.CAN_SYNC_DIR and not _has_segments(cfg["spool"])
         if fresh and not durable.CAN_SYNC_ALL:

@@ -183,7 +183,7 @@ def cmd_change(verb, cfg, args, as_json_flag):
                 reply = request(cfg, "%s %s" % (verb, queue_id))
             except DaemonDown:
                 if spool is None:
-                    lock = lock_spool(cfg["spool"])     # SpoolBusy: not ours to write
+                    lock = lock_spool(cfg["spool"], True)   # SpoolBusy: not ours to write
                     spool = open_spool(cfg, False)
                 reply = _change_directly(spool, verb, queue_id)
             if _report(reply, as_json_flag, "%s: %s" % (queue_id, _ACTIONS[verb])):

@@ -86,11 +86,24 @@ def _parse_cluster(arg, argv, i, opts):
             if letter in "fr":
                 opts["f"] = value
             elif letter == "F":
-                opts["F"] = value
+                opts["F"] = _full_name(value)
             return i
         else:
             _usage("unsupported option -%s" % letter)
     return i
+
+
+def _full_name(value):
+    # -F goes into From: as given: no control character (a bare CR/LF would reach the
+    # next hop), and text (CPython hands undecodable argv bytes over as surrogates)
+    try:
+        value.encode("utf-8")
+    except UnicodeError:
+        _usage("-F: the name is not valid UTF-8")
+    for ch in value:
+        if ord(ch) < 32 or 127 <= ord(ch) < 160:
+            _usage("-F: the name contains a control character")
+    return value
 
 
 def read_message(stream, dot_ends, max_size, normalize_cr):
@@ -152,8 +165,13 @@ def recipients_from_headers(fields):
     """Addresses of To:/Cc:/Bcc: (Resent-To/-Cc/-Bcc: if there are any), and the
     fields without Bcc:/Resent-Bcc: (sendmail -t)."""
     names = RESENT_FIELDS if [f for f in fields if f[0] in RESENT_FIELDS] else ADDRESS_FIELDS
-    values = [raw.partition(b":")[2].decode("utf-8", "replace").replace("\r\n", "")
-              for name, raw in fields if name in names]
+    values = []
+    for name, raw in fields:
+        if name in names:
+            try:
+                values.append(raw.partition(b":")[2].decode("utf-8").replace("\r\n", ""))
+            except UnicodeError:
+                raise DataError("%s: field is not valid UTF-8" % name.decode("ascii", "replace"))
     found = addrlist.addresses(values)
     return found, [f for f in fields if f[0] not in (b"bcc", b"resent-bcc")]
 

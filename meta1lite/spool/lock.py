@@ -8,8 +8,11 @@
 # SPOOL/lock.d (os.mkdir is atomic) with a file "pid" in it; a pid whose
 # /proc/PID/cmdline does not mention meta1lite (dead, a zombie, reused by another
 # program) is stale. CPython takes both, so the runtimes exclude each other. A
-# board (no /proc, no pid) runs one process: no lock. Must never: take a lock a
-# live meta1lite holds, or leave a half-taken lock behind on failure.
+# board (no /proc, no pid) runs one process: no lock. Whoever takes the lock makes
+# the spool's new files private (umask 077); root taking it for a spool that belongs
+# to mcp.user hands the lock to that user and, as a writer (sendmail, the queue
+# tools), acts as that user until it lets go. Must never: take a lock a live
+# meta1lite holds, or leave a half-taken lock behind on failure.
 import errno
 import os
 import time
@@ -23,6 +26,7 @@ LOCK_PID = "pid"
 LOCK_TRIES = 10             # looks at lock.d before an empty one is taken as stale
 LOCK_WAIT_S = 0.1           # between those looks (another starter writing its pid)
 LOCK_MARK = b"meta1lite"    # what a live holder's command line contains
+LAZY_IMPORTS = ("concurrent.futures.thread",)    # the journal's sync thread (CPython)
 
 
 class SpoolBusy(Exception):
@@ -106,9 +110,14 @@ class SpoolLock:
         self.spool = spool
         self.fd = None
         self.held = False
+        self.as_owner = False   # root acting as the spool's owner until release()
 
     def release(self):
         """Give the lock up (idempotent)."""
+        if self.as_owner:
+            self.as_owner = False
+            os.seteuid(0)
+            os.setegid(0)
         if self.held:
             self.held = False
             _remove_dir(self.spool + "/" + LOCK_DIR)
@@ -117,20 +126,58 @@ class SpoolLock:
             self.fd = None
 
 
-def lock_spool(spool):
+def lock_spool(spool, as_owner=False):
     """Take the spool's lock before anything reads or writes it (creates the spool
-    directory if missing); raises SpoolBusy if a live process holds it."""
+    directory if missing); raises SpoolBusy if a live process holds it. as_owner:
+    root writing a spool that belongs to another user (mcp.user) acts as that user
+    until release(), so that what it creates stays the daemon's to open."""
     spool = spool.rstrip("/") or "/"
     lock = SpoolLock(spool)
     me = own_pid()
     if me is None:
         return lock             # a board: one process, nothing to exclude
+    if hasattr(os, "umask"):
+        os.umask(0o077)         # queued mail is nobody else's to read
     makedirs(spool)
     lock.fd = _flock(spool + "/" + LOCK_FILE, spool)
     try:
         _take_dir(spool, me)
+        _give_to_spool_owner(spool)
     except BaseException:
         lock.release()
         raise
     lock.held = True
+    owner = _spool_owner(spool) if as_owner else None
+    if owner is not None:
+        _become(owner)
+        lock.as_owner = True
     return lock
+
+
+def _spool_owner(spool):
+    # (uid, gid) of a spool that belongs to another user while this process is root
+    if not hasattr(os, "seteuid") or os.geteuid() != 0:
+        return None
+    st = os.stat(spool)
+    return (st[4], st[5]) if st[4] != 0 else None
+
+
+def _give_to_spool_owner(spool):
+    # root taking the lock of a spool that belongs to mcp.user: lock.d and its pid
+    # become that user's, so that the daemon can give the lock back after dropping root
+    owner = _spool_owner(spool)
+    if owner is not None:
+        for path in (spool + "/" + LOCK_DIR, spool + "/" + LOCK_DIR + "/" + LOCK_PID):
+            os.chown(path, owner[0], owner[1])
+
+
+def _become(owner):
+    # effective ids only (release() takes root back); first the modules a commit
+    # imports lazily, while root can still read them (a Python installed under /root)
+    for name in LAZY_IMPORTS:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    os.setegid(owner[1])
+    os.seteuid(owner[0])

@@ -396,6 +396,9 @@ class Recovery:
         except OSError as exc:
             durable.remove(tmp)
             raise full_if_no_space(exc)
+        except BaseException:       # SpoolFull (low space), MemoryError: no partial file left
+            durable.remove(tmp)
+            raise
         return queue_id
 
     def _write_standalone(self, f, tag, chunks):
