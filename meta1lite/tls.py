@@ -100,16 +100,21 @@ async def _start_tls_310(writer, ctx, server_side, server_hostname):
 HANDSHAKE_IN_SESSION = not MICROPYTHON and hasattr(asyncio.StreamWriter, "start_tls")
 
 
-def discard_plaintext(reader):
+def discard_plaintext(reader, writer=None):
     """CPython: drop what sits in the stream's buffer beyond the core's last read.
     smtps calls it when STARTTLS is read, before its 220 goes out (the client's
     handshake can only follow the 220); smtpc before its handshake (the server's can
     only follow it). What was sent ahead would be read as if it came over TLS
-    (command or reply injection, CVE-2011-0411); Postfix drops it too. MicroPython
-    reads the socket directly: leftover bytes reach mbedtls and the handshake fails."""
+    (command or reply injection, CVE-2011-0411); Postfix drops it too. With the
+    writer (smtps), reading also pauses until start_tls resumes it: the ClientHello
+    that follows the 220 waits in the socket, where the handshake finds it, however
+    often the loop turns in between. MicroPython reads the socket directly: leftover
+    bytes reach mbedtls and the handshake fails."""
     buffered = getattr(reader, "_buffer", None)
     if buffered:
         del buffered[:]
+    if writer is not None and not MICROPYTHON:
+        writer.transport.pause_reading()
 
 
 # mbedtls' record buffers as a board's GC heap holds them: MicroPython's mbedtls

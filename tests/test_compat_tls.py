@@ -137,3 +137,44 @@ def test_cpython_client_upgrades_to_tls_against_micropython_server(certs):
         time.sleep(0.2)
         proc.kill()
         proc.wait()
+
+
+def test_a_client_hello_that_comes_while_the_server_loop_turns_is_not_lost(certs):
+    # smtps drops what a client pipelined after STARTTLS, writes its 220, then starts
+    # TLS; the event loop may turn in between (CPython 3.10's wait_for runs the write
+    # in a task). The client's ClientHello, which follows the 220, must then wait for
+    # the handshake, not be read into the plaintext buffer (the handshake hung until
+    # io_timeout and the client saw EOF).
+    got = []
+
+    async def session(reader, writer):
+        assert await reader.readline() == b"STARTTLS\r\n"
+        tls.discard_plaintext(reader, writer)
+        writer.write(b"220 go ahead\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)            # the loop turns: the ClientHello arrives
+        ctx = tls.server_tls_context(str(certs / "cert.pem"), str(certs / "key.pem"))
+        reader, writer = await asyncio.wait_for(tls.start_tls(reader, writer, ctx, True), 5)
+        got.append(await reader.readline())
+        writer.close()
+
+    def client(port):
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"STARTTLS\r\n")
+            assert s.recv(100).startswith(b"220")
+            with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                t.sendall(b"NOOP\r\n")
+
+    async def main():
+        srv = await asyncio.start_server(session, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        await asyncio.to_thread(client, port)
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.1)
+        srv.close()
+
+    asyncio.run(main())
+    assert got == [b"NOOP\r\n"]

@@ -396,7 +396,7 @@ class Session:
     # --- STARTTLS and AUTH ----------------------------------------------------
     async def on_starttls(self, event):
         self._count("starttls")
-        tls.discard_plaintext(self.reader)     # sent before our 220: never over TLS
+        tls.discard_plaintext(self.reader, self.writer)    # sent before our 220: never over TLS
         await self._flush()
         try:
             await self._start_tls(self.server.tls_ctx, "STARTTLS")
