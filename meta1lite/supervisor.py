@@ -154,7 +154,8 @@ class Supervisor:
             if mod.task is not None and mod.task.done():
                 self._died(mod, now)
             elif mod.task is None and mod.due is None and not self.stopping:
-                mod.due = now       # a restart that failed half-way (MemoryError): again
+                # a restart that failed half-way (MemoryError): again, after its delay
+                mod.due = now + max(mod.delay, RESTART_MIN_S)
         for mod in self.modules:
             if mod.due is not None and mod.due <= now and self._deps_up(mod):
                 self._restart(mod, now)

@@ -29,9 +29,9 @@ CONSOLE_PREFIX = b"console: "
 CONSOLE_MORE = b"console~ "     # a reply's earlier pieces, each a line of its own
 CONSOLE_CHUNK = 256             # bytes of a reply per console line
 NEWLINE = 10
+CR = 13
 RESET_PAUSE_S = 30              # after the relay ended by an error, then the board resets
 RESET_EXIT = 3                  # the sim's exit status for a reset (simboot.RESET_EXIT)
-CR = 13
 # The relay's modules, imported here, a few frames deep, rather than from mcp's start
 # inside the event loop: the C stack of a board (and of the sim, 40000 bytes) has no
 # room for the import chain below asyncio's frames once main.py runs under a boot.

@@ -6,8 +6,9 @@
 # `.mpy` bundle of a stock firmware), run /flash/main.py when the flash has one (what
 # scripts/flash copies) or else the frozen main, print the flash counters when it
 # returns. With SIM_CONSOLE set (the host's console, a pseudo-terminal) the process
-# then stays in the REPL (but after m1lboot.reset(): it ends) with the flash still mounted, as a board does after main.py;
-# Ctrl-D there ends the process and the host boots it again (a reset). Also the two
+# then stays in the REPL with the flash still mounted, as a board does after main.py
+# (not after m1lboot.reset(): then it ends); Ctrl-D there ends the process and the
+# host boots it again (a reset). Also the two
 # tools the host launcher runs before a first boot: format_flash() and put().
 # Must never: format a flash that does not mount unless asked (format_flash()), or run
 # main.py without the flash mounted.

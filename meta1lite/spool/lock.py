@@ -142,15 +142,15 @@ def lock_spool(spool, as_owner=False):
     lock.fd = _flock(spool + "/" + LOCK_FILE, spool)
     try:
         _take_dir(spool, me)
+        lock.held = True
         _give_to_spool_owner(spool)
+        owner = _spool_owner(spool) if as_owner else None
+        if owner is not None:
+            _become(owner)
+            lock.as_owner = True
     except BaseException:
         lock.release()
         raise
-    lock.held = True
-    owner = _spool_owner(spool) if as_owner else None
-    if owner is not None:
-        _become(owner)
-        lock.as_owner = True
     return lock
 
 
