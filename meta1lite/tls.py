@@ -60,12 +60,15 @@ def client_tls_context(verify=True, ca_file=None):
     return ctx
 
 
+_STREAM_START_TLS = not MICROPYTHON and hasattr(asyncio.StreamWriter, "start_tls")  # 3.11+
+
+
 async def start_tls(reader, writer, ctx, server_side, server_hostname=None):
     """Upgrade an open stream to TLS (STARTTLS); returns the new (reader, writer)."""
     if not MICROPYTHON:
         if not server_side:     # the server speaks after our ClientHello: all injected
             discard_plaintext(reader)
-        if hasattr(writer, "start_tls"):
+        if _STREAM_START_TLS:
             await writer.start_tls(ctx, server_hostname=None if server_side else server_hostname)
         else:
             await _start_tls_310(writer, ctx, server_side, server_hostname)
@@ -97,7 +100,7 @@ async def _start_tls_310(writer, ctx, server_side, server_hostname):
 # paused as it is made, and its handshake runs in the session, after admission.
 # 3.10's transport resumes reading after a pause made then (its reader is added
 # after connection_made): there asyncio's own handshake comes first, as before.
-HANDSHAKE_IN_SESSION = not MICROPYTHON and hasattr(asyncio.StreamWriter, "start_tls")
+HANDSHAKE_IN_SESSION = _STREAM_START_TLS
 
 
 def discard_plaintext(reader, writer=None):

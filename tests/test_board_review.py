@@ -8,6 +8,7 @@ import termios
 import time
 
 from helpers.board import SimBoard, free_port, sim_config, via_route
+from helpers.daemon import listening
 from helpers.nexthop import NextHop
 from helpers.simconsole import SimConsole
 from helpers.upy import run_micropython
@@ -17,14 +18,8 @@ RESET_WAIT_S = 60           # m1lboot's RESET_PAUSE_S (30 s), the sim's reset, a
 
 
 def _wait_listening(port, deadline_s=BOOT_S):
-    end = time.time() + deadline_s
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("the board never listened on %d" % port)
+    if not listening(port, deadline_s):
+        raise AssertionError("the board never listened on %d" % port)
 
 
 def _greeting(port, timeout):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import trustme
-from helpers.daemon import RUNTIMES, free_port
+from helpers.daemon import RUNTIMES, free_port, listening
 from helpers.smtpclient import (
     STREAM_HEAP,
     Client,
@@ -45,14 +45,8 @@ def tls_section(ca, tmp_path):
 
 
 def wait_port(port, daemon):
-    end = time.time() + DEADLINE_S
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("port %d not listening\n%s" % (port, daemon.log()[-3000:]))
+    if not listening(port, DEADLINE_S):
+        raise AssertionError("port %d not listening\n%s" % (port, daemon.log()[-3000:]))
 
 
 def received_protocol(body):

@@ -70,7 +70,8 @@ def _exists(path):
 
 def _finish(status):
     flash_report()
-    if status == RESET_EXIT or not os.getenv(ENV_CONSOLE):
+    repl = os.getenv(ENV_CONSOLE) and status != RESET_EXIT
+    if not repl:
         vfs.umount(MOUNT)
         _flash[0].close()
     if status == RESET_EXIT:
@@ -78,7 +79,7 @@ def _finish(status):
         # ends, under the console too (whose -i would keep the REPL after SystemExit),
         # and the host boots it again, as a board resets
         os.system(RESET_COMMAND)
-    if not os.getenv(ENV_CONSOLE):
+    elif not repl:
         sys.exit(status or 0)
 
 

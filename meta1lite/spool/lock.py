@@ -143,11 +143,12 @@ def lock_spool(spool, as_owner=False):
     try:
         _take_dir(spool, me)
         lock.held = True
-        _give_to_spool_owner(spool)
-        owner = _spool_owner(spool) if as_owner else None
+        owner = _spool_owner(spool)
         if owner is not None:
-            _become(owner)
-            lock.as_owner = True
+            _give_lock_to(spool, owner)
+            if as_owner:
+                _become(owner)
+                lock.as_owner = True
     except BaseException:
         lock.release()
         raise
@@ -162,13 +163,11 @@ def _spool_owner(spool):
     return (st[4], st[5]) if st[4] != 0 else None
 
 
-def _give_to_spool_owner(spool):
+def _give_lock_to(spool, owner):
     # root taking the lock of a spool that belongs to mcp.user: lock.d and its pid
     # become that user's, so that the daemon can give the lock back after dropping root
-    owner = _spool_owner(spool)
-    if owner is not None:
-        for path in (spool + "/" + LOCK_DIR, spool + "/" + LOCK_DIR + "/" + LOCK_PID):
-            os.chown(path, owner[0], owner[1])
+    for path in (spool + "/" + LOCK_DIR, spool + "/" + LOCK_DIR + "/" + LOCK_PID):
+        os.chown(path, owner[0], owner[1])
 
 
 def _become(owner):

@@ -65,6 +65,19 @@ def _control_endpoint(conf):
     return ("127.0.0.1", int(m.group(1))) if m else None
 
 
+def listening(port, deadline_s):
+    """True once something accepts connections on 127.0.0.1:port, False after
+    deadline_s."""
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class Daemon:
     """`meta1lite run -c FILE` in a subprocess; its log goes to a file."""
 
