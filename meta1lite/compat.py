@@ -39,20 +39,40 @@ CLOCK_SCALE_ENV = "META1LITE_CLOCK_SCALE"   # tests: simulated seconds per real 
 
 # --- clocks -----------------------------------------------------------------
 
-def _real_monotonic_factory():
-    if hasattr(time, "monotonic"):
-        return time.monotonic
-    state = [time.ticks_ms(), 0]   # last ticks, accumulated ms (ticks wrap around)
+class _TickClock:
+    # MicroPython's seconds since boot from ticks_ms (which wrap): whole seconds and the
+    # milliseconds since, small ints for 34 years (one count of milliseconds leaves the
+    # small-int range after 12 days, then allocates a big int at every read). The float
+    # it returns is 32-bit on rp2: whole seconds after 97 days, 16 s steps after 4 years.
+    def __init__(self):
+        self.last = time.ticks_ms()
+        self.seconds = 0
+        self.ms = 0
 
-    def monotonic():
+    def read(self):
         now = time.ticks_ms()
-        state[1] += time.ticks_diff(now, state[0])
-        state[0] = now
-        return state[1] / 1000
-    return monotonic
+        ms = self.ms + time.ticks_diff(now, self.last)
+        self.last = now
+        self.seconds += ms // 1000
+        self.ms = ms % 1000
+        return self.seconds + self.ms / 1000
 
 
-_real_monotonic = _real_monotonic_factory()
+_tick_clock = None if hasattr(time, "monotonic") else _TickClock()
+_real_monotonic = time.monotonic if _tick_clock is None else _tick_clock.read
+
+
+def set_uptime(seconds):
+    """MicroPython: the real clock counts on from `seconds` since boot (the simulated
+    board starts years on)."""
+    if _tick_clock is not None:
+        _tick_clock.seconds = seconds
+
+
+def getenv(name):
+    """os.getenv(name), or None where os has none (rp2, stm32: only the unix port
+    has environment variables)."""
+    return os.getenv(name) if hasattr(os, "getenv") else None
 
 
 def real_monotonic():
@@ -63,7 +83,7 @@ def real_monotonic():
 
 class _Clock:
     def __init__(self):
-        self.scale = float(os.getenv(CLOCK_SCALE_ENV) or 1)
+        self.scale = float(getenv(CLOCK_SCALE_ENV) or 1)
         self.mono0 = _real_monotonic()
         self.wall0 = time.time()
         self.mono_fn = None

@@ -96,6 +96,37 @@ def test_sim_pico_w_relays_at_192k(tmp_path):
     assert wear["erases"] <= MAX_ERASES and wear["programs"] <= MAX_PROGRAMS, wear
 
 
+FOUR_YEARS_S = 4 * 365 * 86400     # uptime: the Pico W's 32-bit float clock steps by 8 s
+UPTIME_MESSAGES, UPTIME_DEFERRED = 5, 2
+UPTIME_DEADLINE_S = 60
+
+
+def test_a_board_up_for_four_years_relays_and_retries_on_time(tmp_path):
+    """rp2's floats are 32-bit (so are the sim's): four years after boot the relay's
+    clock keeps 8-second steps. Mail still flows, a deferred message is retried
+    (retry_min 2s) without a storm, and nothing runs out of memory."""
+    with NextHop() as hop:
+        port = free_port()
+        board = SimBoard(tmp_path, uptime_s=FOUR_YEARS_S)
+        board.create_flash(sim_config(port, via_route(hop.port)))
+        board.start(port)
+        try:
+            hop.fail_next(UPTIME_DEFERRED)
+            sent, errors = send_concurrently(port, UPTIME_MESSAGES, 1, MESSAGE_BYTES)
+            assert not errors, "\n".join(errors) + "\n" + board.log()[-4000:]
+            wait_for(lambda: len(hop.messages) >= UPTIME_MESSAGES, "%d deliveries" % UPTIME_MESSAGES,
+                     board, UPTIME_DEADLINE_S)
+        finally:
+            status = board.stop()
+    log = board.log()
+    assert status == 0, log[-4000:]
+    assert_no_memory_errors(log)
+    assert "Traceback" not in log, log[-4000:]
+    assert sorted(strip_received(m.content) for m in hop.messages) == sorted(sent.values())
+    # each deferred message tried again once or twice, not in a loop
+    assert len(hop.mail_commands) <= UPTIME_MESSAGES + 2 * UPTIME_DEFERRED, hop.mail_commands
+
+
 # programs + erases counted from boot (boot takes ~19, a 2 KB message ~12): during boot,
 # receiving, committing, delivering and recording; with the profile's 32K segments (about
 # 14 messages each) the later cuts fall while segments are rolled, freed and recycled

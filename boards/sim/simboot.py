@@ -8,7 +8,8 @@
 # returns. With SIM_CONSOLE set (the host's console, a pseudo-terminal) the process
 # then stays in the REPL with the flash still mounted, as a board does after main.py
 # (not after m1lboot.reset(): then it ends); Ctrl-D there ends the process and the
-# host boots it again (a reset). Also the two
+# host boots it again (a reset). With SIM_UPTIME_S the relay's clock starts that many
+# seconds after boot (a board up for years). Also the two
 # tools the host launcher runs before a first boot: format_flash() and put().
 # Must never: format a flash that does not mount unless asked (format_flash()), or run
 # main.py without the flash mounted.
@@ -21,6 +22,7 @@ import vfs
 MOUNT = "/flash"
 MAIN = MOUNT + "/main.py"
 ENV_CONSOLE = "SIM_CONSOLE"
+ENV_UPTIME = "SIM_UPTIME_S"     # the board has been up this long at boot (its clock's floats)
 COPY_CHUNK = 512
 RESET_EXIT = 3                  # m1lboot.RESET_EXIT: main.py asked for a reset
 RESET_COMMAND = "kill -TERM $PPID"  # a reset: the shell's parent is this process
@@ -70,7 +72,7 @@ def _exists(path):
 
 def _finish(status):
     flash_report()
-    repl = os.getenv(ENV_CONSOLE) and status != RESET_EXIT
+    repl = simflash.host_env(ENV_CONSOLE) and status != RESET_EXIT
     if not repl:
         vfs.umount(MOUNT)
         _flash[0].close()
@@ -90,6 +92,9 @@ if __name__ == "__main__":
     mount(_flash[0])
     sys.path.insert(0, MOUNT + "/lib")
     sys.path.insert(0, MOUNT)
+    if simflash.host_env(ENV_UPTIME):
+        from meta1lite import compat
+        compat.set_uptime(int(simflash.host_env(ENV_UPTIME)))
     _status = 0
     try:
         if _exists(MAIN):

@@ -22,6 +22,7 @@ IOCTL_BLOCK_ERASE = 6
 ERASED = 0xFF                   # NOR flash reads 0xFF after an erase
 READS, PROGRAMS, ERASES, PROG_BYTES = 0, 1, 2, 3
 COUNTERS_SUFFIX = ".counters"   # beside the image: 4 native uint32, see READS..PROG_BYTES
+HOST_ENVIRON = "/proc/self/environ"
 KILL_COMMAND = "kill -9 $PPID"  # the power cut: the shell's parent is this process
 ENV_IMAGE = "SIM_FLASH"
 ENV_GEOMETRY = "SIM_FLASH_GEOMETRY"     # "block_size,block_count,progsize"
@@ -121,11 +122,23 @@ def power_fail():
         pass
 
 
+def host_env(name):
+    """The host's environment variable `name`, or None. The sim firmware has no
+    os.getenv, as a board has none (the relay must not come to need it): the
+    process's environment is read from the host's /proc instead."""
+    with open(HOST_ENVIRON, "rb") as f:
+        for entry in f.read().split(b"\0"):
+            key, _, value = entry.partition(b"=")
+            if key.decode() == name:
+                return value.decode()
+    return None
+
+
 def from_env():
     """The flash the host wired in: SIM_FLASH, SIM_FLASH_GEOMETRY, SIM_POWER_CUT_AFTER."""
-    path = os.getenv(ENV_IMAGE)
+    path = host_env(ENV_IMAGE)
     if not path:
         raise OSError("simflash: %s is not set" % ENV_IMAGE)
-    geometry = [int(x) for x in os.getenv(ENV_GEOMETRY).split(",")]
-    cut = int(os.getenv(ENV_CUT) or "0")
+    geometry = [int(x) for x in host_env(ENV_GEOMETRY).split(",")]
+    cut = int(host_env(ENV_CUT) or "0")
     return FileFlash(path, geometry[0], geometry[1], geometry[2], cut)

@@ -66,6 +66,21 @@ def test_replaced_clock_drives_monotonic_and_wall_time():
     assert b >= a
 
 
+def test_the_real_clock_counts_on_from_a_long_uptime():
+    # MicroPython's clock from ticks_ms: 20 years after boot it still counts every
+    # millisecond (on the unix port's doubles; a Pico W's floats keep 8-s steps, which
+    # tests/test_board_sim.py covers). CPython's time.monotonic has no uptime to set.
+    if not hasattr(time, "ticks_ms"):
+        return
+    years_s = 20 * 365 * 86400
+    compat.set_uptime(years_s)
+    a = compat.real_monotonic()
+    time.sleep(0.2)
+    b = compat.real_monotonic()
+    assert years_s <= a < years_s + 1
+    assert 0.15 < b - a < 1.0
+
+
 def test_rfc5322_date_and_syslog_time():
     assert compat.rfc5322_date(0) == "Thu, 1 Jan 1970 00:00:00 +0000"
     assert compat.rfc5322_date(1795528080) == "Tue, 24 Nov 2026 13:48:00 +0000"

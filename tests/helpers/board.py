@@ -115,8 +115,9 @@ def free_port(host="127.0.0.1"):
 class SimBoard:
     """One simulated board: a work folder with its flash image, log and counters."""
 
-    def __init__(self, workdir, profile=DEFAULT_PROFILE, heap=None):
+    def __init__(self, workdir, profile=DEFAULT_PROFILE, heap=None, uptime_s=0):
         self.workdir = str(workdir)
+        self.uptime_s = uptime_s        # the relay's clock starts as if up this long
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.heap = heap or self.profile["heap_bytes"]
         self.image = os.path.join(self.workdir, IMAGE_NAME)
@@ -135,6 +136,8 @@ class SimBoard:
                                                     flash["progsize"]))
         if cut_after:
             env["SIM_POWER_CUT_AFTER"] = str(cut_after)
+        if self.uptime_s:
+            env["SIM_UPTIME_S"] = str(self.uptime_s)
         return env
 
     def command(self, *args):

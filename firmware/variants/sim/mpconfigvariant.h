@@ -12,8 +12,18 @@
 #define MICROPY_MBEDTLS_CONFIG_BARE_METAL (1)
 #define MICROPY_TRACKED_ALLOC (1)
 
+// Floats are 32-bit, as on the Pico W (rp2's MICROPY_FLOAT_IMPL_FLOAT): a float clock
+// of seconds since boot keeps whole seconds only after 97 days there, and wall-clock
+// seconds as a float round to 128 s. The unix port's doubles would hide both.
+#define MICROPY_FLOAT_IMPL (MICROPY_FLOAT_IMPL_FLOAT)
+
 // Enable extra Unix features.
 #include "variants/mpconfigvariant_common.h"
+
+// No os.getenv/putenv/unsetenv: no board has them (compat.import failed on a real
+// Pico W while the sim had them). The sim's own boot reads /proc/self/environ.
+#undef MICROPY_PY_OS_GETENV_PUTENV_UNSETENV
+#define MICROPY_PY_OS_GETENV_PUTENV_UNSETENV (0)
 
 // Ctrl-C as a board takes it: a pending KeyboardInterrupt raised between bytecodes.
 // The unix port's default (with threads and no GIL) raises it from the SIGINT handler,
