@@ -103,7 +103,8 @@ def file_size(path):
 
 
 def makedirs(path):
-    """mkdir -p."""
+    """mkdir -p; each directory it makes is durable in its parent (POSIX: the
+    parent's fsync; the unix port's first segment runs `sync`; LittleFS commits it)."""
     if not path or is_dir(path):
         return
     parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else ""
@@ -114,6 +115,8 @@ def makedirs(path):
     except OSError:
         if not is_dir(path):
             raise
+        return
+    sync_dir(parent or ("/" if path.startswith("/") else "."))
 
 
 def remove(path):

@@ -2,7 +2,8 @@
 # segment that cannot be opened at start-up, an fsync that fails (Linux then reports
 # the lost writeback once and the next fsync succeeds), the MicroPython unix
 # port's directory entries (it cannot fsync a directory), and a damaged message's
-# copy in corrupt/ (on disk before its done record). Each models the fault with
+# copy in corrupt/ (on disk before its done record), a new spool's directories (each
+# synced in its parent). Each models the fault with
 # a shim on the file primitives and the power cut by what the disk would keep.
 import asyncio
 import builtins
@@ -222,3 +223,22 @@ def test_a_salvaged_message_is_on_disk_before_its_done_record(tmp_path, monkeypa
     assert "record corrupt" in order
     done = order.index("record corrupt")
     assert order.index("fsync " + queue_id) < done and order.index("sync dir corrupt") < done, order
+
+
+def test_a_new_spool_is_durable_in_the_directories_above_it(tmp_path, monkeypatch):
+    # The first start makes the spool and its folders; a segment synced inside a
+    # folder whose own entry is still in the page cache would vanish with it.
+    events = []
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args):
+        real_mkdir(path, *args)
+        events.append(("mkdir", str(path)))
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(durable, "sync_dir", lambda path: events.append(("sync", str(path))) or True)
+    open_spool(tmp_path / "var" / "spool").close()
+    made = [path for kind, path in events if kind == "mkdir"]
+    assert str(tmp_path / "var") in made and str(tmp_path / "var" / "spool" / "seg") in made
+    for at, (kind, path) in enumerate(events):
+        if kind == "mkdir":
+            assert ("sync", os.path.dirname(path)) in events[at:], (path, events)
