@@ -320,10 +320,12 @@ def prune(folder, prefix, keep_count, keep=None):
 
 # --- real boards: the manifest, frozen without the board's SDK -----------------------------
 
-def check_manifest(board, sim_info=None):
-    """Run tools/makemanifest.py over BOARD's manifest (needs the genhdr/ of the sim build);
-    returns the path of the frozen_content.c it wrote."""
-    port, board_dir, manifest, flags = BOARDS[board]
+def check_manifest(board, sim_info=None, manifest=None):
+    """Run tools/makemanifest.py over BOARD's manifest, or `manifest` (a path in the
+    repository) with BOARD's port and board folder (needs the genhdr/ of the sim
+    build); returns the path of the frozen_content.c it wrote."""
+    port, board_dir, own_manifest, flags = BOARDS[board]
+    manifest = manifest or own_manifest
     mpy = micropython_dir()
     sim_info = sim_info or build_sim(log=lambda *_: None)
     out = os.path.join(BUILD_ROOT, "manifest-check", board)

@@ -29,14 +29,12 @@ def _print_errors(exc):
 def micro_main(argv, on_config=None):
     """`run [-c FILE]` without cli.py (MicroPython); returns the exit status.
     A board's boot passes on_config(cfg), called once the configuration is loaded."""
-    import os
-
-    from meta1lite import conf, heap
+    from meta1lite import compat, conf, heap
     path, rest = _parse_run(argv)
     if rest is None:
         sys.stderr.write(RUN_USAGE + "\n")
         return 2
-    path = path or os.getenv("META1LITE_CONF") or None
+    path = path or compat.getenv("META1LITE_CONF") or None
     try:
         cfg = conf.load(path)
     except conf.ConfigError as exc:

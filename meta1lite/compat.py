@@ -81,11 +81,31 @@ def real_monotonic():
     return _real_monotonic()
 
 
+def _epoch_offset(gmtime):
+    # seconds from 1970 to the port's epoch: stm32 counts time.time() from 2000
+    # (MICROPY_EPOCH_IS_1970 unset); rp2, the unix port and CPython from 1970
+    return UNIX_TO_2000_S if gmtime(0)[0] == 2000 else 0
+
+
+UNIX_TO_2000_S = 946684800
+EPOCH_OFFSET = _epoch_offset(time.gmtime)   # the relay's wall-clock times are Unix times
+
+
+def _unix_time():
+    return time.time() + EPOCH_OFFSET
+
+
+def _broken_down(epoch, utc):
+    # a Unix time as the port's (year, month, day, hour, minute, second, weekday, ...)
+    at = int(epoch) - EPOCH_OFFSET
+    return time.gmtime(at) if utc or not hasattr(time, "localtime") else time.localtime(at)
+
+
 class _Clock:
     def __init__(self):
         self.scale = float(getenv(CLOCK_SCALE_ENV) or 1)
         self.mono0 = _real_monotonic()
-        self.wall0 = time.time()
+        self.wall0 = _unix_time()
         self.mono_fn = None
         self.wall_fn = None
 
@@ -105,7 +125,7 @@ def wall_time():
     if _clock.wall_fn:
         return _clock.wall_fn()
     if _clock.scale == 1:
-        return time.time()
+        return _unix_time()
     return _clock.wall0 + monotonic()
 
 
@@ -131,7 +151,7 @@ async def sleep(seconds):
 
 def format_time(epoch, utc=False):
     """'Nov 24 14:08:00' (syslog style) for a wall-clock time."""
-    t = time.gmtime(int(epoch)) if utc or not hasattr(time, "localtime") else time.localtime(int(epoch))
+    t = _broken_down(epoch, utc)
     return "%s %2d %02d:%02d:%02d" % (_MONTHS[t[1] - 1], t[2], t[3], t[4], t[5])
 
 
@@ -141,13 +161,13 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def format_arrival(epoch):
     """'Mon Nov 24 14:08:00' in local time (mailq's arrival column)."""
-    t = time.localtime(int(epoch)) if hasattr(time, "localtime") else time.gmtime(int(epoch))
+    t = _broken_down(epoch, False)
     return "%s %s %02d %02d:%02d:%02d" % (_DAYS[t[6]], _MONTHS[t[1] - 1], t[2], t[3], t[4], t[5])
 
 
 def rfc5322_date(epoch):
     """RFC 5322 Date: value in UTC, e.g. 'Tue, 24 Nov 2026 14:08:00 +0000'."""
-    t = time.gmtime(int(epoch))
+    t = _broken_down(epoch, True)
     return "%s, %d %s %d %02d:%02d:%02d +0000" % (
         _DAYS[t[6]], t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5])
 
@@ -255,7 +275,14 @@ async def wait_for(awaitable, timeout_s):
         return await awaitable
 
 
-IPPROTO_TCP, TCP_NODELAY = 6, 1     # Linux's and lwIP's numbers (MicroPython names neither)
+def _tcp_nodelay_option():
+    # (level, option): lwIP's socket names its own TCP_NODELAY (TF_NODELAY, 0x40) and
+    # ignores the level; the unix port names neither and takes Linux's numbers
+    import socket
+    return getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1)
+
+
+IPPROTO_TCP, TCP_NODELAY = _tcp_nodelay_option()
 
 
 def no_delay(sock):

@@ -56,17 +56,24 @@ def sync_new_entries(path):
 def _on_host_fs(path):
     # MicroPython: True unless path is on a LittleFS (or FAT) mount, such as the sim
     # board's flash, which commits its own entries
+    kind = mount_type(path)
+    return kind is None or kind == "VfsPosix"
+
+
+def mount_type(path):
+    """MicroPython: the class name of the filesystem mounted over path ("VfsLfs2",
+    "VfsFat", "VfsPosix"), or None (CPython, or no mount table)."""
     try:
         import vfs
         mounts = vfs.mount()
     except (ImportError, AttributeError, TypeError, OSError):
-        return True
+        return None
     best = None
     for fs, point in mounts:
         inside = path == point or path.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) > len(best[1])):
             best = (fs, point)
-    return best is None or type(best[0]).__name__ == "VfsPosix"
+    return None if best is None else type(best[0]).__name__
 
 
 def rename(src, dst):

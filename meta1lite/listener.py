@@ -50,10 +50,23 @@ def reserve_poll_slots(cfg):
     count = (cfg["smtps"]["max_connections"] + cfg["smtpc"]["max_connections"]
              + len(cfg["smtps"]["listen"]) + len(cfg["smtps"]["listen_tls"]) + POLL_SLOTS_SPARE)
     poller = _core._io_queue.poller
-    for fd in range(POLL_FD_BASE, POLL_FD_BASE + count):
-        poller.register(fd, 0)
-    for fd in range(POLL_FD_BASE, POLL_FD_BASE + count):
-        poller.unregister(fd)
+    slots = _poll_placeholders(count)
+    for slot in slots:
+        poller.register(slot, 0)
+    for slot in slots:
+        poller.unregister(slot)
+
+
+def _poll_placeholders(count):
+    # what the poller takes: the unix port polls file descriptors and takes plain
+    # ints (MICROPY_PY_SELECT_POSIX_OPTIMISATIONS, which also grow its pollfd array;
+    # such a build has no select.select); a board takes stream objects only, and an
+    # int there raises after its entry is made, leaving the poller broken
+    import select
+    if not hasattr(select, "select"):
+        return range(POLL_FD_BASE, POLL_FD_BASE + count)
+    import io
+    return [io.BytesIO() for _ in range(count)]
 
 
 if compat.MICROPYTHON:

@@ -111,8 +111,11 @@ class Daemon:
             Module("qmgr", ("smar", "smtpc"), self.qmgr.run, lambda: self.qmgr.reload(self.cfg)),
             Module("smtps", ("smar", "qmgr"), None, lambda: self.smtps.reload(self.cfg)),
         ]
-        supervisor = Supervisor(modules, opts["restart_max"],
-                                process.watchdog(opts["watchdog_ms"]), opts["watchdog_ms"])
+        wdt, wdt_ms = process.watchdog(opts["watchdog_ms"])
+        if wdt_ms != opts["watchdog_ms"] and wdt is not None:
+            compat.log.log("warning", LOG, "watchdog_ms %d is longer than this board's watchdog "
+                           "allows: it runs with %d" % (opts["watchdog_ms"], wdt_ms))
+        supervisor = Supervisor(modules, opts["restart_max"], wdt, wdt_ms)
         supervisor.every(INCOMING_POLL_S, self._adopt_incoming)
         if heap.heap_free() is not None:
             supervisor.every(opts["heap_log_interval"], _log_heap)

@@ -8,19 +8,29 @@
 # Shared code: MicroPython and CPython.
 import os
 
+WATCHDOG_LONGEST_MS = 8388     # rp2's longest machine.WDT timeout (stm32: ~32 s)
+
 
 def watchdog(timeout_ms):
-    """The board's hardware watchdog (machine.WDT) started with timeout_ms, or None
-    where there is none (CPython, the unix port) or timeout_ms is 0. Once started
+    """(the board's hardware watchdog (machine.WDT), the timeout it runs with), or
+    (None, 0) where there is none (CPython, the unix port) or timeout_ms is 0. A
+    timeout longer than the board allows runs at WATCHDOG_LONGEST_MS. Once started
     it cannot be stopped: the caller must feed() it until the process ends."""
     if not timeout_ms:
-        return None
+        return None, 0
     try:
         import machine
     except ImportError:
-        return None
+        return None, 0
     wdt = getattr(machine, "WDT", None)
-    return None if wdt is None else wdt(timeout=timeout_ms)
+    if wdt is None:
+        return None, 0
+    try:
+        return wdt(timeout=timeout_ms), timeout_ms
+    except ValueError:
+        if timeout_ms <= WATCHDOG_LONGEST_MS:
+            raise
+        return wdt(timeout=WATCHDOG_LONGEST_MS), WATCHDOG_LONGEST_MS
 
 
 def can_drop(user, os_module=os):

@@ -41,9 +41,9 @@ def test_a_half_typed_console_line_does_not_freeze_the_relay(tmp_path):
     types (or a terminal program sends a byte without a newline), and with watchdog_ms
     the watcher cannot feed the watchdog: the board resets."""
     with NextHop() as hop:
-        port, control = free_port(), free_port()
+        port = free_port()
         board = SimBoard(tmp_path)
-        board.create_flash(sim_config(port, via_route(hop.port), control_port=control))
+        board.create_flash(sim_config(port, via_route(hop.port)))
         console = SimConsole(board)
         attrs = termios.tcgetattr(console._board_slave)
         attrs[3] &= ~termios.ICANON                 # bytes as typed, as on USB CDC
@@ -212,9 +212,9 @@ def test_a_stray_non_utf8_byte_on_the_console_does_not_end_its_commands(tmp_path
     outside its try; the task ends (asyncio prints "Task exception wasn't retrieved")
     and the console answers no command again until the next reset."""
     with NextHop() as hop:
-        port, control = free_port(), free_port()
+        port = free_port()
         board = SimBoard(tmp_path)
-        board.create_flash(sim_config(port, via_route(hop.port), control_port=control))
+        board.create_flash(sim_config(port, via_route(hop.port)))
         console = SimConsole(board).start()
         try:
             _wait_listening(port)
@@ -226,6 +226,43 @@ def test_a_stray_non_utf8_byte_on_the_console_does_not_end_its_commands(tmp_path
         finally:
             console.stop()
     assert answered, board.log()[mark:][-3000:]
+
+
+FAKE_NTPTIME = """import time
+tries = [0]
+def settime():
+    tries[0] += 1
+    if tries[0] <= 4:
+        raise OSError(110)
+    print("fake ntptime: set")
+"""
+NTP_MAIN = """import m1lboot
+m1lboot.NTP_RETRY_S = 1
+m1lboot.set_time(0)
+m1lboot.run("/flash")
+"""
+
+
+def test_ntp_is_tried_again_while_the_relay_runs(tmp_path):
+    """NTP that does not answer at boot (the router still starting, the uplink down)
+    was given up after 3 tries: rp2's clock then stays in 2021 until the next reset,
+    and a smarthost's certificate never verifies (not yet valid), so no mail leaves.
+    Now the relay starts anyway and NTP is asked again until it answers."""
+    with NextHop() as hop:
+        port = free_port()
+        board = SimBoard(tmp_path)
+        board.create_flash(sim_config(port, via_route(hop.port)))
+        board.put_text("ntptime.py", FAKE_NTPTIME)
+        board.put_text("main.py", NTP_MAIN)
+        board.start(port)
+        try:
+            set_later = _wait_in_log(board, "m1lboot: time from NTP", 0, 15)
+            assert _greeting(port, 5) == 250
+        finally:
+            board.stop()
+    log = board.log()
+    assert set_later, log[-3000:]
+    assert log.index("NTP failed 3 times") < log.index("daemon started") < log.index("time from NTP")
 
 
 # --- 4. the relay's end is the board's end -------------------------------------------------

@@ -71,4 +71,4 @@ def test_freeze_manifest_lists_shared_modules_only():
     assert name == "meta1lite" and os.path.normpath(os.path.join(ROOT, "firmware", base)) == ROOT
     assert "compat.py" in files and "__init__.py" in files
     assert not [f for f in files if f.startswith("cli")]
-    assert calls["include"] == ["$(PORT_DIR)/boards/manifest.py", "freeze_meta1lite.py"]
+    assert calls["include"] == ["$(BOARD_DIR)/manifest.py", "freeze_meta1lite.py"]

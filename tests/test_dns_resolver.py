@@ -239,6 +239,19 @@ class Clock:
 
 
 @pytest.mark.parametrize("backend", ["dnspython", "codec"])
+def test_one_address_family_asks_for_that_family_only(backend):
+    # smar.inet_protocols = ipv4: no AAAA query goes out at all
+    with DNSZone(ZONE) as zone:
+        resolver = _resolver(zone, backend)
+        got = asyncio.run(resolver.resolve_addresses("nomx.example", (dnsresolve.FAMILY_INET,)))
+        assert got == [(dnsresolve.FAMILY_INET, "192.0.2.10")]
+        assert zone.queries("nomx.example", "A") and not zone.queries("nomx.example", "AAAA")
+        six = asyncio.run(resolver.resolve_addresses("mx2.two.example", (dnsresolve.FAMILY_INET6,)))
+        assert six == [(dnsresolve.FAMILY_INET6, "2001:db8::3")]
+        assert not zone.queries("mx2.two.example", "A")
+
+
+@pytest.mark.parametrize("backend", ["dnspython", "codec"])
 def test_ttl_cache_with_simulated_clock(backend):
     with DNSZone(ZONE) as zone:
         clock = Clock()

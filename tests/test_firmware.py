@@ -79,17 +79,23 @@ print("heap", gc.mem_alloc() - base, gc.mem_free())
 
 
 @pytest.mark.parametrize("name", REAL_BOARDS)
-def test_real_board_manifest_freezes(name):
+@pytest.mark.parametrize("manifest", [None, "firmware/manifest.py"])
+def test_real_board_manifest_freezes(name, manifest):
+    # the board's own manifest, and the generic one a board without a folder uses
     try:
-        frozen_c = build_firmware.check_manifest(name, firmware())
+        frozen_c = build_firmware.check_manifest(name, firmware(), manifest)
     except build_firmware.Unavailable as exc:
         board.unavailable(str(exc))
     frozen = build_firmware.frozen_modules(frozen_c)
     wanted = ["meta1lite/" + rel for rel in build_firmware.meta1lite_modules()]
     assert not [m for m in wanted if m not in frozen], "missing from %s" % name
-    assert "main.py" in frozen and "m1lboot.py" in frozen and "asyncio/core.py" in frozen
+    assert "asyncio/core.py" in frozen
+    # TLS (tls.py imports ssl, micropython-lib's) and the board's clock (ntptime)
+    assert "ssl.py" in frozen and "ntptime.py" in frozen
+    if manifest is None:
+        assert "main.py" in frozen and "m1lboot.py" in frozen
     assert not [m for m in frozen if m.startswith("meta1lite/cli")]
-    print("\n%s: %d frozen modules" % (name, len(frozen)))
+    print("\n%s (%s): %d frozen modules" % (name, manifest or "its own manifest", len(frozen)))
 
 
 def test_shipped_sim_config_fits_the_socket_budget(tmp_path):

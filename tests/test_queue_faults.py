@@ -3,12 +3,13 @@
 # the lost writeback once and the next fsync succeeds), the MicroPython unix
 # port's directory entries (it cannot fsync a directory), and a damaged message's
 # copy in corrupt/ (on disk before its done record), a new spool's directories (each
-# synced in its parent). Each models the fault with
+# synced in its parent), a spool on FAT (named at start). Each models the fault with
 # a shim on the file primitives and the power cut by what the disk would keep.
 import asyncio
 import builtins
 import errno
 import os
+import sys
 import time
 
 import pytest
@@ -242,3 +243,25 @@ def test_a_new_spool_is_durable_in_the_directories_above_it(tmp_path, monkeypatc
     for at, (kind, path) in enumerate(events):
         if kind == "mkdir":
             assert ("sync", os.path.dirname(path)) in events[at:], (path, events)
+
+
+def test_a_spool_on_fat_is_named_at_start(tmp_path, monkeypatch):
+    # stm32 formats its flash FAT (no journal; a rename is a remove then a rename):
+    # the relay says so once at start, with what to do
+    class VfsFat:
+        pass
+
+    class FakeVfs:
+        @staticmethod
+        def mount():
+            return [(VfsFat(), "/")]
+    lines = []
+    monkeypatch.setitem(sys.modules, "vfs", FakeVfs)
+    monkeypatch.setattr(recovery_mod, "log", lambda level, text: lines.append((level, text)))
+    open_spool(tmp_path / "spool").close()
+    warned = [text for level, text in lines if level == "warning" and "FAT" in text]
+    assert len(warned) == 1 and "LittleFS2" in warned[0], lines
+    lines.clear()
+    monkeypatch.setitem(sys.modules, "vfs", None)      # CPython: no mount table
+    open_spool(tmp_path / "spool2").close()
+    assert not [text for _, text in lines if "FAT" in text]

@@ -2,12 +2,13 @@
 # firmware, next to the board's main.py; MicroPython only).
 # Owns: what every board's main.py shares: the safe-mode escape (a file SAFE on the
 # flash, or a pin held low at boot), retrying a step such as bringing the network up,
-# the time from NTP, running the relay from a configuration file on flash (the same
+# the time from NTP (tried again while the relay runs until it answers), running the
+# relay from a configuration file on flash (the same
 # path as `micropython -m meta1lite run -c FILE`: meta1lite.__main__.micro_main loads
 # the configuration, drops the parser, runs mcp), the console's commands while the
 # relay runs (a line typed on the console, e.g. `status`, goes to the relay's control
-# channel and its reply is printed as `console: {...}`, in `console~ ` lines of 256
-# bytes first when longer), and the heap figures
+# requests in-process and its reply is printed as `console: {...}`, in `console~ `
+# lines of 256 characters first when longer), and the heap figures
 # printed at start and at exit (micropython.mem_info(): its "max free sz" is the
 # largest free run of 16-byte blocks on a 32-bit board, what a TLS handshake's 16K
 # record buffer needs).
@@ -24,10 +25,11 @@ import micropython
 CONF_NAME = "meta1lite.conf"
 SAFE_NAME = "SAFE"
 NTP_ATTEMPTS = 3
+NTP_RETRY_S = 600               # while the relay runs, after the boot's NTP tries failed
 MAX_CONSOLE_LINE = 512          # the control channel's own limit (qmgr/control.py)
-CONSOLE_PREFIX = b"console: "
-CONSOLE_MORE = b"console~ "     # a reply's earlier pieces, each a line of its own
-CONSOLE_CHUNK = 256             # bytes of a reply per console line
+CONSOLE_PREFIX = "console: "
+CONSOLE_MORE = "console~ "      # a reply's earlier pieces, each a line of its own
+CONSOLE_CHUNK = 256             # characters of a reply per console line
 NEWLINE = 10
 CR = 13
 RESET_PAUSE_S = 30              # after the relay ended by an error, then the board resets
@@ -37,6 +39,9 @@ RESET_EXIT = 3                  # the sim's exit status for a reset (simboot.RES
 # room for the import chain below asyncio's frames once main.py runs under a boot.
 PRELOAD = ("meta1lite.spool", "meta1lite.smar.resolver", "meta1lite.qmgr.manager",
            "meta1lite.qmgr.control", "meta1lite.smtps.server", "meta1lite.mcp")
+
+
+_ntp_pending = []               # [True] while the clock still waits for NTP
 
 
 def heap_line(when):
@@ -87,14 +92,33 @@ def retry(step, what, pause_s, attempts=0):
 
 
 def set_time(pause_s):
-    """The wall clock from NTP (ntptime); the relay also runs without it (a clock
-    before 2020 counts as unknown in the queue)."""
-    def step():
-        import ntptime
-        ntptime.settime()
-        print("m1lboot: time from NTP: %d" % time.time())
+    """The wall clock from NTP (ntptime), NTP_ATTEMPTS tries; True once set. The relay
+    also runs without it (a clock before 2025 counts as unknown in the queue), and
+    run() then tries again every NTP_RETRY_S: verifying a smarthost's certificate
+    needs today's date (rp2's clock starts in 2021)."""
+    if retry(_ntp_step, "NTP", pause_s, NTP_ATTEMPTS):
         return True
-    return retry(step, "NTP", pause_s, NTP_ATTEMPTS)
+    _ntp_pending.append(True)
+    return False
+
+
+def _ntp_step():
+    import ntptime
+    ntptime.settime()
+    print("m1lboot: time from NTP: %d" % time.time())
+    return True
+
+
+async def _ntp_later(asyncio):
+    # while the relay runs, until NTP answers once (ntptime blocks for at most its
+    # 1 s timeout, well within a watchdog's period)
+    while _ntp_pending:
+        await asyncio.sleep(NTP_RETRY_S)
+        try:
+            if _ntp_step():
+                del _ntp_pending[:]
+        except Exception as exc:  # noqa: BLE001 - OSError, or no heap: again later
+            print("m1lboot: NTP: %r; again in %ds" % (exc, NTP_RETRY_S))
 
 
 def run(mount_point):
@@ -138,25 +162,22 @@ def reset():
 
 
 def _console(cfg):
-    endpoint = cfg.get("control")
-    if isinstance(endpoint, (tuple, list)):
-        from meta1lite import compat
-        compat.asyncio.create_task(_console_loop(compat.asyncio, endpoint))
-    else:
-        print("m1lboot: no console commands: control is not a loopback endpoint")
+    # the boot's tasks beside the relay: the console's commands, and NTP again
+    from meta1lite import compat
+    compat.asyncio.create_task(_console_loop(compat.asyncio))
+    if _ntp_pending:
+        compat.asyncio.create_task(_ntp_later(compat.asyncio))
 
 
-async def _console_loop(asyncio, endpoint):
+async def _console_loop(asyncio):
     # created before mcp's asyncio.run: MicroPython's run() keeps the queued task.
-    # A reply (status carries log lines) goes through one small buffer made here: after
-    # hours of relaying a 192K heap may hold no 2K run for it whole. Each piece is a
-    # console line of its own (`console~ ` pieces, then the `console: ` last one), so
-    # that the relay's log lines fall between pieces, never inside one.
+    # A line goes to the running relay in-process (qmgr.control.ask): lwIP has no
+    # loopback interface, so the control channel's socket on 127.0.0.1 cannot be
+    # reached from the board itself.
     # The console is read a byte at a time from its binary stream: a board's USB
     # console hands over bytes as they are typed, and sys.stdin.readline() would block
     # the whole event loop until Enter; a byte that is not UTF-8 must not end the task.
     reader = asyncio.StreamReader(sys.stdin.buffer)
-    buf = bytearray(CONSOLE_CHUNK)
     line = bytearray(MAX_CONSOLE_LINE)
     n = 0
     while True:
@@ -173,31 +194,25 @@ async def _console_loop(asyncio, endpoint):
         try:
             text = data.decode().strip()
             if text:
-                await _ask(asyncio, endpoint, text, buf)
+                _print_reply(_ask(text))
         except Exception as exc:  # noqa: BLE001 - the console must outlive any request
-            _console_error(exc)
+            _print_reply({"ok": False, "error": "control: %r" % (exc,)})
 
 
-def _console_error(exc):
-    # the reply a console reader parses, as the relay's own would be (JSON)
+def _ask(text):
+    from meta1lite.qmgr import control
+    return control.ask(text)
+
+
+def _print_reply(reply):
+    # the reply as JSON, in CONSOLE_CHUNK pieces: `console~ ` lines, then the last
+    # piece as `console: `, so that the relay's log lines fall between pieces, never
+    # inside one
     import json
-    print(CONSOLE_PREFIX.decode() + json.dumps({"ok": False, "error": "control channel: %r" % (exc,)}))
-
-
-async def _ask(asyncio, endpoint, line, buf):
-    r, w = await asyncio.open_connection(endpoint[0], endpoint[1])
-    out = sys.stdout.buffer
-    try:
-        w.write((line + "\n").encode())
-        await w.drain()
-        while True:
-            n = await r.readinto(buf)
-            last = not n or buf[n - 1] == NEWLINE
-            out.write(CONSOLE_PREFIX if last else CONSOLE_MORE)
-            out.write(memoryview(buf)[:n - 1 if last and n else n])
-            out.write(b"\n")
-            if last:
-                break
-    finally:
-        w.close()
-        await w.wait_closed()
+    text = json.dumps(reply)
+    out = sys.stdout
+    for at in range(0, len(text), CONSOLE_CHUNK):
+        last = at + CONSOLE_CHUNK >= len(text)
+        out.write(CONSOLE_PREFIX if last else CONSOLE_MORE)
+        out.write(text[at:at + CONSOLE_CHUNK])
+        out.write("\n")

@@ -53,6 +53,7 @@ lockout|how long a locked-out client gets 454 4.7.0
 """,
     "smar": """
 nameservers|DNS servers (ip or ip:port); empty: resolv.conf
+inet_protocols|address families of next hops (all, ipv4, ipv6); ipv4 where lwIP has no IPv6 (stm32)
 dns_timeout|time to wait for one DNS answer
 aliases|aliases file, /etc/aliases format
 route|next hop by recipient domain: exact, .sub, *

@@ -78,6 +78,7 @@ lockout|duration|1|10m
     "smar": """
 nameservers|nameservers||
 dns_timeout|duration|1|5s
+inet_protocols|enum|all/ipv4/ipv6|all
 aliases|str||
 route|labelled|route|
 sender_route|labelled|route|

@@ -225,6 +225,7 @@ class ControlServer:
         self.sampler = sampler
 
     def close(self):
+        del _local[:]
         if self.sampler is not None:
             self.sampler.cancel()
             self.sampler = None
@@ -281,11 +282,25 @@ async def _serve(control, reader, writer):
         await compat.close_stream(writer)
 
 
+_local = []     # the running daemon's Control, for ask()
+
+
+def ask(line):
+    """The running daemon's reply (dict) to one request line, asked in-process: a
+    board's console, which cannot reach the control channel's socket (lwIP has no
+    loopback interface: a connect to 127.0.0.1 fails with EHOSTUNREACH)."""
+    if not _local:
+        return {"ok": False, "error": "the relay is not running"}
+    return _local[0].handle(line)
+
+
 async def start_control(cfg, spool, qmgr, mcp=None):
     """Start the control channel on cfg["control"]; returns a ControlServer (its
     .server is None when this runtime cannot listen on a socket path). mcp: the
-    daemon answering reload, stop and fault."""
+    daemon answering reload, stop and fault. ask() reaches it from now on, socket
+    or not."""
     control = Control(spool, qmgr, cfg, mcp)
+    _local[:] = [control]
     endpoint = cfg.get("control")
 
     def handler(reader, writer):
@@ -297,8 +312,9 @@ async def start_control(cfg, spool, qmgr, mcp=None):
     else:
         server = await compat.start_unix_server(handler, endpoint)
     if server is None:
-        compat.log.log("warning", LOG, "this runtime has no unix socket server: the queue tools "
-                       "cannot reach the daemon; set control = 127.0.0.1:PORT")
+        compat.log.log("warning", LOG, "this runtime has no unix socket server: no control "
+                       "channel for the queue tools (on a router: control = 127.0.0.1:PORT; "
+                       "a board's console reaches the relay without one)")
         return ControlServer(None, None)
     compat.log.log("info", LOG, "control channel on %s" % describe(endpoint))
     return ControlServer(server, endpoint, _start_sampler())

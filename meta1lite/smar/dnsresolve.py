@@ -354,11 +354,12 @@ class Resolver:
             raise NullMX("%s publishes a null MX (RFC 7505)" % name)
         return order_mx(usable)
 
-    async def resolve_addresses(self, host):
+    async def resolve_addresses(self, host, families=None):
         """(family, ip_text) for AAAA then A records of host (CNAMEs followed); [] if none.
 
         At most MAX_ADDRESSES per family, in the server's order; an IP literal is
-        returned as it is (IPv6 in canonical form).
+        returned as it is (IPv6 in canonical form). families: only these (FAMILY_*)
+        are asked for (smar.inet_protocols); None: both.
         """
         literal = ip_literal(host)
         if literal:
@@ -367,6 +368,8 @@ class Resolver:
         found = []
         errors = []
         for qtype, family in ((codec.TYPE_AAAA, FAMILY_INET6), (codec.TYPE_A, FAMILY_INET)):
+            if families is not None and family not in families:
+                continue
             try:
                 found.extend([(family, ip) for ip in await self._lookup(name, qtype)])
             except DNSLookupError as exc:

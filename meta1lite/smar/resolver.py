@@ -21,6 +21,10 @@ from meta1lite.smar.routes import (
     route_from_config,
 )
 
+# smar.inet_protocols: the address families next hops are looked up in (Postfix's
+# name); None: both
+INET_PROTOCOLS = {"all": None, "ipv4": (dnsresolve.FAMILY_INET,), "ipv6": (dnsresolve.FAMILY_INET6,)}
+
 
 class AddressResolver:
     """smar: local domains, aliases and routes from cfg, next hops through DNS.
@@ -40,6 +44,7 @@ class AddressResolver:
         if self.own_resolver:
             self.resolver = dnsresolve.Resolver(smar.get("nameservers") or None,
                                                 timeout_s=smar.get("dns_timeout") or 5)
+        self.families = INET_PROTOCOLS[smar.get("inet_protocols") or "all"]
         self.hostname = cfg["hostname"].lower().rstrip(".")
         self.local_domains = [d.lower().rstrip(".") for d in cfg["smtps"]["local_domains"]]
         table = aliasfile.load(smar["aliases"]) if smar.get("aliases") else {}
@@ -112,7 +117,7 @@ class AddressResolver:
     async def _host_hops(self, host, port):
         if dnsresolve.ip_literal(host):          # an address literal: no DNS at all
             return [Hop(host, host, port)]
-        found = await self.resolver.resolve_addresses(host)
+        found = await self.resolver.resolve_addresses(host, self.families)
         return [Hop(host, ip, port) for _, ip in found[:MAX_HOPS]]
 
 

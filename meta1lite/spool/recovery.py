@@ -24,6 +24,8 @@ from meta1lite.spool.message import (
 )
 from meta1lite.spool.space import low_space
 
+FAT = "VfsFat"          # durable.mount_type() of a FAT filesystem
+
 TORN_HEADER = 128               # a segment file this small with no valid header: torn creation
 LOG_PICKUP = "sendmail"         # logs as Postfix's pickup: its uid= line counts as received
 STAT_UID = 4                    # os.stat()[4]: the owner (0 where the runtime cannot tell)
@@ -102,6 +104,7 @@ class Recovery:
         live messages."""
         self.readonly = readonly
         if not readonly:
+            self._warn_fat()
             for folder in (self.path, self.journal.seg_dir, self.incoming_dir, self.corrupt_dir,
                            self.tmp_dir):
                 durable.makedirs(folder)
@@ -126,6 +129,13 @@ class Recovery:
         log("info", "recovered %d messages (%d bytes) from %s" % (
             self.index.count, self.index.live_bytes, self.path))
         return self.index.count
+
+    def _warn_fat(self):
+        # stm32 formats its internal flash FAT: no journal, and a rename there is a
+        # remove then a rename, so a power cut can cost queued mail
+        if durable.mount_type(self.path) == FAT:
+            log("warning", "%s is on a FAT filesystem: a power cut can damage the queue; "
+                "format the flash LittleFS2 (boards/nucleo-h743zi/README.md)" % self.path)
 
     def _clear_tmp(self):
         for name in listdir(self.tmp_dir):

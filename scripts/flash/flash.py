@@ -34,7 +34,7 @@ from mpremote.transport_serial import SerialTransport  # noqa: E402
 BOARDS = os.path.join(ROOT, "boards")
 BUNDLE = os.path.join(ROOT, "firmware", "build", "bundle")
 SIM_WORKDIR = os.path.join(ROOT, "firmware", "build", "sim-board")
-SIM_SMTP, SIM_NEXT_HOP, SIM_CONTROL = 2525, 2526, 2527      # the default sim config
+SIM_SMTP, SIM_NEXT_HOP = 2525, 2526      # the default sim config
 BANNER = re.compile(rb"daemon started; listening on [^\r\n]*")
 SAFE_MODE = re.compile(rb"m1lboot: safe mode[^\r\n]*")
 PROMPT = b">>> "
@@ -216,7 +216,7 @@ def sim_default_conf(workdir):
     from helpers.board import sim_config, via_route
     path = os.path.join(workdir, "meta1lite.conf")
     with open(path, "w") as f:
-        f.write(sim_config(SIM_SMTP, via_route(SIM_NEXT_HOP), control_port=SIM_CONTROL))
+        f.write(sim_config(SIM_SMTP, via_route(SIM_NEXT_HOP)))
     return path
 
 

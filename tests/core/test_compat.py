@@ -81,6 +81,35 @@ def test_the_real_clock_counts_on_from_a_long_uptime():
     assert 0.15 < b - a < 1.0
 
 
+class _Epoch2000Time:
+    # stm32's time module: time() and gmtime() count from 2000-01-01
+    def __init__(self, real):
+        self.real = real
+
+    def time(self):
+        return self.real.time() - compat.UNIX_TO_2000_S
+
+    def gmtime(self, seconds):
+        return self.real.gmtime(seconds + compat.UNIX_TO_2000_S)
+
+
+def test_a_port_counting_from_2000_still_keeps_unix_times():
+    # stm32 (MICROPY_EPOCH_IS_1970 unset): wall-clock times, lifetimes and Date: fields
+    # stay Unix times, or every one looks older than 2025 and counts as unknown
+    real = compat.time
+    board = _Epoch2000Time(real)
+    assert compat._epoch_offset(board.gmtime) == compat.UNIX_TO_2000_S
+    assert compat._epoch_offset(real.gmtime) == 0
+    saved = compat.EPOCH_OFFSET
+    compat.time, compat.EPOCH_OFFSET = board, compat.UNIX_TO_2000_S
+    try:
+        assert abs(compat.wall_time() - real.time()) <= 2
+        assert compat.rfc5322_date(1796083200) == "Tue, 1 Dec 2026 00:00:00 +0000"
+        assert compat.format_time(1796083200, utc=True) == "Dec  1 00:00:00"
+    finally:
+        compat.time, compat.EPOCH_OFFSET = real, saved
+
+
 def test_rfc5322_date_and_syslog_time():
     assert compat.rfc5322_date(0) == "Thu, 1 Jan 1970 00:00:00 +0000"
     assert compat.rfc5322_date(1795528080) == "Tue, 24 Nov 2026 13:48:00 +0000"

@@ -54,7 +54,7 @@ def test_examples_are_valid():
     assert router["smtpc"]["credentials"][0][0] == "isp"
     pico = conf.load(base + "picow.conf")
     assert pico["spool"] == "/spool" and pico["smtps"]["listen"] == [("0.0.0.0", 25)]
-    assert pico["smtpc"]["ca_file"] and pico["control"] == ("127.0.0.1", 2526)
+    assert pico["smtpc"]["ca_file"] and not isinstance(pico["control"], tuple)  # the console asks in-process
 
 
 def test_language_sections_lists_comments_case_and_optional_semicolon():

@@ -69,10 +69,10 @@ class FakeDNS:
             raise dnsresolve.PermanentDNSError(name)
         return value
 
-    async def resolve_addresses(self, host):
+    async def resolve_addresses(self, host, families=None):
         if host.startswith("nx"):
             raise dnsresolve.PermanentDNSError(host)
-        return self.addrs.get(host, [])
+        return [a for a in self.addrs.get(host, []) if families is None or a[0] in families]
 
 
 def _hops(ar, route, domain):
@@ -170,6 +170,17 @@ def test_mx_hops_in_preference_order_with_all_addresses():
         ("mx1.two.test", "127.0.0.2", 2500), ("mx2.two.test", "::1", 2500),
         ("mx2.two.test", "127.0.0.3", 2500)]
     assert hops[0].relay() == "mx1.two.test[127.0.0.2]:2500"
+
+
+def test_inet_protocols_ipv4_leaves_ipv6_hops_out():
+    # a board whose lwIP has no IPv6 (stm32): an IPv6 hop there is a DNS query for
+    # the literal, blocking the loop, then a failure, at every delivery
+    ar = _resolver()
+    cfg = ar.cfg
+    cfg["smar"]["inet_protocols"] = "ipv4"
+    ar.reload(cfg)
+    hops = _hops(ar, ar.route("a@relay.test", "x@two.test"), "two.test")
+    assert [h.ip for h in hops] == ["127.0.0.2", "127.0.0.3"]
 
 
 def test_no_mx_falls_back_to_the_address():

@@ -165,8 +165,11 @@ def test_a_failed_reset_backs_off_and_fault_needs_a_running_module():
 
 class _FakeWDT:
     made = []
+    longest = 8388                      # rp2's machine.WDT
 
     def __init__(self, timeout):
+        if timeout > _FakeWDT.longest:
+            raise ValueError("timeout too long")
         self.timeout = timeout
         self.feeds = 0
         _FakeWDT.made.append(self)
@@ -183,9 +186,11 @@ def test_watchdog_is_started_and_fed_by_the_watcher():
     saved = sys.modules.get("machine")
     sys.modules["machine"] = _FakeMachine()
     try:
-        assert process.watchdog(0) is None               # 0 = off: never started
-        wdt = process.watchdog(300)
-        assert _FakeWDT.made == [wdt] and wdt.timeout == 300
+        assert process.watchdog(0) == (None, 0)          # 0 = off: never started
+        wdt, ms = process.watchdog(300)
+        assert _FakeWDT.made == [wdt] and wdt.timeout == 300 and ms == 300
+        longest, ms = process.watchdog(20000)           # more than rp2 allows: its longest
+        assert longest.timeout == ms == 8388
 
         async def go():
             s = sup.Supervisor([sup.Module("a", ())], 8, wdt, 300)

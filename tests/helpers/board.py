@@ -88,20 +88,18 @@ def queue_budget(profile):
 
 
 def sim_config(listen_port, routes, smtpc_extra="", qmgr_extra="", log_level="info",
-               profile=DEFAULT_PROFILE, queue=None, control_port=None, extra="",
+               profile=DEFAULT_PROFILE, queue=None, extra="",
                listen_host="127.0.0.1", relay_from="127.0.0.0/8", spool="/flash/spool"):
     """The sim's meta1lite.conf (boards/sim/meta1lite.conf.in) filled in; the qmgr
     flash budget from the profile's "queue" block, `queue` overriding some of it;
-    the control channel on 127.0.0.1:control_port (the console's commands) if given;
     a real board of the hil rig listens on its LAN address for the host's network."""
     with open(CONF_TEMPLATE) as f:
         template = string.Template(f.read())
     prof = load_profile(profile) if isinstance(profile, str) else profile
     values = dict((k, prof["queue"][k]) for k in QUEUE_OPTIONS)
     values.update(queue or {})
-    control = "control = 127.0.0.1:%d;" % control_port if control_port else ""
     return template.substitute(listen_port=listen_port, routes=routes, smtpc_extra=smtpc_extra,
-                               qmgr_extra=qmgr_extra, log_level=log_level, control=control,
+                               qmgr_extra=qmgr_extra, log_level=log_level,
                                extra=extra, listen_host=listen_host, relay_from=relay_from,
                                spool=spool, **values)
 

@@ -47,7 +47,6 @@ class Rig:
         self.host = board_host or "127.0.0.1"
         self.hop_host = hop_host or "127.0.0.1"
         self.port = free_port() if tty is None else SMTP_PORT_REAL
-        self.control_port = free_port()
         if tty is None:
             self.sim = SimBoard(self.workdir)
             self.sim.create_flash()
@@ -59,11 +58,11 @@ class Rig:
         """The board's meta1lite.conf, relaying everything to the next hop on this host."""
         if self.sim is not None:
             return sim_config(self.port, via_route(hop_port, self.hop_host),
-                              control_port=self.control_port, extra=extra, qmgr_extra=qmgr_extra)
+                              extra=extra, qmgr_extra=qmgr_extra)
         spool = "/flash/spool" if self.board != "rpi-pico-w" else "/spool"
         return sim_config(self.port, via_route(hop_port, self.hop_host), profile=self.board
                           if self.board != "sim" else "rpi-pico-w",
-                          control_port=self.control_port, extra=extra, qmgr_extra=qmgr_extra,
+                          extra=extra, qmgr_extra=qmgr_extra,
                           listen_host="0.0.0.0", relay_from=self.hop_host + "/32", spool=spool)
 
     def flash(self, conf_text, *options):

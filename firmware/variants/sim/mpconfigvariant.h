@@ -25,6 +25,14 @@
 #undef MICROPY_PY_OS_GETENV_PUTENV_UNSETENV
 #define MICROPY_PY_OS_GETENV_PUTENV_UNSETENV (0)
 
+// select.poll takes stream objects only, as on every board: the unix port's
+// optimisation that polls file descriptors (and takes plain ints) hid a start-up
+// that registered ints and failed on rp2 and stm32. With it goes select.select.
+#undef MICROPY_PY_SELECT_POSIX_OPTIMISATIONS
+#define MICROPY_PY_SELECT_POSIX_OPTIMISATIONS (0)
+#undef MICROPY_PY_SELECT_SELECT
+#define MICROPY_PY_SELECT_SELECT (1)
+
 // Ctrl-C as a board takes it: a pending KeyboardInterrupt raised between bytecodes.
 // The unix port's default (with threads and no GIL) raises it from the SIGINT handler,
 // out of whatever C code runs: inside a collection that leaves the heap locked, inside
