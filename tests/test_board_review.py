@@ -265,6 +265,39 @@ def test_ntp_is_tried_again_while_the_relay_runs(tmp_path):
     assert log.index("NTP failed 3 times") < log.index("daemon started") < log.index("time from NTP")
 
 
+LINK_MAIN = """import m1lboot
+m1lboot.LINK_CHECK_S = 1
+checks = [0]
+def keep_link():
+    checks[0] += 1
+    if checks[0] == 1:
+        raise OSError(110)          # a check that fails does not end the checking
+    print("link checked %d" % checks[0])
+m1lboot.run("/flash", keep_link)
+"""
+
+
+def test_the_boards_network_is_checked_while_the_relay_runs(tmp_path):
+    """A Pico W joined its WLAN once, at boot: after the access point rebooted (a
+    board left alone for years sees many) it stayed off the network for good. The
+    board's main.py now hands m1lboot a check that joins again, run every
+    LINK_CHECK_S beside the relay; the sim's stands in for the WLAN's."""
+    with NextHop() as hop:
+        port = free_port()
+        board = SimBoard(tmp_path)
+        board.create_flash(sim_config(port, via_route(hop.port)))
+        board.put_text("main.py", LINK_MAIN)
+        board.start(port)
+        try:
+            checked = _wait_in_log(board, "link checked 3", 0, 15)
+            assert _greeting(port, 5) == 250
+        finally:
+            board.stop()
+    log = board.log()
+    assert checked, log[-3000:]
+    assert "m1lboot: link: OSError(110" in log and log.index("daemon started") < log.index("link checked 2")
+
+
 # --- 4. the relay's end is the board's end -------------------------------------------------
 def test_a_relay_that_ends_at_start_up_comes_back_by_itself(tmp_path):
     """m1lboot.run returns when the relay ends, for whatever reason (here its listener

@@ -2,7 +2,8 @@
 # firmware, next to the board's main.py; MicroPython only).
 # Owns: what every board's main.py shares: the safe-mode escape (a file SAFE on the
 # flash, or a pin held low at boot), retrying a step such as bringing the network up,
-# the time from NTP (tried again while the relay runs until it answers), running the
+# the time from NTP (tried again while the relay runs until it answers), the board's
+# network checked while the relay runs (a dropped WLAN joined again), running the
 # relay from a configuration file on flash (the same
 # path as `micropython -m meta1lite run -c FILE`: meta1lite.__main__.micro_main loads
 # the configuration, drops the parser, runs mcp), the console's commands while the
@@ -26,6 +27,7 @@ CONF_NAME = "meta1lite.conf"
 SAFE_NAME = "SAFE"
 NTP_ATTEMPTS = 3
 NTP_RETRY_S = 600               # while the relay runs, after the boot's NTP tries failed
+LINK_CHECK_S = 30               # between the board's network checks while the relay runs
 MAX_CONSOLE_LINE = 512          # the control channel's own limit (qmgr/control.py)
 CONSOLE_PREFIX = "console: "
 CONSOLE_MORE = "console~ "      # a reply's earlier pieces, each a line of its own
@@ -121,18 +123,20 @@ async def _ntp_later(asyncio):
             print("m1lboot: NTP: %r; again in %ds" % (exc, NTP_RETRY_S))
 
 
-def run(mount_point):
+def run(mount_point, keep_link=None):
     """Run the relay with MOUNT_POINT/meta1lite.conf until it stops; its exit status.
     A relay that ended by an error once its configuration was read (a listener that
     could not be bound, the flash, memory at start-up) resets the board after
     RESET_PAUSE_S, as an unattended board must come back by itself; a stop asked for
-    (`stop`, Ctrl-C) or a configuration to fix leaves the REPL free."""
+    (`stop`, Ctrl-C) or a configuration to fix leaves the REPL free. keep_link: the
+    board's check of its network, called every LINK_CHECK_S while the relay runs (it
+    joins a WLAN again that dropped; it must not block)."""
     print(heap_line("boot"))
     loaded = []
 
     def on_config(cfg):
         loaded.append(True)
-        _console(cfg)
+        _start_tasks(keep_link)
     try:
         for name in PRELOAD:
             __import__(name)
@@ -161,12 +165,23 @@ def reset():
     raise SystemExit(RESET_EXIT)
 
 
-def _console(cfg):
-    # the boot's tasks beside the relay: the console's commands, and NTP again
+def _start_tasks(keep_link):
+    # the boot's tasks beside the relay: the console's commands, NTP again, the link
     from meta1lite import compat
     compat.asyncio.create_task(_console_loop(compat.asyncio))
     if _ntp_pending:
         compat.asyncio.create_task(_ntp_later(compat.asyncio))
+    if keep_link is not None:
+        compat.asyncio.create_task(_keep_link(compat.asyncio, keep_link))
+
+
+async def _keep_link(asyncio, keep_link):
+    while True:
+        await asyncio.sleep(LINK_CHECK_S)
+        try:
+            keep_link()
+        except Exception as exc:  # noqa: BLE001 - the check must outlive its errors
+            print("m1lboot: link: %r" % (exc,))
 
 
 async def _console_loop(asyncio):
