@@ -178,7 +178,10 @@ def session_heap(heap):
     with NextHop() as hop:
         port, control = free_port(), free_port()
         board = SimBoard(tempfile.mkdtemp(prefix="m1l-board-probe-"), heap=heap)
-        board.create_flash(sim_config(port, via_route(hop.port), control_port=control))
+        # the benchmark's own loopback control channel (the sim, a unix port, has one;
+        # a board's console asks in-process and needs none)
+        board.create_flash(sim_config(port, via_route(hop.port),
+                                      extra="control = 127.0.0.1:%d;" % control))
         board.start(port)
         rows = []
 

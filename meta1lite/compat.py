@@ -43,7 +43,8 @@ class _TickClock:
     # MicroPython's seconds since boot from ticks_ms (which wrap): whole seconds and the
     # milliseconds since, small ints for 34 years (one count of milliseconds leaves the
     # small-int range after 12 days, then allocates a big int at every read). The float
-    # it returns is 32-bit on rp2: whole seconds after 97 days, 16 s steps after 4 years.
+    # it returns is 32-bit on rp2: whole seconds after 97 days, 8 s steps after 2^26 s
+    # (2.1 years), 16 s after 4.3 years, 32 s after 8.5.
     def __init__(self):
         self.last = time.ticks_ms()
         self.seconds = 0

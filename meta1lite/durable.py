@@ -66,6 +66,8 @@ def mount_type(path):
     try:
         import vfs
         mounts = vfs.mount()
+        if not path.startswith("/"):        # relative to the current folder (stm32: /flash)
+            path = os.getcwd().rstrip("/") + "/" + (path[2:] if path.startswith("./") else path)
     except (ImportError, AttributeError, TypeError, OSError):
         return None
     best = None

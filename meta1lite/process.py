@@ -8,13 +8,14 @@
 # Shared code: MicroPython and CPython.
 import os
 
-WATCHDOG_LONGEST_MS = 8388     # rp2's longest machine.WDT timeout (stm32: ~32 s)
+WATCHDOG_LIMITS_MS = (32767, 8388)     # the longest machine.WDT timeouts: stm32's, rp2's
 
 
 def watchdog(timeout_ms):
     """(the board's hardware watchdog (machine.WDT), the timeout it runs with), or
     (None, 0) where there is none (CPython, the unix port) or timeout_ms is 0. A
-    timeout longer than the board allows runs at WATCHDOG_LONGEST_MS. Once started
+    timeout longer than the board allows runs at the longest it takes (one of
+    WATCHDOG_LIMITS_MS). Once started
     it cannot be stopped: the caller must feed() it until the process ends."""
     if not timeout_ms:
         return None, 0
@@ -28,9 +29,14 @@ def watchdog(timeout_ms):
     try:
         return wdt(timeout=timeout_ms), timeout_ms
     except ValueError:
-        if timeout_ms <= WATCHDOG_LONGEST_MS:
-            raise
-        return wdt(timeout=WATCHDOG_LONGEST_MS), WATCHDOG_LONGEST_MS
+        pass
+    for limit in WATCHDOG_LIMITS_MS:
+        if limit < timeout_ms:
+            try:
+                return wdt(timeout=limit), limit
+            except ValueError:
+                pass
+    raise ValueError("watchdog_ms %d: longer than this board's watchdog takes" % timeout_ms)
 
 
 def can_drop(user, os_module=os):

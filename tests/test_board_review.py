@@ -243,23 +243,30 @@ m1lboot.run("/flash")
 """
 
 
-def test_ntp_is_tried_again_while_the_relay_runs(tmp_path):
-    """NTP that does not answer at boot (the router still starting, the uplink down)
-    was given up after 3 tries: rp2's clock then stays in 2021 until the next reset,
-    and a smarthost's certificate never verifies (not yet valid), so no mail leaves.
-    Now the relay starts anyway and NTP is asked again until it answers."""
+def _ntp_board(tmp_path, ntptime, main, smar_extra=""):
+    """Boot the sim with a stand-in ntptime and main.py; (board, whether the log said
+    the clock was set within 15 s), the relay answering SMTP meanwhile."""
     with NextHop() as hop:
         port = free_port()
         board = SimBoard(tmp_path)
-        board.create_flash(sim_config(port, via_route(hop.port)))
-        board.put_text("ntptime.py", FAKE_NTPTIME)
-        board.put_text("main.py", NTP_MAIN)
+        board.create_flash(sim_config(port, smar_extra + " " + via_route(hop.port)))
+        board.put_text("ntptime.py", ntptime)
+        board.put_text("main.py", main)
         board.start(port)
         try:
             set_later = _wait_in_log(board, "m1lboot: time from NTP", 0, 15)
             assert _greeting(port, 5) == 250
         finally:
             board.stop()
+    return board, set_later
+
+
+def test_ntp_is_tried_again_while_the_relay_runs(tmp_path):
+    """NTP that does not answer at boot (the router still starting, the uplink down)
+    was given up after 3 tries: rp2's clock then stays in 2021 until the next reset,
+    and a smarthost's certificate never verifies (not yet valid), so no mail leaves.
+    Now the relay starts anyway and NTP is asked again until it answers."""
+    board, set_later = _ntp_board(tmp_path, FAKE_NTPTIME, NTP_MAIN)
     log = board.log()
     assert set_later, log[-3000:]
     assert log.index("NTP failed 3 times") < log.index("daemon started") < log.index("time from NTP")
@@ -327,3 +334,77 @@ def test_a_relay_that_ends_at_start_up_comes_back_by_itself(tmp_path):
             blocker.close()
             console.stop()
     assert came_back, board.log()[-3000:]
+
+
+# --- review: NTP tried again while the relay runs must not stop the event loop -------------
+# The real ntptime (micropython-lib) calls socket.getaddrinfo(host, 123): on a board that
+# is lwIP's, which for a name waits in C until lwIP's DNS answers or gives up
+# (extmod/modlwip.c lwip_getaddrinfo: `while (state.status == 0) poll_sockets();`; lwIP's
+# DNS_MAX_RETRIES 4 with DNS_TMR_INTERVAL 1 s: 1+1+2+3 = 7 s per DNS server), and takes
+# an address at once (dns_gethostbyname: ipaddr_aton first). This stand-in does the same
+# on the sim, whose unix-port getaddrinfo cannot be made to wait like that.
+LWIP_NTPTIME = """import time
+host = "pool.ntp.org"
+timeout = 1
+DNS_GIVES_UP_S = 7
+def _getaddrinfo(name, port):
+    if not [c for c in name if c not in "0123456789."]:
+        return [(2, 2, 0, "", (name, port))]
+    time.sleep(DNS_GIVES_UP_S)
+    raise OSError(-2)
+def settime():
+    _getaddrinfo(host, 123)
+    time.sleep(timeout)             # no NTP server answers here either
+    raise OSError(110)
+"""
+NTP_PENDING_MAIN = """import m1lboot
+m1lboot.NTP_RETRY_S = 1
+m1lboot._ntp_pending.append(True)   # the boot's 3 NTP tries failed: the uplink was down
+m1lboot.run("/flash")
+"""
+
+
+def test_ntp_tried_again_does_not_stop_the_relay_while_dns_is_silent(tmp_path):
+    """NTP failed at boot (a house's power back, the router's uplink not yet up): m1lboot
+    tries it again every NTP_RETRY_S inside the event loop, and ntptime resolves its host
+    with lwIP's blocking getaddrinfo. While the DNS server does not answer, the relay
+    stopped for 7 s (per DNS server) at every try: no SMTP greeting, no watchdog feed
+    (rp2's watchdog is at most 8388 ms: the board resets)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # a DNS server that never answers
+    silent.bind(("127.0.0.1", 0))
+    slow = []
+    with NextHop() as hop:
+        port = free_port()
+        board = SimBoard(tmp_path)
+        routes = "nameservers = { 127.0.0.1:%d }; dns_timeout = 1s; %s" % (
+            silent.getsockname()[1], via_route(hop.port))
+        board.create_flash(sim_config(port, routes))
+        board.put_text("ntptime.py", LWIP_NTPTIME)
+        board.put_text("main.py", NTP_PENDING_MAIN)
+        board.start(port)
+        try:
+            end = time.time() + 12
+            while time.time() < end:
+                t0 = time.time()
+                code = _greeting(port, 5)
+                took = time.time() - t0
+                if code != 250 or took > 2:
+                    slow.append((code, round(took, 1)))
+                time.sleep(0.5)
+        finally:
+            board.stop()
+            silent.close()
+    assert not slow, "the relay stood still: %r\n%s" % (slow, board.log()[-2000:])
+    assert "m1lboot: NTP: " in board.log(), board.log()[-2000:]     # it was tried again
+
+
+def test_ntp_tried_again_hands_ntptime_an_address(tmp_path):
+    """The other half: once DNS answers, the retry still sets the clock, and ntptime is
+    handed the NTP host's address (lwIP then sends no query of its own)."""
+    from helpers.dnszone import DNSZone
+    fake = LWIP_NTPTIME.replace('    raise OSError(110)\n',
+                                '    print("fake ntptime: set via %s" % host)\n')
+    with DNSZone({"pool.ntp.org": [("A", "127.0.0.1")]}) as zone:
+        board, set_later = _ntp_board(tmp_path, fake, NTP_PENDING_MAIN,
+                                      "nameservers = { 127.0.0.1:%d };" % zone.port)
+    assert set_later and "fake ntptime: set via 127.0.0.1" in board.log(), board.log()[-2000:]

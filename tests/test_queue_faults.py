@@ -265,3 +265,25 @@ def test_a_spool_on_fat_is_named_at_start(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vfs", None)      # CPython: no mount table
     open_spool(tmp_path / "spool2").close()
     assert not [text for _, text in lines if "FAT" in text]
+
+
+def test_a_relative_spool_on_fat_is_named_too(monkeypatch):
+    # stm32's boot changes to /flash: `spool = "spool";` is /flash/spool on the FAT
+    # flash, but a relative path matched no mount point
+    class VfsFat:
+        pass
+
+    class VfsLfs2:
+        pass
+
+    class FakeVfs:
+        @staticmethod
+        def mount():
+            return [(VfsLfs2(), "/"), (VfsFat(), "/flash")]
+    monkeypatch.setitem(sys.modules, "vfs", FakeVfs)
+    monkeypatch.setattr(os, "getcwd", lambda: "/flash")
+    assert durable.mount_type("/flash/spool") == "VfsFat"
+    assert durable.mount_type("spool") == "VfsFat"
+    assert durable.mount_type("./spool") == "VfsFat"
+    monkeypatch.setattr(os, "getcwd", lambda: "/")
+    assert durable.mount_type("spool") == "VfsLfs2"

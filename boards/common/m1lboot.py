@@ -111,16 +111,39 @@ def _ntp_step():
     return True
 
 
-async def _ntp_later(asyncio):
-    # while the relay runs, until NTP answers once (ntptime blocks for at most its
-    # 1 s timeout, well within a watchdog's period)
+async def _ntp_later(asyncio, cfg):
+    # while the relay runs, until NTP answers once. ntptime.settime() resolves its host
+    # with lwIP's getaddrinfo, which blocks the event loop until lwIP's DNS answers or
+    # gives up (1+1+2+3 s per DNS server: more than rp2's 8388 ms watchdog): the host
+    # is looked up with the relay's own DNS (asyncio, its own timeouts) and ntptime is
+    # handed the address, which lwIP takes without a query; then only ntptime's 1 s
+    # socket timeout can block
     while _ntp_pending:
         await asyncio.sleep(NTP_RETRY_S)
         try:
-            if _ntp_step():
+            if await _ntp_by_address(cfg):
                 del _ntp_pending[:]
         except Exception as exc:  # noqa: BLE001 - OSError, or no heap: again later
             print("m1lboot: NTP: %r; again in %ds" % (exc, NTP_RETRY_S))
+
+
+async def _ntp_by_address(cfg):
+    import ntptime
+
+    from meta1lite.smar import dnsresolve
+    name = getattr(ntptime, "host", None)      # micropython-lib's: "pool.ntp.org"
+    if name and not dnsresolve.ip_literal(name):
+        smar = cfg["smar"]
+        resolver = dnsresolve.Resolver(smar["nameservers"] or None, timeout_s=smar["dns_timeout"])
+        found = await resolver.resolve_addresses(name, (dnsresolve.FAMILY_INET,))
+        if not found:
+            raise OSError("%s has no IPv4 address" % name)
+        ntptime.host = found[0][1]
+    try:
+        return _ntp_step()
+    finally:
+        if name:
+            ntptime.host = name
 
 
 def run(mount_point, keep_link=None):
@@ -136,7 +159,7 @@ def run(mount_point, keep_link=None):
 
     def on_config(cfg):
         loaded.append(True)
-        _start_tasks(keep_link)
+        _start_tasks(keep_link, cfg)
     try:
         for name in PRELOAD:
             __import__(name)
@@ -165,12 +188,12 @@ def reset():
     raise SystemExit(RESET_EXIT)
 
 
-def _start_tasks(keep_link):
+def _start_tasks(keep_link, cfg):
     # the boot's tasks beside the relay: the console's commands, NTP again, the link
     from meta1lite import compat
     compat.asyncio.create_task(_console_loop(compat.asyncio))
     if _ntp_pending:
-        compat.asyncio.create_task(_ntp_later(compat.asyncio))
+        compat.asyncio.create_task(_ntp_later(compat.asyncio, cfg))
     if keep_link is not None:
         compat.asyncio.create_task(_keep_link(compat.asyncio, keep_link))
 

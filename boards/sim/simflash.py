@@ -126,10 +126,11 @@ def host_env(name):
     """The host's environment variable `name`, or None. The sim firmware has no
     os.getenv, as a board has none (the relay must not come to need it): the
     process's environment is read from the host's /proc instead."""
+    wanted = name.encode()
     with open(HOST_ENVIRON, "rb") as f:
         for entry in f.read().split(b"\0"):
             key, _, value = entry.partition(b"=")
-            if key.decode() == name:
+            if key == wanted:           # other keys may be any bytes
                 return value.decode()
     return None
 

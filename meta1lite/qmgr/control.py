@@ -315,7 +315,7 @@ async def start_control(cfg, spool, qmgr, mcp=None):
         compat.log.log("warning", LOG, "this runtime has no unix socket server: no control "
                        "channel for the queue tools (on a router: control = 127.0.0.1:PORT; "
                        "a board's console reaches the relay without one)")
-        return ControlServer(None, None)
+        return ControlServer(None, None, _start_sampler())   # status' heap high-water
     compat.log.log("info", LOG, "control channel on %s" % describe(endpoint))
     return ControlServer(server, endpoint, _start_sampler())
 

@@ -59,7 +59,8 @@ class NullMX(PermanentDNSError):
 # --- configuration ------------------------------------------------------------------
 
 def read_resolv_conf(path=RESOLV_CONF):
-    """Nameservers (host, 53) of a resolv.conf file; DEFAULT_NAMESERVERS if none."""
+    """Nameservers (host, 53) of a resolv.conf file; else the network stack's DNS
+    server (a board: lwIP's from DHCP); else DEFAULT_NAMESERVERS."""
     found = []
     try:
         with open(path) as f:
@@ -71,7 +72,20 @@ def read_resolv_conf(path=RESOLV_CONF):
                     break
     except OSError:
         pass
+    if not found:
+        found = _network_nameservers()
     return found or list(DEFAULT_NAMESERVERS)
+
+
+def _network_nameservers():
+    # a board has no resolv.conf, and lwIP cannot reach 127.0.0.1: its DHCP server's
+    # DNS (network.ipconfig, MicroPython 1.23+); [] elsewhere
+    try:
+        import network
+        server = network.ipconfig("dns")
+    except (ImportError, AttributeError, OSError, TypeError, ValueError):
+        return []
+    return [(server, DNS_PORT)] if server and server != "0.0.0.0" else []
 
 
 def _check_name(name):
@@ -363,7 +377,7 @@ class Resolver:
         """
         literal = ip_literal(host)
         if literal:
-            return [literal]
+            return [literal] if families is None or literal[0] in families else []
         name = _check_name(host)
         found = []
         errors = []

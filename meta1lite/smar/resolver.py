@@ -115,7 +115,10 @@ class AddressResolver:
         return _no_hops(domain, errors)
 
     async def _host_hops(self, host, port):
-        if dnsresolve.ip_literal(host):          # an address literal: no DNS at all
+        literal = dnsresolve.ip_literal(host)
+        if literal:                              # an address literal: no DNS at all
+            if self.families is not None and literal[0] not in self.families:
+                return []                        # inet_protocols leaves its family out
             return [Hop(host, host, port)]
         found = await self.resolver.resolve_addresses(host, self.families)
         return [Hop(host, ip, port) for _, ip in found[:MAX_HOPS]]

@@ -696,3 +696,33 @@ def test_line_reader_splits_lines_and_bounds_them():
         else:
             raise AssertionError("over-long line accepted")
     _run(go())
+
+
+# --- the heap high-water sampler without a control socket (review) ------------------
+
+def test_heap_high_water_is_sampled_without_a_control_socket():
+    # A board has no control endpoint (its console asks in-process, qmgr.control.ask):
+    # start_control then returns a ControlServer without a server, and the heap
+    # high-water that `status` reports must still be sampled every HEAP_SAMPLE_MS, or
+    # it is only the heap at the moment of the request.
+    from meta1lite import heap
+    from meta1lite.qmgr import control
+
+    async def no_server(*args, **kwargs):
+        return None
+
+    saved = compat.start_unix_server, heap.heap_used
+    compat.start_unix_server = no_server        # MicroPython: asyncio has none
+    heap.heap_used = lambda: 1000               # a runtime with heap figures
+
+    async def go():
+        server = await control.start_control({"control": "unused-socket"}, None, None)
+        try:
+            assert server.server is None
+            assert server.sampler is not None, "no heap high-water sampler on a board"
+        finally:
+            server.close()
+    try:
+        _run(go())
+    finally:
+        compat.start_unix_server, heap.heap_used = saved

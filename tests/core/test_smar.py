@@ -252,3 +252,48 @@ def test_rewrites_follow_the_route():
     assert smtpc.from_rewrite(route, job) == "me@isp.test"
     bounce = smtpc.Job("Q2", "", [(0, "a@b")])
     assert smtpc.envelope_sender(route, bounce) == "" and smtpc.from_rewrite(route, bounce) is None
+
+
+def test_inet_protocols_leaves_address_literals_of_the_other_family_out():
+    # smar.inet_protocols = ipv4 on a board whose lwIP has no IPv6: an IPv6 address
+    # literal (a route's [2001:db8::25], an MX host that is a bare address) must not
+    # become a hop either, as Postfix skips a numeric host of a family that
+    # inet_protocols leaves out
+    d = fresh_dir("smar6")
+    with open(d + "/pw", "w") as f:
+        f.write("pw\n")
+    text = BASE % ('inet_protocols = ipv4; route "v6.test" { via = "[2001:db8::25]:25"; }',
+                   d + "/pw")
+    ar = smar.AddressResolver(conf.loads(text), resolver=FakeDNS())
+    assert _hops(ar, ar.route("a@relay.test", "x@v6.test"), "v6.test") == []
+    # the real resolver: a literal is returned only in an allowed family
+    real = dnsresolve.Resolver([("127.0.0.1", 9)], backend="codec")
+    got = compat.asyncio.run(real.resolve_addresses("2001:db8::25", (dnsresolve.FAMILY_INET,)))
+    assert got == []
+    got = compat.asyncio.run(real.resolve_addresses("192.0.2.25", (dnsresolve.FAMILY_INET,)))
+    assert got == [(dnsresolve.FAMILY_INET, "192.0.2.25")]
+
+
+class _Network:
+    # a board's network module: lwIP's DNS server from DHCP
+    @staticmethod
+    def ipconfig(what):
+        return "192.0.2.53" if what == "dns" else None
+
+
+def test_a_board_without_resolv_conf_asks_its_dhcp_dns_server():
+    # no resolv.conf on a board, and lwIP cannot reach 127.0.0.1 (no loopback): the
+    # DNS server the network stack got from DHCP comes before that last resort
+    import sys
+    missing = fresh_dir("noresolv") + "/resolv.conf"
+    saved = sys.modules.get("network")
+    sys.modules["network"] = _Network
+    try:
+        assert dnsresolve.read_resolv_conf(missing) == [("192.0.2.53", 53)]
+    finally:
+        if saved is None:
+            del sys.modules["network"]
+        else:
+            sys.modules["network"] = saved
+    if saved is None:
+        assert dnsresolve.read_resolv_conf(missing) == dnsresolve.DEFAULT_NAMESERVERS

@@ -206,3 +206,23 @@ def test_watchdog_is_started_and_fed_by_the_watcher():
             del sys.modules["machine"]
         else:
             sys.modules["machine"] = saved
+
+
+def test_a_long_watchdog_on_stm32_runs_at_stm32s_longest():
+    # stm32's IWDG takes up to 32767 ms: a watchdog_ms of 40000 there must not run at
+    # rp2's 8388, a quarter of what the board allows and of what was asked
+    saved = sys.modules.get("machine")
+    sys.modules["machine"] = _FakeMachine()
+    try:
+        _FakeWDT.longest = 32767
+        wdt, ms = process.watchdog(40000)
+        assert wdt.timeout == ms == 32767
+        _FakeWDT.longest = 8388                         # rp2: still its own longest
+        wdt, ms = process.watchdog(40000)
+        assert wdt.timeout == ms == 8388
+    finally:
+        _FakeWDT.longest = 8388
+        if saved is None:
+            del sys.modules["machine"]
+        else:
+            sys.modules["machine"] = saved
