@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import smtplib
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from helpers.daemon import Daemon, config_text, free_port
 from meta1lite import conf
 from meta1lite.cli import queuetool, sendmail
 from meta1lite.spool import Spool
+from meta1lite.spool.lock import lock_spool
 
 BIN = os.path.dirname(sys.executable)
 KEEP = 'qmgr { retry_min = 1h; %s }\nsmar { route "*" { via = "[127.0.0.1]:1"; } }'
@@ -166,6 +168,26 @@ def test_another_local_user_cannot_read_queued_mail(shared_dir):
         status, out = run_as(user, lambda: queuetool.main(cfg, ["show", msg.id]))
     assert "SECRET-PAYLOAD" not in out, out
     assert status != 0
+
+
+def test_an_older_spool_is_made_private_when_its_lock_is_taken(tmp_path):
+    """A spool made before files were private keeps 0755 folders and 0644 files: its
+    queued mail stayed readable by every local user after an upgrade."""
+    spool = tmp_path / "spool"
+    (spool / "seg").mkdir(parents=True)
+    (spool / "seg" / "000001").write_bytes(b"SECRET-PAYLOAD")
+    os.chmod(str(spool), 0o755)
+    os.chmod(str(spool / "seg" / "000001"), 0o644)
+    lock = lock_spool(str(spool))
+    try:
+        assert stat.S_IMODE(os.stat(str(spool)).st_mode) == 0o700
+    finally:
+        lock.release()
+    shared = tmp_path / "shared"            # spool = "/tmp": a mistake, never a chmod
+    (shared / "seg").mkdir(parents=True)
+    os.chmod(str(shared), 0o1777)
+    lock_spool(str(shared)).release()
+    assert stat.S_IMODE(os.stat(str(shared)).st_mode) == 0o1777
 
 
 # --- 2b. what reaches the next hop ------------------------------------------------------

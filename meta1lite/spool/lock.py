@@ -9,7 +9,8 @@
 # /proc/PID/cmdline does not mention meta1lite (dead, a zombie, reused by another
 # program) is stale. CPython takes both, so the runtimes exclude each other. A
 # board (no /proc, no pid) runs one process: no lock. Whoever takes the lock makes
-# the spool's new files private (umask 077); root taking it for a spool that belongs
+# the spool's new files private (umask 077) and the spool's folder its owner's
+# alone (an older spool's too); root taking it for a spool that belongs
 # to mcp.user hands the lock to that user and, as a writer (sendmail, the queue
 # tools), acts as that user until it lets go. Must never: take a lock a live
 # meta1lite holds, or leave a half-taken lock behind on failure.
@@ -18,7 +19,7 @@ import os
 import time
 
 from meta1lite.compat import errno_of, own_pid
-from meta1lite.durable import makedirs, remove
+from meta1lite.durable import is_dir, makedirs, remove
 
 LOCK_FILE = "lock"
 LOCK_DIR = "lock.d"
@@ -27,6 +28,10 @@ LOCK_TRIES = 10             # looks at lock.d before an empty one is taken as st
 LOCK_WAIT_S = 0.1           # between those looks (another starter writing its pid)
 LOCK_MARK = b"meta1lite"    # what a live holder's command line contains
 LAZY_IMPORTS = ("concurrent.futures.thread",)    # the journal's sync thread (CPython)
+SPOOL_MODE = 0o700          # the spool's folder: its owner's alone
+PRIVATE_MASK = 0o077        # mode bits for the group and others
+STICKY_BIT = 0o1000         # a folder shared by everyone (/tmp)
+QUEUE_MARK = "seg"          # the journal's folder: this folder holds a queue
 
 
 class SpoolBusy(Exception):
@@ -139,6 +144,7 @@ def lock_spool(spool, as_owner=False):
     if hasattr(os, "umask"):
         os.umask(0o077)         # queued mail is nobody else's to read
     makedirs(spool)
+    _make_private(spool)
     lock.fd = _flock(spool + "/" + LOCK_FILE, spool)
     try:
         _take_dir(spool, me)
@@ -153,6 +159,17 @@ def lock_spool(spool, as_owner=False):
         lock.release()
         raise
     return lock
+
+
+def _make_private(spool):
+    # a spool made before files were private (0755 folders, 0644 files): closing the
+    # spool's own folder closes everything in it. Only a folder that holds a queue
+    # (its seg/), never one shared with others (sticky, as /tmp), is changed
+    if not hasattr(os, "chmod") or not is_dir(spool + "/" + QUEUE_MARK):
+        return
+    mode = os.stat(spool)[0]
+    if mode & PRIVATE_MASK and not mode & STICKY_BIT:
+        os.chmod(spool, SPOOL_MODE)
 
 
 def _spool_owner(spool):
