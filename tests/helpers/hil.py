@@ -29,8 +29,9 @@ FLASH_TIMEOUT_S = 300
 CONSOLE_TIMEOUT_S = 30
 BOOT_TIMEOUT_S = 120
 SMTP_PORT_REAL = 25
-CONSOLE_REPLY = re.compile(rb"console: ([^\r\n]*)\r?\n")
-CONSOLE_PIECE = re.compile(rb"console~ ([^\r\n]*)\r?\n")
+# at the start of a line: a relay log line may quote "console: " itself
+CONSOLE_REPLY = re.compile(rb"(?m)^console: ([^\r\n]*)\r?\n")
+CONSOLE_PIECE = re.compile(rb"(?m)^console~ ([^\r\n]*)\r?\n")
 PROMPT = b">>> "
 STOP_WAIT_S = 30                # Ctrl-C: mcp.stop_timeout (10 s) and margin, then Ctrl-C again
 
