@@ -15,8 +15,8 @@ def watchdog(timeout_ms):
     """(the board's hardware watchdog (machine.WDT), the timeout it runs with), or
     (None, 0) where there is none (CPython, the unix port) or timeout_ms is 0. A
     timeout longer than the board allows runs at the longest it takes (one of
-    WATCHDOG_LIMITS_MS). Once started
-    it cannot be stopped: the caller must feed() it until the process ends."""
+    WATCHDOG_LIMITS_MS). Once started it cannot be stopped: the caller must feed()
+    it until the process ends."""
     if not timeout_ms:
         return None, 0
     try:

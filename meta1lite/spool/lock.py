@@ -169,7 +169,10 @@ def _make_private(spool):
         return
     mode = os.stat(spool)[0]
     if mode & PRIVATE_MASK and not mode & STICKY_BIT:
-        os.chmod(spool, SPOOL_MODE)
+        try:
+            os.chmod(spool, SPOOL_MODE)
+        except OSError:
+            pass                # not this user's to change: its owner's next start does
 
 
 def _spool_owner(spool):

@@ -20,7 +20,7 @@
 // Enable extra Unix features.
 #include "variants/mpconfigvariant_common.h"
 
-// No os.getenv/putenv/unsetenv: no board has them (compat.import failed on a real
+// No os.getenv/putenv/unsetenv: no board has them (importing compat failed on a real
 // Pico W while the sim had them). The sim's own boot reads /proc/self/environ.
 #undef MICROPY_PY_OS_GETENV_PUTENV_UNSETENV
 #define MICROPY_PY_OS_GETENV_PUTENV_UNSETENV (0)
