@@ -26,16 +26,11 @@ def watchdog(timeout_ms):
     wdt = getattr(machine, "WDT", None)
     if wdt is None:
         return None, 0
-    try:
-        return wdt(timeout=timeout_ms), timeout_ms
-    except ValueError:
-        pass
-    for limit in WATCHDOG_LIMITS_MS:
-        if limit < timeout_ms:
-            try:
-                return wdt(timeout=limit), limit
-            except ValueError:
-                pass
+    for ms in (timeout_ms,) + tuple(m for m in WATCHDOG_LIMITS_MS if m < timeout_ms):
+        try:
+            return wdt(timeout=ms), ms
+        except ValueError:
+            pass
     raise ValueError("watchdog_ms %d: longer than this board's watchdog takes" % timeout_ms)
 
 

@@ -236,6 +236,7 @@ def settime():
         raise OSError(110)
     print("fake ntptime: set")
 """
+NTP_SET = "m1lboot: time from NTP"
 NTP_MAIN = """import m1lboot
 m1lboot.NTP_RETRY_S = 1
 m1lboot.set_time(0)
@@ -243,22 +244,23 @@ m1lboot.run("/flash")
 """
 
 
-def _ntp_board(tmp_path, ntptime, main, smar_extra=""):
-    """Boot the sim with a stand-in ntptime and main.py; (board, whether the log said
-    the clock was set within 15 s), the relay answering SMTP meanwhile."""
+def _boot_until(tmp_path, files, awaited, smar_extra=""):
+    """Boot the sim with FILES ({name: text} put on its flash: main.py, stand-ins)
+    and wait up to 15 s for AWAITED in its log, the relay answering SMTP meanwhile;
+    (board, whether AWAITED came)."""
     with NextHop() as hop:
         port = free_port()
         board = SimBoard(tmp_path)
         board.create_flash(sim_config(port, smar_extra + " " + via_route(hop.port)))
-        board.put_text("ntptime.py", ntptime)
-        board.put_text("main.py", main)
+        for name, text in files.items():
+            board.put_text(name, text)
         board.start(port)
         try:
-            set_later = _wait_in_log(board, "m1lboot: time from NTP", 0, 15)
+            seen = _wait_in_log(board, awaited, 0, 15)
             assert _greeting(port, 5) == 250
         finally:
             board.stop()
-    return board, set_later
+    return board, seen
 
 
 def test_ntp_is_tried_again_while_the_relay_runs(tmp_path):
@@ -266,7 +268,8 @@ def test_ntp_is_tried_again_while_the_relay_runs(tmp_path):
     was given up after 3 tries: rp2's clock then stays in 2021 until the next reset,
     and a smarthost's certificate never verifies (not yet valid), so no mail leaves.
     Now the relay starts anyway and NTP is asked again until it answers."""
-    board, set_later = _ntp_board(tmp_path, FAKE_NTPTIME, NTP_MAIN)
+    board, set_later = _boot_until(tmp_path, {"ntptime.py": FAKE_NTPTIME, "main.py": NTP_MAIN},
+                                   NTP_SET)
     log = board.log()
     assert set_later, log[-3000:]
     assert log.index("NTP failed 3 times") < log.index("daemon started") < log.index("time from NTP")
@@ -289,17 +292,7 @@ def test_the_boards_network_is_checked_while_the_relay_runs(tmp_path):
     board left alone for years sees many) it stayed off the network for good. The
     board's main.py now hands m1lboot a check that joins again, run every
     LINK_CHECK_S beside the relay; the sim's stands in for the WLAN's."""
-    with NextHop() as hop:
-        port = free_port()
-        board = SimBoard(tmp_path)
-        board.create_flash(sim_config(port, via_route(hop.port)))
-        board.put_text("main.py", LINK_MAIN)
-        board.start(port)
-        try:
-            checked = _wait_in_log(board, "link checked 3", 0, 15)
-            assert _greeting(port, 5) == 250
-        finally:
-            board.stop()
+    board, checked = _boot_until(tmp_path, {"main.py": LINK_MAIN}, "link checked 3")
     log = board.log()
     assert checked, log[-3000:]
     assert "m1lboot: link: OSError(110" in log and log.index("daemon started") < log.index("link checked 2")
@@ -405,6 +398,6 @@ def test_ntp_tried_again_hands_ntptime_an_address(tmp_path):
     fake = LWIP_NTPTIME.replace('    raise OSError(110)\n',
                                 '    print("fake ntptime: set via %s" % host)\n')
     with DNSZone({"pool.ntp.org": [("A", "127.0.0.1")]}) as zone:
-        board, set_later = _ntp_board(tmp_path, fake, NTP_PENDING_MAIN,
-                                      "nameservers = { 127.0.0.1:%d };" % zone.port)
+        board, set_later = _boot_until(tmp_path, {"ntptime.py": fake, "main.py": NTP_PENDING_MAIN},
+                                       NTP_SET, "nameservers = { 127.0.0.1:%d };" % zone.port)
     assert set_later and "fake ntptime: set via 127.0.0.1" in board.log(), board.log()[-2000:]

@@ -245,18 +245,29 @@ def test_a_new_spool_is_durable_in_the_directories_above_it(tmp_path, monkeypatc
             assert ("sync", os.path.dirname(path)) in events[at:], (path, events)
 
 
-def test_a_spool_on_fat_is_named_at_start(tmp_path, monkeypatch):
-    # stm32 formats its flash FAT (no journal; a rename is a remove then a rename):
-    # the relay says so once at start, with what to do
-    class VfsFat:
-        pass
+class VfsFat:          # MicroPython's filesystem classes, named as durable.mount_type sees them
+    pass
 
+
+class VfsLfs2:
+    pass
+
+
+def _fake_vfs(*mounts):
+    """A vfs module whose mount() lists (FS class instance, mount point) for each
+    (point, class) given."""
     class FakeVfs:
         @staticmethod
         def mount():
-            return [(VfsFat(), "/")]
+            return [(cls(), point) for point, cls in mounts]
+    return FakeVfs
+
+
+def test_a_spool_on_fat_is_named_at_start(tmp_path, monkeypatch):
+    # stm32 formats its flash FAT (no journal; a rename is a remove then a rename):
+    # the relay says so once at start, with what to do
     lines = []
-    monkeypatch.setitem(sys.modules, "vfs", FakeVfs)
+    monkeypatch.setitem(sys.modules, "vfs", _fake_vfs(("/", VfsFat)))
     monkeypatch.setattr(recovery_mod, "log", lambda level, text: lines.append((level, text)))
     open_spool(tmp_path / "spool").close()
     warned = [text for level, text in lines if level == "warning" and "FAT" in text]
@@ -270,17 +281,7 @@ def test_a_spool_on_fat_is_named_at_start(tmp_path, monkeypatch):
 def test_a_relative_spool_on_fat_is_named_too(monkeypatch):
     # stm32's boot changes to /flash: `spool = "spool";` is /flash/spool on the FAT
     # flash, but a relative path matched no mount point
-    class VfsFat:
-        pass
-
-    class VfsLfs2:
-        pass
-
-    class FakeVfs:
-        @staticmethod
-        def mount():
-            return [(VfsLfs2(), "/"), (VfsFat(), "/flash")]
-    monkeypatch.setitem(sys.modules, "vfs", FakeVfs)
+    monkeypatch.setitem(sys.modules, "vfs", _fake_vfs(("/", VfsLfs2), ("/flash", VfsFat)))
     monkeypatch.setattr(os, "getcwd", lambda: "/flash")
     assert durable.mount_type("/flash/spool") == "VfsFat"
     assert durable.mount_type("spool") == "VfsFat"

@@ -133,8 +133,7 @@ async def _ntp_by_address(cfg):
     from meta1lite.smar import dnsresolve
     name = getattr(ntptime, "host", None)      # micropython-lib's: "pool.ntp.org"
     if name and not dnsresolve.ip_literal(name):
-        smar = cfg["smar"]
-        resolver = dnsresolve.Resolver(smar["nameservers"] or None, timeout_s=smar["dns_timeout"])
+        resolver = dnsresolve.for_config(cfg["smar"])
         found = await resolver.resolve_addresses(name, (dnsresolve.FAMILY_INET,))
         if not found:
             raise OSError("%s has no IPv4 address" % name)

@@ -92,9 +92,10 @@ if __name__ == "__main__":
     mount(_flash[0])
     sys.path.insert(0, MOUNT + "/lib")
     sys.path.insert(0, MOUNT)
-    if simflash.host_env(ENV_UPTIME):
+    _uptime = simflash.host_env(ENV_UPTIME)
+    if _uptime:
         from meta1lite import compat
-        compat.set_uptime(int(simflash.host_env(ENV_UPTIME)))
+        compat.set_uptime(int(_uptime))
     _status = 0
     try:
         if _exists(MAIN):

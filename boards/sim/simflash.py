@@ -122,16 +122,22 @@ def power_fail():
         pass
 
 
+_host_environ = []              # the host's environment, read once: [(key, value)]
+
+
 def host_env(name):
     """The host's environment variable `name`, or None. The sim firmware has no
     os.getenv, as a board has none (the relay must not come to need it): the
     process's environment is read from the host's /proc instead."""
+    if not _host_environ:
+        with open(HOST_ENVIRON, "rb") as f:
+            for entry in f.read().split(b"\0"):
+                key, _, value = entry.partition(b"=")
+                _host_environ.append((key, value))
     wanted = name.encode()
-    with open(HOST_ENVIRON, "rb") as f:
-        for entry in f.read().split(b"\0"):
-            key, _, value = entry.partition(b"=")
-            if key == wanted:           # other keys may be any bytes
-                return value.decode()
+    for key, value in _host_environ:
+        if key == wanted:               # other keys may be any bytes
+            return value.decode()
     return None
 
 

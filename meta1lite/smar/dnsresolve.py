@@ -20,6 +20,7 @@ DNS_PORT = 53
 DEFAULT_NAMESERVERS = [("127.0.0.1", DNS_PORT)]
 MAX_NAMESERVERS = 3          # as resolv.conf's MAXNS
 DEFAULT_TIMEOUT_S = 2        # per attempt at one nameserver
+SMAR_TIMEOUT_S = 5           # smar.dns_timeout's default (a partial configuration)
 DEFAULT_RETRIES = 2          # further rounds over all nameservers after the first
 MAX_CACHE_ENTRIES = 256
 MAX_CACHE_TTL = 86400
@@ -86,6 +87,12 @@ def _network_nameservers():
     except (ImportError, AttributeError, OSError, TypeError, ValueError):
         return []
     return [(server, DNS_PORT)] if server and server != "0.0.0.0" else []
+
+
+def for_config(smar):
+    """The Resolver of a configuration's smar section (nameservers, dns_timeout)."""
+    return Resolver(smar.get("nameservers") or None,
+                    timeout_s=smar.get("dns_timeout") or SMAR_TIMEOUT_S)
 
 
 def _check_name(name):

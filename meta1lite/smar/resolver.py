@@ -42,8 +42,7 @@ class AddressResolver:
         self.cfg = cfg
         smar = cfg["smar"]
         if self.own_resolver:
-            self.resolver = dnsresolve.Resolver(smar.get("nameservers") or None,
-                                                timeout_s=smar.get("dns_timeout") or 5)
+            self.resolver = dnsresolve.for_config(smar)
         self.families = INET_PROTOCOLS[smar.get("inet_protocols") or "all"]
         self.hostname = cfg["hostname"].lower().rstrip(".")
         self.local_domains = [d.lower().rstrip(".") for d in cfg["smtps"]["local_domains"]]

@@ -107,7 +107,7 @@ class Spool:
         self.min_free_space = min_free_space + record_reserve
         self.chunk_size = chunk_size
         self.buffers = BufferPool(chunk_size, POOLED_BUFFERS)
-        self.journal = Journal(self.path + "/seg", segment_size, free_segments)
+        self.journal = Journal(self.path + "/" + fmt.SEGMENT_DIR, segment_size, free_segments)
         self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
         self.index = Index(self.journal)
         self.recovery = Recovery(self.path, self.journal, self.index, chunk_size,

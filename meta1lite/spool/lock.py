@@ -20,6 +20,7 @@ import time
 
 from meta1lite.compat import errno_of, own_pid
 from meta1lite.durable import is_dir, makedirs, remove
+from meta1lite.spool.format import SEGMENT_DIR
 
 LOCK_FILE = "lock"
 LOCK_DIR = "lock.d"
@@ -31,7 +32,6 @@ LAZY_IMPORTS = ("concurrent.futures.thread",)    # the journal's sync thread (CP
 SPOOL_MODE = 0o700          # the spool's folder: its owner's alone
 PRIVATE_MASK = 0o077        # mode bits for the group and others
 STICKY_BIT = 0o1000         # a folder shared by everyone (/tmp)
-QUEUE_MARK = "seg"          # the journal's folder: this folder holds a queue
 
 
 class SpoolBusy(Exception):
@@ -165,7 +165,7 @@ def _make_private(spool):
     # a spool made before files were private (0755 folders, 0644 files): closing the
     # spool's own folder closes everything in it. Only a folder that holds a queue
     # (its seg/), never one shared with others (sticky, as /tmp), is changed
-    if not hasattr(os, "chmod") or not is_dir(spool + "/" + QUEUE_MARK):
+    if not hasattr(os, "chmod") or not is_dir(spool + "/" + SEGMENT_DIR):
         return
     mode = os.stat(spool)[0]
     if mode & PRIVATE_MASK and not mode & STICKY_BIT:
