@@ -122,18 +122,21 @@ def power_fail():
         pass
 
 
-_host_environ = []              # the host's environment, read once: [(key, value)]
+_host_environ = []              # the host's SIM_ variables, read once: [(key, value)]
+SIM_PREFIX = b"SIM_"            # the rest of the host's environment is not kept: its size
+                                # is the host's, and the board's heap must not pay for it
 
 
 def host_env(name):
     """The host's environment variable `name`, or None. The sim firmware has no
     os.getenv, as a board has none (the relay must not come to need it): the
     process's environment is read from the host's /proc instead."""
-    if not _host_environ:
+    if not _host_environ:               # (the sim's own variables are always set)
         with open(HOST_ENVIRON, "rb") as f:
             for entry in f.read().split(b"\0"):
                 key, _, value = entry.partition(b"=")
-                _host_environ.append((key, value))
+                if key.startswith(SIM_PREFIX):
+                    _host_environ.append((key, value))
     wanted = name.encode()
     for key, value in _host_environ:
         if key == wanted:               # other keys may be any bytes
