@@ -532,8 +532,11 @@ class Logger:
 log = Logger()
 
 
-def configure_logging(hostname, level, stream=None):
-    """Set the global logger's hostname, level and stream."""
+def configure_logging(hostname, level, stream=None, ring_bytes=None):
+    """Set the global logger's hostname, level and stream, and the size of its ring
+    of recent lines (None: as it is; a new size starts an empty ring)."""
     log.hostname = hostname
     log.threshold = LEVELS.get(level, 20)
     log.stream = stream
+    if ring_bytes is not None and ring_bytes != len(log.ring.buf):
+        log.ring = LogRing(ring_bytes)

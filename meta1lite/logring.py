@@ -7,7 +7,8 @@
 # allocate per line beyond the transient encoding, or grow.
 # Runs on MicroPython and CPython.
 
-RING_BYTES = 3072           # bytes of recent log text kept (10-25 lines)
+RING_BYTES = 3072           # bytes of recent log text kept (10-25 lines) until the
+                            # configuration sizes the ring (log_ring)
 _NL = 10
 
 
@@ -20,7 +21,10 @@ class LogRing:
         self.wrapped = False    # the buffer has been filled once
 
     def append(self, line):
-        """Keep `line` (str, without newline); older text is overwritten."""
+        """Keep `line` (str, without newline); older text is overwritten. A ring of
+        size 0 keeps nothing."""
+        if not self.buf:
+            return
         data = line.encode()
         if len(data) >= len(self.buf):          # cut at a character, UTF-8 is <= 4 bytes
             data = line[:(len(self.buf) - 1) // 4].encode()

@@ -59,7 +59,8 @@ class Daemon:
         from meta1lite.smar.resolver import AddressResolver
         from meta1lite.smtps.server import SmtpServer
         from meta1lite.spool import open_configured
-        compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"])
+        compat.configure_logging(self.cfg["hostname"], self.cfg["log_level"],
+                                ring_bytes=self.cfg["log_ring"])
         steps = self._steps
         steps.mark("boot+imports")
         heap.collect_often()
@@ -199,7 +200,7 @@ class Daemon:
         return None
 
     def _apply(self, cfg):
-        compat.configure_logging(cfg["hostname"], cfg["log_level"])
+        compat.configure_logging(cfg["hostname"], cfg["log_level"], ring_bytes=cfg["log_ring"])
         self.smar.reload(cfg)
         self.qmgr.smtpc.reload(cfg)
         self.qmgr.reload(cfg)

@@ -14,6 +14,7 @@ hostname|name in the greeting, Received: and bounces
 spool|queue directory
 postmaster|address for double bounces and notices
 log_level|least severe level logged
+log_ring|bytes of recent log lines kept in memory for status (0: none)
 control|queue-tool channel: socket path or loopback host:port; unset: <spool>/control
 smtps|the SMTP server
 smar|the address resolver: routes, aliases, DNS

@@ -38,6 +38,7 @@ hostname|str||relay.home.arpa
 spool|str||meta1lite-spool
 postmaster|str||root@relay.home.arpa
 log_level|enum|debug/info/warning/error|info
+log_ring|size||3K
 control|control||
 smtps|section|smtps|
 smar|section|smar|

@@ -291,6 +291,27 @@ def test_logger_writes_postfix_shaped_lines_and_keeps_a_ring():
     assert len(logger.ring.buf) == logring.RING_BYTES
 
 
+def test_log_ring_is_sized_by_the_configuration():
+    class Sink:
+        def write(self, s):
+            pass
+
+    before = (compat.log.hostname, compat.log.threshold, compat.log.stream)
+    try:
+        compat.configure_logging("relay.test", "info", Sink(), ring_bytes=0)
+        compat.log.log("info", "qmgr", "kept nowhere")
+        assert compat.log.ring.lines(5) == []           # log_ring = 0: no ring
+        compat.configure_logging("relay.test", "info", Sink(), ring_bytes=1024)
+        for n in range(40):
+            compat.log.log("info", "qmgr", "line %d" % n)
+        kept = compat.log.ring.lines(40)
+        assert len(compat.log.ring.buf) == 1024 and 5 < len(kept) < 40
+        assert kept[-1].endswith("line 39")
+    finally:
+        compat.configure_logging(before[0], "info", before[2], ring_bytes=logring.RING_BYTES)
+        compat.log.threshold = before[1]
+
+
 def test_log_program_names_are_postfix_ones():
     names = [compat.program_name(m) for m in ("smtps", "smtpc", "spool", "qmgr", "mcp",
                                              "sendmail", "bounce", "smar")]
