@@ -7,7 +7,9 @@
 # (x4 past PER_BUCKET entries a bucket on average, up to MAX_BUCKETS) so that a
 # bucket stays small for a queue of thousands. Must never: hold anything but what
 # callers put in, or fail a write because a growth found no memory.
-BUCKETS = 16
+# An empty map has one bucket, and the first growth comes at PER_BUCKET entries: the
+# queue manager's four maps, with 16 empty buckets each, held 1.2K of a board's heap.
+BUCKETS = 1
 PER_BUCKET = 32                 # average entries per bucket before the buckets grow
 MAX_BUCKETS = 256
 GROWTH = 4
