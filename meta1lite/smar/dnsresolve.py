@@ -7,13 +7,15 @@
 # Must never: block the event loop on network I/O, return an answer that does not
 # match its question, grow without bound, or differ in its answers between the two
 # transports for the same DNS server.
+# The codec (meta1lite.proto.dns) is imported by the functions that look a name up,
+# at the first lookup: a board relaying to address literals never needs its 1.3K of
+# heap.
 import errno
 import random
 import select
 import socket
 
 from meta1lite import compat
-from meta1lite.proto import dns as codec
 
 RESOLV_CONF = "/etc/resolv.conf"
 DNS_PORT = 53
@@ -30,7 +32,6 @@ MAX_CNAME_HOPS = 8
 MAX_ADDRESSES = 16           # A or AAAA records kept per name, in the server's order
 POLL_MIN_S = 0.001           # UDP receive polling interval, doubled up to POLL_MAX_S
 POLL_MAX_S = 0.02
-UDP_RECEIVE_SIZE = codec.EDNS_PAYLOAD
 
 FAMILY_INET = int(socket.AF_INET)
 FAMILY_INET6 = int(getattr(socket, "AF_INET6", 10))
@@ -96,6 +97,7 @@ def for_config(smar):
 
 
 def _check_name(name):
+    from meta1lite.proto import dns as codec
     if not isinstance(name, str):
         raise PermanentDNSError("domain name must be text: %r" % (name,))
     text = codec.normalize_name(name)
@@ -120,6 +122,7 @@ def ip_literal(host):
         return None
     if family == 4:
         return FAMILY_INET, netaddr.format_ip(4, value)
+    from meta1lite.proto import dns as codec
     raw = bytes([(value >> (8 * (15 - i))) & 0xFF for i in range(16)])
     return FAMILY_INET6, codec.ipv6_text(raw)
 
@@ -209,6 +212,7 @@ class _CodecTransport:
 
     async def exchange(self, name, qtype):
         """The first NOERROR/NXDOMAIN Response from the nameservers, else TemporaryDNSError."""
+        from meta1lite.proto import dns as codec
         failed = []
         last = "no nameserver configured"
         for _ in range(self.retries + 1):
@@ -227,6 +231,7 @@ class _CodecTransport:
         raise TemporaryDNSError("%s %s: %s" % (name, codec.TYPE_NAMES[qtype], last))
 
     async def _ask(self, server, name, qtype):
+        from meta1lite.proto import dns as codec
         qid = _random_id()
         query = codec.build_query(qid, name, qtype)
         reply = await asyncio.wait_for(self._udp(server, query, qid, name, qtype),
@@ -249,11 +254,12 @@ class _CodecTransport:
 
     async def _udp_receive(self, sock, qid, name, qtype):
         """Poll the non-blocking socket until our answer arrives (the caller times out)."""
+        from meta1lite.proto import dns as codec
         delay = POLL_MIN_S
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         while True:
-            data = _receive_nowait(sock) if poller.poll(0) else None
+            data = _receive_nowait(sock, codec.EDNS_PAYLOAD) if poller.poll(0) else None
             if data is not None:
                 try:
                     return codec.parse_response(data, qid, name, qtype)
@@ -263,6 +269,7 @@ class _CodecTransport:
             delay = min(delay * 2, POLL_MAX_S)
 
     async def _tcp(self, server, query, qid, name, qtype):
+        from meta1lite.proto import dns as codec
         reader, writer = await asyncio.open_connection(server[0], server[1])
         try:
             writer.write(codec.frame_tcp(query))
@@ -275,10 +282,11 @@ class _CodecTransport:
         return codec.parse_response(data, qid, name, qtype)
 
 
-def _receive_nowait(sock):
-    """A datagram when the poller said readable; None if it was gone (EAGAIN)."""
+def _receive_nowait(sock, size):
+    """A datagram (up to size bytes: the EDNS payload we advertise) when the poller
+    said readable; None if it was gone (EAGAIN)."""
     try:
-        return sock.recv(UDP_RECEIVE_SIZE)
+        return sock.recv(size)
     except OSError as exc:
         if exc.args and exc.args[0] in _AGAIN:
             return None
@@ -302,6 +310,7 @@ def _dnspython_available():
 
 def _follow(answers, name, qtype, ttl, hops):
     """Chase CNAMEs from name inside one answer; return (values, final name, ttl, hops)."""
+    from meta1lite.proto import dns as codec
     while True:
         values = []
         cname = None
@@ -365,6 +374,7 @@ class Resolver:
 
     async def resolve_mx(self, domain):
         """(preference, host) per RFC 5321 5.1; [] if no MX; NullMX, Permanent/TemporaryDNSError."""
+        from meta1lite.proto import dns as codec
         name = _check_name(domain)
         records = _unique([(pref, codec.normalize_name(host))
                            for pref, host in await self._lookup(name, codec.TYPE_MX)])
@@ -385,6 +395,7 @@ class Resolver:
         literal = ip_literal(host)
         if literal:
             return [literal] if families is None or literal[0] in families else []
+        from meta1lite.proto import dns as codec
         name = _check_name(host)
         found = []
         errors = []
@@ -416,6 +427,7 @@ class Resolver:
 
     async def _chase(self, name, qtype):
         """Query name, re-querying a CNAME target the answer left open; (values, ttl)."""
+        from meta1lite.proto import dns as codec
         current, ttl, hops = name, MAX_CACHE_TTL, 0
         while True:
             self.queries_sent += 1
