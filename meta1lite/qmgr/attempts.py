@@ -11,7 +11,6 @@
 # system): the outcome waits in `unrecorded` and the next try records it (record_again).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, status
-from meta1lite.qmgr import bounce
 from meta1lite.smar import dnsresolve
 from meta1lite.smtpc import NO_RELAY, Result
 
@@ -167,6 +166,7 @@ class Attempts:
 
     async def _bounce(self, msg, failed, addrs):
         """Queue one DSN for these failures; False if it could not be queued."""
+        from meta1lite.qmgr import bounce  # only when bouncing: not in a board's idle heap
         target = bounce.recipient_for(self.cfg, msg, [addrs.get(r.index) or msg.recipients[r.index].addr
                                                       for r in failed])
         if target is None:
