@@ -43,11 +43,6 @@ class Module:
         self.restarts = 0
 
 
-async def _idle():
-    while True:
-        await asyncio.sleep(IDLE_S)
-
-
 class Supervisor:
     """Runs the modules (a list in dependency order) as tasks and watches them."""
 
@@ -124,7 +119,10 @@ class Supervisor:
     async def _body(self, mod):
         try:
             try:
-                await (mod.run() if mod.run is not None else _idle())
+                if mod.run is None:         # the task only stands for the module
+                    while True:
+                        await asyncio.sleep(IDLE_S)
+                await mod.run()
             except asyncio.CancelledError:
                 if not mod.fault:
                     raise
