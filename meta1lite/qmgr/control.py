@@ -12,13 +12,11 @@
 # listen on anything but loopback or a socket file, accept a request line longer
 # than MAX_REQUEST, or block the event loop (every request is a quick call on the
 # spool or the queue manager; an inject streams its body in like an SMTP DATA).
+# The handlers (qmgr/requests.py: Control, one connection's requests) are imported
+# and the daemon's Control built at the first request: a board whose console is
+# never asked keeps them out of its heap (0.6K).
 # Shared code: MicroPython and CPython.
-import gc
-import json
-
 from meta1lite import compat, durable, heap, listener
-from meta1lite.proto import address
-from meta1lite.spool import TOO_BIG, SpoolFull
 
 asyncio = compat.asyncio
 MAX_REQUEST = 512               # bytes of one request line
@@ -27,9 +25,6 @@ IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
 LOG_LINES = 10                  # recent log lines in a status reply
 HEAP_SAMPLE_MS = 250            # how often the heap high-water is sampled (MicroPython)
 LOG = "control"
-MCP_VERBS = ("reload", "stop", "fault")     # requests mcp answers
-LOG_PICKUP = "sendmail"         # logs as Postfix's pickup (pflogsumm: received)
-MAX_ENVELOPE = 64 * 1024        # bytes of an inject's JSON envelope
 
 
 class LineReader:
@@ -90,132 +85,6 @@ def describe(endpoint):
     return str(endpoint)
 
 
-class Control:
-    """The request handlers: one line in, one dict out."""
-
-    def __init__(self, spool, qmgr, cfg=None, mcp=None):
-        self.spool = spool
-        self.qmgr = qmgr
-        self.cfg = cfg or {}
-        self.mcp = mcp
-        self.started = compat.monotonic()
-
-    def handle(self, line):
-        """The reply (dict) to one request line (str)."""
-        words = line.split()
-        if not words:
-            return {"ok": False, "error": "empty request"}
-        verb, args = words[0].lower(), words[1:]
-        if verb == "ping":
-            return {"ok": True}
-        if verb == "status":
-            return self.status()
-        if verb == "flush":
-            return self.flush()
-        if verb in ("hold", "release", "delete"):
-            if len(args) != 1:
-                return {"ok": False, "error": "usage: %s QUEUEID" % verb}
-            return self.change(verb, args[0])
-        if verb in MCP_VERBS and self.mcp is not None:
-            return self.mcp.request(verb, args)
-        return {"ok": False, "error": "unknown request %r" % verb[:40]}
-
-    def flush(self):
-        if self.qmgr is None:
-            return {"ok": False, "error": "no queue manager in this daemon"}
-        n = self.qmgr.flush()
-        compat.log.log("info", LOG, "flush requested: %d deferred messages due now" % n)
-        return {"ok": True, "flushed": n}
-
-    def _envelope(self, data):
-        env = json.loads(data)
-        sender, rcpts, uid = env.get("from"), env.get("rcpt"), env.get("uid", 0)
-        limit = self.cfg.get("smtps", {}).get("max_recipients", 100)
-        if not isinstance(sender, str) or not isinstance(rcpts, list) or not rcpts \
-                or len(rcpts) > limit or not isinstance(uid, int):
-            raise ValueError("bad envelope")
-        if sender:
-            address.parse_path(("<%s>" % sender).encode(), sender=True, smtputf8=True)
-        for rcpt in rcpts:
-            if not isinstance(rcpt, str):
-                raise ValueError("bad recipient")
-            address.parse_path(("<%s>" % rcpt).encode(), smtputf8=True)
-        return sender, rcpts, uid
-
-    async def inject(self, lines, args):
-        """`inject ENV BODY`: read the envelope and the body, commit them to the
-        spool; (the reply, keep the connection) once the message is durable."""
-        try:
-            env_len, body_len = int(args[0]), int(args[1])
-        except (IndexError, ValueError):
-            return {"ok": False, "error": "usage: inject ENVELOPE_BYTES BODY_BYTES"}, False
-        if not 0 < env_len <= MAX_ENVELOPE or body_len < 0:
-            return {"ok": False, "error": "bad inject sizes"}, False
-        parts = []
-        await _read_into(lines, env_len, lambda piece: parts.append(bytes(piece)))
-        try:
-            sender, rcpts, uid = self._envelope(b"".join(parts).decode("utf-8"))
-        except (ValueError, TypeError, AttributeError, UnicodeError, address.AddressError) as exc:
-            return {"ok": False, "error": "bad envelope: %s" % exc}, False
-        reason, temporary = self._refusal(body_len)
-        if reason:
-            await _read_into(lines, body_len, None)
-            return {"ok": False, "error": reason, "temporary": temporary}, True
-        try:
-            queue_id = await self._commit(lines, body_len, sender, rcpts)
-        except (SpoolFull, OSError) as exc:
-            return {"ok": False, "error": "%s" % exc, "temporary": True}, False
-        compat.log.log("info", LOG_PICKUP, "%s: uid=%d from=<%s>" % (queue_id, uid, sender))
-        if self.qmgr is not None:
-            self.qmgr.wake(queue_id)
-        return {"ok": True, "queue_id": queue_id}, True
-
-    def _refusal(self, size):
-        # (why a message of size bytes is refused, or None; whether it may pass later)
-        limit = self.cfg.get("smtps", {}).get("max_message_size")
-        if limit and size > limit:
-            return "message size %d exceeds max_message_size %d" % (size, limit), False
-        if heap.memory_low():
-            return "out of memory, try again later", True
-        reason = self.spool.check_accept(size)
-        return reason, reason != TOO_BIG
-
-    async def _commit(self, lines, body_len, sender, rcpts):
-        writer = self.spool.new_message()
-        try:
-            await _read_into(lines, body_len, writer.write)
-            return await self.spool.commit(writer, sender, rcpts,
-                                           {"client": "local", "proto": "sendmail"})
-        except BaseException:
-            writer.abort()          # idempotent; nothing of it will load
-            raise
-
-    def change(self, verb, queue_id):
-        done = getattr(self.spool, verb)(queue_id)
-        if not done:
-            return {"ok": False, "error": "%s: no such message in the queue" % queue_id}
-        if verb == "release" and self.qmgr is not None:
-            self.qmgr.release(queue_id)
-        elif self.qmgr is not None:
-            self.qmgr.wake()
-        return {"ok": True, "queue_id": queue_id}
-
-    def status(self):
-        heap_watch.sample()     # before collecting: what is allocated right now
-        gc.collect()            # the heap figure counts live data, not garbage
-        reply = {"ok": True, "running": True, "pid": compat.getpid(),
-                 "uptime": int(compat.monotonic() - self.started),
-                 "heap": heap.heap_used(), "heap_free": heap.heap_free(),
-                 "heap_high_water": heap_watch.high, "log": compat.log.ring.lines(LOG_LINES)}
-        if self.qmgr is not None:
-            reply.update(self.qmgr.status())
-        else:
-            reply["messages"] = self.spool.count()
-        if self.mcp is not None:
-            reply.update(self.mcp.status())
-        return reply
-
-
 class ControlServer:
     """The listening control channel; close() stops it (and removes a socket file)."""
 
@@ -239,50 +108,7 @@ class ControlServer:
             await self.server.wait_closed()
 
 
-async def _read_into(lines, n, sink):
-    """n bytes after the request line (what LineReader already holds first) to
-    sink(view, valid during the call), or dropped (sink None); ValueError if the
-    stream ends early."""
-    while n > 0:
-        data = lines.pending
-        if not len(data):           # read_some's view: reused by the next read
-            data = await compat.wait_for(compat.read_some(lines.reader, lines.buf), IO_TIMEOUT_S)
-            if not len(data):
-                raise ValueError("the request ended early")
-        view = memoryview(data)
-        if sink is not None:
-            sink(view[:n])          # a view: the sink copies what it keeps
-        rest = view[n:]
-        n -= len(view) - len(rest)
-        lines.pending = bytes(rest) if len(rest) else b""   # LineReader's (find)
-
-
-async def _serve(control, reader, writer):
-    lines = LineReader(reader, MAX_REQUEST)
-    try:
-        for _ in range(MAX_REQUESTS):
-            raw = await compat.wait_for(lines.readline(), IO_TIMEOUT_S)
-            if not raw:
-                break
-            text, keep = raw.decode("utf-8", "replace").strip(), True
-            try:
-                if text.startswith("inject "):
-                    reply, keep = await control.inject(lines, text.split()[1:])
-                else:
-                    reply = control.handle(text)
-            except Exception as exc:  # noqa: BLE001 - a bad request must not kill the daemon
-                reply, keep = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}, False
-            await compat.write_all(writer, (json.dumps(reply) + "\n").encode())
-            if not keep:
-                break
-    except Exception as exc:  # noqa: BLE001 - a peer gone, a timeout, a long line
-        if not (compat.is_timeout(exc) or compat.is_connection_error(exc) or isinstance(exc, ValueError)):
-            compat.log.log("warning", LOG, "request failed: %r" % (exc,))
-    finally:
-        await compat.close_stream(writer)
-
-
-_local = []     # the running daemon's Control, for ask()
+_local = []     # the running daemon's Control (its arguments until the first request)
 
 
 def ask(line):
@@ -291,7 +117,15 @@ def ask(line):
     loopback interface: a connect to 127.0.0.1 fails with EHOSTUNREACH)."""
     if not _local:
         return {"ok": False, "error": "the relay is not running"}
-    return _local[0].handle(line)
+    return _control().handle(line)
+
+
+def _control():
+    # the daemon's Control, built at the first request
+    from meta1lite.qmgr.requests import Control
+    if isinstance(_local[0], tuple):
+        _local[0] = Control(*_local[0])
+    return _local[0]
 
 
 async def start_control(cfg, spool, qmgr, mcp=None):
@@ -299,12 +133,12 @@ async def start_control(cfg, spool, qmgr, mcp=None):
     .server is None when this runtime cannot listen on a socket path). mcp: the
     daemon answering reload, stop and fault. ask() reaches it from now on, socket
     or not."""
-    control = Control(spool, qmgr, cfg, mcp)
-    _local[:] = [control]
+    _local[:] = [(spool, qmgr, cfg, mcp, compat.monotonic())]
     endpoint = cfg.get("control")
 
     def handler(reader, writer):
-        return _serve(control, reader, writer)
+        from meta1lite.qmgr.requests import serve
+        return serve(_control(), reader, writer)
 
     if isinstance(endpoint, (tuple, list)):
         # listener's accept loop: asyncio's own ends for good at a MemoryError
