@@ -127,6 +127,30 @@ def test_a_board_up_for_four_years_relays_and_retries_on_time(tmp_path):
     assert len(hop.mail_commands) <= UPTIME_MESSAGES + 2 * UPTIME_DEFERRED, hop.mail_commands
 
 
+def test_a_refused_recipient_bounces_from_the_board(tmp_path):
+    """The next hop refuses one recipient for good: the board writes the sender a
+    delivery status notification and delivers it (the bounce code, imported only when
+    a notice is due, runs on the board's firmware and heap)."""
+    refused = "nobody@dest.test"
+    with NextHop(rcpt_replies={refused: "550 5.1.1 no such user"}) as hop:
+        port = free_port()
+        board = SimBoard(tmp_path)
+        board.create_flash(sim_config(port, via_route(hop.port)))
+        board.start(port)
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.sendmail("dev@home.test", [refused], message(0, rcpt=refused, size=MESSAGE_BYTES))
+            wait_for(lambda: hop.messages, "the bounce", board, UPTIME_DEADLINE_S)
+        finally:
+            status = board.stop()
+    log = board.log()
+    assert status == 0, log[-4000:]
+    assert_no_memory_errors(log)
+    bounce = hop.messages[0]
+    assert bounce.mail_from == "<>" and bounce.rcpt_tos == ["dev@home.test"], bounce
+    assert b"550 5.1.1 no such user" in bounce.content and refused.encode() in bounce.content
+
+
 # programs + erases counted from boot (boot takes ~19, a 2 KB message ~12): during boot,
 # receiving, committing, delivering and recording; with the profile's 32K segments (about
 # 14 messages each) the later cuts fall while segments are rolled, freed and recycled
