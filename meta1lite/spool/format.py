@@ -116,8 +116,10 @@ def header_payload(number, seq, kind):
 OK, BAD, TORN, DAMAGED = 0, 1, 2, 3
 CHUNK_PEEK = 24                 # payload bytes that hold a chunk's number and data head
 _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
-_scan_buf = bytearray(SCAN_BLOCK + 1)   # allocated once: no fragmenting reads on boards
-_crc_buf = bytearray(512)
+# allocated once (no fragmenting reads on boards), and one for both uses: the crc
+# streaming of read_frame() and the search of find_next_frame(), which reads its
+# block again after each candidate (read_frame streamed through it meanwhile)
+_scan_buf = bytearray(SCAN_BLOCK + 1)
 
 
 def _uint_at(buf, at, major):
@@ -148,7 +150,7 @@ def parse_chunk(payload):
 
 
 def _crc_stream(f, remaining, crc):
-    mv = memoryview(_crc_buf)
+    mv = memoryview(_scan_buf)
     while remaining:
         n = f.readinto(mv[:min(len(mv), remaining)])
         if not n:
@@ -204,12 +206,12 @@ def find_next_frame(f, start, size, gen):
         if not n:
             return -1
         at = _scan_buf.find(MAGIC, 0, n)
-        while 0 <= at < SCAN_BLOCK:
-            status, _ = read_frame(f, pos + at, size, gen, True)
-            if status == OK:
-                return pos + at
-            at = _scan_buf.find(MAGIC, at + 1, n)
-        pos += SCAN_BLOCK
+        if not 0 <= at < SCAN_BLOCK:
+            pos += SCAN_BLOCK
+        elif read_frame(f, pos + at, size, gen, True)[0] == OK:
+            return pos + at
+        else:
+            pos += at + 1           # the block again: read_frame may have used the buffer
     return -1
 
 
