@@ -11,11 +11,12 @@
 #   message.py   Message, Recipient, the envelope record, MessageWriter, errors
 #   journal.py   Journal: the segment files, appends, group sync, freeing
 #   index.py     Index: the compact in-memory index; Messages built from disk
-#   recovery.py  Recovery: replay, quarantine, incoming/, inject
+#   recovery.py  Recovery: replay, quarantine, incoming/, inject (start-up code: imported
+#                for a call and dropped after it on MicroPython, see Spool._recovery)
 #   this file    Spool: accepting mail, limits, delivery state, the public API
 # A Spool composes one Journal, one Index (which reads records back through the
-# journal and keeps its segment reference counts) and one Recovery (which loads
-# files into both); none of them knows the Spool.
+# journal and keeps its segment reference counts) and, for a call, a Recovery (which
+# loads files into both); none of them knows the Spool.
 #
 # Memory: a queued message costs one packed record in RAM (index.py: IDs, times,
 # size, where its frames are, recipient statuses and attempts), ~75 bytes on
@@ -58,9 +59,11 @@
 # A segment is freed when no live message or open writer needs a frame in it, and
 # no D record in it still cancels an envelope in a segment that exists.
 # Incoming files get negative segment keys in memory (-1, -2, ... as adopted).
+import os
+import sys
 from errno import EIO
 
-from meta1lite import compat, durable
+from meta1lite import compat, durable, heap
 from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
 from meta1lite.spool.journal import Journal
@@ -76,7 +79,6 @@ from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public
     full_if_no_space,
     log,
 )
-from meta1lite.spool.recovery import Recovery
 from meta1lite.spool.space import low_space
 from meta1lite.status import FINAL, SENT, STATUSES  # public API too (the spool stores the index)
 
@@ -88,6 +90,7 @@ POOLED_BUFFERS = 8              # chunk buffers kept for reuse (writers + body r
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
 TOO_BIG = "message size exceeds what the queue can ever hold"   # check_accept/SpoolFull
                                 # reason that is permanent (smtps: 552 5.3.4)
+RECOVERY = "meta1lite.spool.recovery"   # start-up code, dropped after each use (MicroPython)
 
 
 class Spool:
@@ -110,8 +113,8 @@ class Spool:
         self.journal = Journal(self.path + "/" + fmt.SEGMENT_DIR, segment_size, free_segments)
         self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
         self.index = Index(self.journal)
-        self.recovery = Recovery(self.path, self.journal, self.index, chunk_size,
-                                 self.min_free_space)
+        self.damaged = {}           # queue ID -> Message whose chunks do not all verify (recovery.py)
+        self._readonly = False      # recover(readonly)
         self._writers = {}          # queue ID -> MessageWriter not yet committed
         self._pending = {}          # queue ID -> [(rcpt index, status index, attempts)] being synced
         self._inflight_bytes = 0    # body bytes of the writers in chunk frames
@@ -125,17 +128,46 @@ class Spool:
         Removes tmp/ orphans, replays incoming/ and seg/, saves damage to corrupt/ with
         a log line, prepares the current and next segments. Never raises for bad
         files. readonly=True (e.g. `queue list` while the daemon runs) only reads."""
-        return self.recovery.recover(readonly)
+        self._readonly = readonly
+        return self._recovery("recover", readonly)
 
     def scan_incoming(self):
         """Adopt new files in incoming/; returns the number of messages adopted."""
         self._ready()
-        return self.recovery.scan_incoming()
+        if not self._new_incoming():    # the usual case: recovery.py not even imported
+            return 0
+        return self._recovery("scan_incoming")
+
+    def _new_incoming(self):
+        try:
+            names = os.listdir(self.path + "/" + fmt.INCOMING_DIR)
+        except OSError:
+            return False
+        known = [seg.path for seg in self.journal.segs.values() if seg.kind == "i"]
+        for name in names:
+            if "%s/%s/%s" % (self.path, fmt.INCOMING_DIR, name) not in known:
+                return True
+        return False
 
     def inject(self, sender, recipients, chunks, info=None):
         """Queue a message from another process (sync; no daemon needed): writes a
         complete segment into incoming/ (tmp + fsync + rename + dir sync)."""
-        return self.recovery.inject(sender, recipients, chunks, info)
+        return self._recovery("inject", sender, recipients, chunks, info)
+
+    def _recovery(self, method, *args):
+        # Recovery.method(*args). recovery.py runs at start, for a new incoming file and
+        # for inject(): on MicroPython it is imported for the call and dropped after it,
+        # its heap returned (as mcp drops the configuration parser)
+        loaded = RECOVERY in sys.modules
+        from meta1lite.spool.recovery import Recovery
+        try:
+            return getattr(Recovery(self.path, self.journal, self.index, self.chunk_size,
+                                    self.min_free_space, self.damaged, self._readonly),
+                           method)(*args)
+        finally:
+            del Recovery            # nothing of the module left for the collection to keep
+            if compat.MICROPYTHON and not loaded:
+                heap.forget_modules((RECOVERY,))
 
     # --- accepting mail ----------------------------------------------------------
 
@@ -186,7 +218,7 @@ class Spool:
     def _new_id(self):
         while True:
             queue_id, tag = fmt.new_queue_id(compat.wall_time())
-            if not self._tag_used(tag) and queue_id not in self.recovery.damaged:
+            if not self._tag_used(tag) and queue_id not in self.damaged:
                 return queue_id, tag
 
     def new_message(self):

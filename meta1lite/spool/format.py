@@ -14,6 +14,7 @@ from meta1lite import compat
 
 FORMAT_VERSION = 1              # "v" of every record; readers accept <= this
 SEGMENT_DIR = "seg"             # SPOOL/seg/: the journal's segments
+INCOMING_DIR = "incoming"       # SPOOL/incoming/: standalone segments of other processes
 MAGIC = b"\x9d\x4d"             # first two bytes of every frame
 HEAD_FORMAT = ">2sBIIII"        # magic, type, generation, tag, payload length, crc32
 HEAD_SIZE = 19

@@ -85,6 +85,7 @@ class Journal:
         self.segment_size = segment_size
         self.free_segments = free_segments
         self.segs = {}          # key -> Segment: every file in use (recovery adds them)
+        self.in_key = 0         # key of the newest adopted incoming file (-1, -2, ...)
         self._free = []         # freed journal segments kept for reuse
         self._next = None       # the pre-created next segment
         self._cur = None        # the segment appended to

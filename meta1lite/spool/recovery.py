@@ -6,7 +6,10 @@
 # files, saving damaged bytes and unreadable messages to corrupt/ with a log line,
 # the messages whose bodies do not verify (until salvaged), and writing a complete
 # standalone segment into incoming/. Must never: raise out of recover() for bad
-# bytes on disk, append to an incoming file, or write anything when read-only.
+# bytes on disk, append to an incoming file, or write anything when read-only; keep
+# state in a Recovery or in this module beyond one call: a Spool makes a Recovery for
+# each call and hands it what lasts (the damaged messages; the journal numbers the
+# incoming files), and on MicroPython drops this start-up module after the call.
 # Shared code: MicroPython and CPython.
 import os
 
@@ -49,21 +52,22 @@ def owner_uid(path):
 
 class Recovery:
     """Loads the spool's files into its journal and index: recover() once at
-    startup, scan_incoming() for files injected later; inject() writes one."""
+    startup, scan_incoming() for files injected later; inject() writes one. damaged:
+    the Spool's dict of the messages whose chunks do not all verify, by queue ID."""
 
-    def __init__(self, path, journal, index, chunk_size, min_free_space):
+    def __init__(self, path, journal, index, chunk_size, min_free_space, damaged,
+                 readonly):
         self.path = path
-        self.incoming_dir = path + "/incoming"
+        self.incoming_dir = path + "/" + fmt.INCOMING_DIR
         self.corrupt_dir = path + "/corrupt"
         self.tmp_dir = path + "/tmp"
         self.journal = journal
         self.index = index
         self.chunk_size = chunk_size
         self.min_free_space = min_free_space
-        self.readonly = False
-        self.damaged = {}           # queue ID -> Message whose chunks do not all verify
+        self.readonly = readonly
+        self.damaged = damaged
         self._chunk_counts = {}     # tag -> chunks seen in order (-1: a gap), while replaying
-        self._in_key = 0            # key of the newest adopted incoming file
         self._torn = []             # (segment, file size) ending in a cut frame, while replaying
         self._adopted = []          # (id, sender, size, nrcpt, uid) from incoming/, not yet logged
 
@@ -349,10 +353,10 @@ class Recovery:
     # --- incoming/ ---------------------------------------------------------------------
 
     def _adopt(self, name):
-        seg = self._open_segment(self.incoming_dir + "/" + name, self._in_key - 1, "i")
+        seg = self._open_segment(self.incoming_dir + "/" + name, self.journal.in_key - 1, "i")
         if seg is None:
             return 0
-        self._in_key -= 1
+        self.journal.in_key -= 1
         before = self.index.count
         self.journal.segs[seg.key] = seg
         self._replay(seg)
