@@ -19,7 +19,8 @@ MAGIC = b"\x9d\x4d"             # first two bytes of every frame
 HEAD_FORMAT = ">2sBIIII"        # magic, type, generation, tag, payload length, crc32
 HEAD_SIZE = 19
 MAX_PAYLOAD = 1 << 20           # a longer length field is damage, never allocated
-SCAN_BLOCK = 1024               # bytes read at a time when looking for the next frame
+SCAN_BLOCK = 512                # bytes read at a time when looking for the next frame or
+                                # streaming a crc (a buffer every heap keeps for good)
 DIRECT_READ = 1024              # longer payloads are crc-checked by streaming before reading
 SEGMENT_MARK = "meta1lite-spool"
 
@@ -116,7 +117,7 @@ def header_payload(number, seq, kind):
 
 OK, BAD, TORN, DAMAGED = 0, 1, 2, 3
 CHUNK_PEEK = 24                 # payload bytes that hold a chunk's number and data head
-_ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
+ARG_1_BYTE, ARG_8_BYTES = 24, 27  # CBOR additional info: 1 << (info - 24) argument bytes follow
 # allocated once (no fragmenting reads on boards), and one for both uses: the crc
 # streaming of read_frame() and the search of find_next_frame(), which reads its
 # block again after each candidate (read_frame streamed through it meanwhile)
@@ -128,10 +129,12 @@ def _uint_at(buf, at, major):
     if at >= len(buf) or buf[at] >> 5 != major:
         return None
     info = buf[at] & 0x1F
-    if info < 24:
+    if info < ARG_1_BYTE:
         return info, at + 1
-    size = _ARG_BYTES.get(info)
-    if size is None or at + 1 + size > len(buf):
+    if info > ARG_8_BYTES:
+        return None
+    size = 1 << (info - ARG_1_BYTE)
+    if at + 1 + size > len(buf):
         return None
     return int.from_bytes(bytes(buf[at + 1:at + 1 + size]), "big"), at + 1 + size
 
