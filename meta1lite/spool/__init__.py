@@ -134,20 +134,15 @@ class Spool:
     def scan_incoming(self):
         """Adopt new files in incoming/; returns the number of messages adopted."""
         self._ready()
-        if not self._new_incoming():    # the usual case: recovery.py not even imported
-            return 0
-        return self._recovery("scan_incoming")
-
-    def _new_incoming(self):
         try:
             names = os.listdir(self.path + "/" + fmt.INCOMING_DIR)
         except OSError:
-            return False
+            return 0
         known = [seg.path for seg in self.journal.segs.values() if seg.kind == "i"]
-        for name in names:
+        for name in names:      # recovery.py is imported only for a new file
             if "%s/%s/%s" % (self.path, fmt.INCOMING_DIR, name) not in known:
-                return True
-        return False
+                return self._recovery("scan_incoming")
+        return 0
 
     def inject(self, sender, recipients, chunks, info=None):
         """Queue a message from another process (sync; no daemon needed): writes a
@@ -283,7 +278,7 @@ class Spool:
         seg.refs += 1               # kept while the sync runs
         try:
             await self.journal.sync()
-            if self._in_failed(writer.segs + [seg.key]):    # a sync failed meanwhile
+            if self.journal.any_failed(writer.segs + [seg.key]):    # a sync failed meanwhile
                 raise OSError(EIO, "a queue sync failed while the message was written")
             self.index.add_message(msg)
         except BaseException:       # not acknowledged: the envelope must not load
@@ -394,12 +389,6 @@ class Spool:
         self._apply(queue_id, written)
         self.journal.collect()
         return True
-
-    def _in_failed(self, keys):
-        for key in keys:
-            if key in self.journal.failed:
-                return True
-        return False
 
     def _written(self, written, data, ftype, tag, fields):
         seg, pos = self.journal.append_record(ftype, tag, fields)

@@ -385,6 +385,13 @@ class Journal:
         """Wait until everything appended so far is on stable storage (group sync)."""
         await self._sync_to(self._wseq)
 
+    def any_failed(self, keys):
+        """True if an fsync failed on one of the segments keys (see _sync_failed)."""
+        for key in keys:
+            if key in self.failed:
+                return True
+        return False
+
     def sync_later(self):
         """Have what is appended so far synced within LAZY_SYNC_S, by the next sync
         anyone waits for or else by a task: for records whose loss costs a duplicate,
