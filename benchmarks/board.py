@@ -25,7 +25,8 @@ With --no-bisect each scenario runs at --heap only. --sessions prints only the r
 live heap (`status`) idle, per connected session and after a message from each.
 --heap-map boots the relay through a /flash/main.py that prints MicroPython's heap
 report and block map (micropython.mem_info(1)) at the first file open the journal's
-handle reserve could not serve; a failed run prints its summary and the log's path.
+handle reserve could not serve, or the first ENOMEM of a delivery (a TLS handshake's);
+a failed run prints its summary and the log's path.
 Figures only, no assertions.
 """
 import argparse
@@ -76,6 +77,19 @@ def _reporting(self, fn, *args):
 
 
 heap.Reserve.call = _reporting
+from meta1lite import smtpc
+_failed = smtpc._Session._io_failed
+
+
+def _tls_reporting(self, exc, doing, timeout):
+    if not _shown and getattr(exc, "errno", None) == 12:
+        _shown.append(1)
+        print("HEAP MAP: ENOMEM %s %s" % (doing, self.relay))
+        micropython.mem_info(1)
+    return _failed(self, exc, doing, timeout)
+
+
+smtpc._Session._io_failed = _tls_reporting
 m1lboot.run("/flash")
 """
 
@@ -388,7 +402,8 @@ def print_heap_map(board):
     lines = board.log().splitlines()
     at = [i for i, line in enumerate(lines) if line.startswith("HEAP MAP")]
     if not at:
-        print("    no heap map: the failure was not a file open (%s)" % board.log_path)
+        print("    no heap map: the failure was neither a file open nor an ENOMEM (%s)"
+              % board.log_path)
         return
     summary = [line.strip() for line in lines[at[0]:at[0] + 8]
                if line.startswith(("HEAP", "GC:", " No.", "No."))]
@@ -440,7 +455,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=REPEAT, help="runs that must all pass at a heap")
     ap.add_argument("--sessions", action="store_true", help="only the live heap per session")
     ap.add_argument("--heap-map", action="store_true",
-                    help="print the heap map at the first file open that fails")
+                    help="print the heap map at the first file open or TLS handshake that fails")
     args = ap.parse_args()
     if args.heap_map:
         HEAP_MAP.append(True)
