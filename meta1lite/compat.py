@@ -230,6 +230,35 @@ async def read_some(reader, buf):
             return memoryview(buf)[:n]
 
 
+_SHARED_READ = []      # MicroPython: the one buffer of every read_now(), made at the first
+
+
+def _shared_read_buffer():
+    if not _SHARED_READ:
+        _SHARED_READ.append(bytearray(READ_CHUNK))
+    return _SHARED_READ[0]
+
+
+def _readable(sock):
+    # MicroPython: a generator (asyncio awaits it) that returns once sock is readable
+    yield asyncio.core._io_queue.queue_read(sock)
+
+
+async def read_now(reader, timeout_s):
+    """Bytes from reader within timeout_s (a timeout error); empty at end of stream;
+    None when nothing came (MicroPython: a TLS record not yet whole): call again.
+    MicroPython: a view of ONE buffer that every caller shares, read in the caller's
+    own task once the socket is readable; valid until the caller's next await, so
+    feed it to a core that copies it before awaiting anything (a buffer per session
+    or delivery was 1K each held while it idled). CPython: bytes."""
+    if not MICROPYTHON:
+        return await wait_for(reader.read(READ_CHUNK), timeout_s)
+    await wait_for(_readable(reader.s), timeout_s)
+    buf = _shared_read_buffer()
+    n = reader.s.readinto(buf)
+    return None if n is None else memoryview(buf)[:n]
+
+
 # CPython 3.12+'s transport queues the very object it is given when the socket is
 # full (and drain() returns below its high-water mark): a caller's reused buffer is
 # copied first, or the next body chunk read into it would be sent in its place.

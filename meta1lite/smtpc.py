@@ -167,7 +167,6 @@ class _Session:
         self.dead = False
         self.current = None
         self.reader = self.writer = None
-        self.buf = compat.new_read_buffer()
         self.conn = None
         self.preread = b""
         self.tls_slot = False         # holds tls.tls_memory's slot
@@ -262,14 +261,21 @@ class _Session:
     async def _read(self):
         data, self.preread = self.preread, b""
         if not self.dead and not data:
-            timeout = self._timeout()
-            try:
-                data = await compat.wait_for(compat.read_some(self.reader, self.buf), timeout)
-            except _IO_ERRORS as exc:
-                self._io_failed(exc, "reading from", timeout)
+            data = await self._read_now()
         if not data:
             self.dead = True
-        self.conn.receive_data(data)
+        self.conn.receive_data(data)        # a view of compat.read_now's: copied here
+
+    async def _read_now(self):
+        data = None
+        while data is None:
+            timeout = self._timeout()
+            try:
+                data = await compat.read_now(self.reader, timeout)
+            except _IO_ERRORS as exc:
+                self._io_failed(exc, "reading from", timeout)
+                return b""
+        return data
 
     async def _write(self, data):
         if not data or self.dead:

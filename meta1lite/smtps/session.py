@@ -32,7 +32,6 @@ class Session:
         self.ip = ip
         self.client = ip            # the per-client limits' key (smtps.server sets it)
         self.out = []
-        self.buf = compat.new_read_buffer()
         self.msg = None             # the transaction's MessageWriter
         self.stats = {}
         self.sender = None
@@ -134,18 +133,21 @@ class Session:
                 self.progress = compat.real_monotonic()
 
     async def _read(self):
-        wait, reply = self._read_limit(compat.real_monotonic())
-        if wait <= 0:
-            return self._cut(reply)
-        self.reading = True
-        try:
-            data = await compat.wait_for(compat.read_some(self.reader, self.buf), wait)
-        except Exception as exc:  # noqa: BLE001
-            if not compat.is_timeout(exc):
-                raise
-            return self._cut(reply)
-        finally:
-            self.reading = False
+        # what came (compat.read_now's view: the core copies it before the next await)
+        data = None
+        while data is None:
+            wait, reply = self._read_limit(compat.real_monotonic())
+            if wait <= 0:
+                return self._cut(reply)
+            self.reading = True
+            try:
+                data = await compat.read_now(self.reader, wait)
+            except Exception as exc:  # noqa: BLE001
+                if not compat.is_timeout(exc):
+                    raise
+                return self._cut(reply)
+            finally:
+                self.reading = False
         self.received += len(data)
         return data
 
