@@ -35,7 +35,8 @@ class Session:
         self.msg = None             # the transaction's MessageWriter
         self.stats = {}
         self.sender = None
-        self.rcpts = []
+        self.rcpts = None           # from MAIL to the end of the transaction
+        self.scanner = None         # the message's header fields, from DATA to its end
         self.eightbit = False       # MAIL said BODY=8BITMIME (kept for the next hop)
         self.conn = core.ServerConnection(
             server.hostname, max_message_size=self.opts["max_message_size"],
@@ -341,15 +342,13 @@ class Session:
             self.ip, self.conn.authenticated)
 
     async def on_data_end(self, event):
+        # the core's transaction ended with it: so does the session's (an idle
+        # session holds no envelope and no header scanner)
         self.data_t0 = None
-        if self.msg is None:
-            return
-        if not event.ok:
-            self._abort_message()
-            return
-        self._write_body(self.scanner.finish())
-        reply = await self._commit()
-        self.out.append(reply)
+        if self.msg is not None and event.ok:
+            self._write_body(self.scanner.finish())
+            self.out.append(await self._commit())
+        self._reset()
 
     async def _commit(self):
         msg, self.msg = self.msg, None
@@ -386,6 +385,7 @@ class Session:
             self.server.qmgr.wake(queue_id)
 
     def _abort_message(self):
+        self.scanner = None
         if self.msg is not None:
             self.msg.abort()
             self.msg = None
@@ -393,7 +393,7 @@ class Session:
     def _reset(self):
         self._abort_message()
         self.sender = None
-        self.rcpts = []
+        self.rcpts = None
 
     # --- STARTTLS and AUTH ----------------------------------------------------
     async def on_starttls(self, event):
