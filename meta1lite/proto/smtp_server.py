@@ -97,10 +97,11 @@ MAX_DATA_LINE = 1000           # octets incl. CRLF, section 4.5.3.1.6
 DATA_CHUNK = 4096              # octets of message per DataChunk event
 MAX_BUFFER = 16384             # unprocessed input octets; read at most READ_MAX at a time
 READ_MAX = MAX_BUFFER - MAX_COMMAND_LINE
-# At the session's first DATA the input buffer is made a read (data_chunk) plus this,
-# once: bytes left over from the last read (a cut line end) then never make it grow
-# by a few octets, which on a board's fragmented heap is a new 1K+ block
-# ("allocating 1025 bytes"); before DATA it stays as small as the commands.
+# At DATA the input buffer is made a read (data_chunk) plus this, once a message:
+# bytes left over from the last read (a cut line end) then never make it grow by a
+# few octets, which on a board's fragmented heap is a new 1K+ block ("allocating
+# 1025 bytes"); outside DATA it is as small as the commands (an idle session holds
+# no DATA buffer: it is given back at the end of the message).
 BUFFER_SLACK = 64
 MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
 MAX_JUNK_COMMANDS = 100        # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
@@ -218,11 +219,19 @@ class ServerConnection(StateMachine):
         self._pos = 0
         self._roomy = False
 
+    def _shrink_input(self):
+        # the DATA buffer back to what is left in it (commands pipelined behind the
+        # dot); a DataChunk still held keeps the old one
+        if self._roomy:
+            self._buf = bytearray(memoryview(self._buf)[self._pos:])
+            self._pos = 0
+            self._roomy = False
+
     def make_room_for_data(self):
         """Allocate the input buffer DATA reads into (a read plus BUFFER_SLACK), kept
-        for the session; accept_data() does it if the I/O layer has not, which may
-        first check that the heap has room (MemoryError). An idle session's buffer
-        stays as small as its commands."""
+        to the end of the message; accept_data() does it if the I/O layer has not,
+        which may first check that the heap has room (MemoryError). An idle
+        session's buffer is as small as its commands."""
         if self._roomy:
             return
         buf = _empty_buffer(self.data_chunk + BUFFER_SLACK)
@@ -452,6 +461,7 @@ class ServerConnection(StateMachine):
 
     def _finish_data(self):
         reader, self._data = self._data, None
+        self._shrink_input()
         self._set_state(GREETED, "end of data")
         error = reader.error
         self._emit(DataEnd(error is None, error, reader.size))

@@ -602,6 +602,21 @@ def test_body_pipelined_behind_data_survives_the_buffer_made_for_data():
     assert session.body() == body
 
 
+def test_the_data_buffer_is_given_back_at_the_end_of_the_message():
+    # an idle session holds no DATA buffer (a board's heap: 1K a session); what the
+    # client pipelined behind the dot is kept, and the next message gets a new one
+    session = _greeted(data_chunk=64)
+    body = b"".join(b"line %03d of the message\r\n" % n for n in range(10))
+    session.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n" + body)
+    roomy = session.conn._buf
+    session.feed(b".\r\nRSET\r")
+    assert session.conn._buf is not roomy and session.conn.buffered() == len(b"RSET\r")
+    session.feed(b"\nMAIL FROM:<c@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+    session.feed(body + b".\r\n")
+    assert session.codes() == [250, 250, 354, 250, 250, 250, 250, 354, 250]
+    assert session.conn.buffered() == 0
+
+
 def test_the_io_layer_makes_room_for_data_before_the_354():
     # smtps allocates the DATA buffer before it answers DATA (a board's heap may have
     # no run for it: it refuses then); the bytes behind DATA are carried over, and
