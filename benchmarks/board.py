@@ -58,7 +58,8 @@ MAX_RETRIES = 60                         # per message, then the session counts 
 REPEAT = 3                               # runs that must all pass for a heap to count as passing
 HEAP_MAP = []                            # --heap-map given
 # /flash/main.py with --heap-map: the sim's boot (boards/sim/main.py) with the report
-HEAP_MAP_MAIN = """import micropython
+HEAP_MAP_MAIN = """import errno
+import micropython
 import m1lboot
 from meta1lite import heap
 _call = heap.Reserve.call
@@ -82,7 +83,7 @@ _failed = smtpc._Session._io_failed
 
 
 def _tls_reporting(self, exc, doing, timeout):
-    if not _shown and getattr(exc, "errno", None) == 12:
+    if not _shown and getattr(exc, "errno", None) == errno.ENOMEM:
         _shown.append(1)
         print("HEAP MAP: ENOMEM %s %s" % (doing, self.relay))
         micropython.mem_info(1)

@@ -247,9 +247,8 @@ def _build_sim_locked(mpy, kind, ident, compiler_vars, force, log):
     sim_root = os.path.join(BUILD_ROOT, "sim")
     fw_dir = os.path.join(sim_root, "fw-" + key[:16])
     info_path = os.path.join(fw_dir, "info.json")
-    if os.path.exists(info_path) and not force:
-        with open(info_path) as f:
-            info = json.load(f)
+    info = _cached(info_path) if not force else None
+    if info is not None:
         info.update(cached=True, seconds=round(time.time() - started, 2))
         touch(fw_dir)
         return info
@@ -269,6 +268,16 @@ def _build_sim_locked(mpy, kind, ident, compiler_vars, force, log):
     prune(sim_root, "fw-", KEEP_FIRMWARES)
     prune(sim_root, "obj-", KEEP_OBJECT_DIRS, keep=obj)
     return dict(info, cached=False)
+
+
+def _cached(info_path):
+    # a cached firmware's info, or None; one whose object folder was pruned since
+    # (KEEP_OBJECT_DIRS < KEEP_FIRMWARES) is built again: check_manifest needs its genhdr/
+    if not os.path.exists(info_path):
+        return None
+    with open(info_path) as f:
+        info = json.load(f)
+    return info if os.path.isdir(os.path.join(info["obj_dir"], "genhdr")) else None
 
 
 def install(binary, fw_dir, key, kind, ident, obj):

@@ -341,7 +341,7 @@ async def open_connection(host, port, ctx=None, server_hostname=None):
     sock = getattr(writer, "s", None)
     if not MICROPYTHON or sock is None:
         return reader, writer, b""
-    buf = bytearray(READ_CHUNK)
+    buf = _shared_read_buffer()     # copied below, before any await
     try:
         n = sock.readinto(buf)
     except TLS_ERRORS:

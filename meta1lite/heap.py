@@ -21,6 +21,13 @@ def forget_modules(names):
     gc.collect()
 
 
+def drop_one_shot(names):
+    """MicroPython: forget_modules(names) (a module imported for one piece of work).
+    CPython keeps what it imported (tests patch those modules)."""
+    if heap_free() is not None:
+        forget_modules(names)
+
+
 MIN_FREE_HEAP = 16 * 1024       # free heap under which new mail is refused (MicroPython)
 # gc.mem_free() walks the heap's whole allocation table: about 0.3 ms on the unix
 # port's 2M heap, three times a message (10% of its CPU, perf). A figure at least

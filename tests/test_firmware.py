@@ -170,3 +170,18 @@ def test_sim_board_formats_and_mounts_its_flash(tmp_path):
                         "st = os.statvfs('/flash')\n"
                         "print('fs', st[0], st[2], open('/flash/meta1lite.conf').read())")
     assert "fs %d %d hostname" % (flash["block_size"], flash["block_count"]) in proc.stdout
+
+
+def test_a_cached_firmware_whose_object_folder_was_pruned_is_built_again(tmp_path):
+    """check_manifest copies genhdr/ from the sim build's object folder; a cached
+    firmware outlives its object folder (fewer are kept), and then it is not taken
+    from the cache (the manifest check failed with FileNotFoundError)."""
+    import json
+    obj = tmp_path / "obj-1"
+    (obj / "genhdr").mkdir(parents=True)
+    info_path = tmp_path / "info.json"
+    info_path.write_text(json.dumps({"path": "micropython", "obj_dir": str(obj)}))
+    assert build_firmware._cached(str(info_path))["obj_dir"] == str(obj)
+    (obj / "genhdr").rmdir()
+    assert build_firmware._cached(str(info_path)) is None
+    assert build_firmware._cached(str(tmp_path / "none.json")) is None

@@ -284,3 +284,19 @@ def test_random_damage_never_breaks_recovery(tmp_path_factory, damage):
     sp.close()
     sp = open_spool(work, segment_size=4096, chunk_size=300)     # a second start settles too
     sp.close()
+
+
+def test_an_incoming_file_that_cannot_be_adopted_is_not_retried_at_every_scan(tmp_path, monkeypatch):
+    # the 5-second scan of incoming/ imports recovery.py (a board's, a router's heap) for
+    # a new file only: one whose adoption failed waits for the next new file or a restart
+    from meta1lite.spool import format as fmt
+    from meta1lite.spool import recovery
+    sp = open_spool(tmp_path / "spool")
+    tries = []
+    monkeypatch.setattr(recovery.Recovery, "scan_incoming", lambda self: tries.append(1) or 0)
+    (tmp_path / "spool" / fmt.INCOMING_DIR / "stuck").write_bytes(b"not adoptable here")
+    assert [sp.scan_incoming() for _ in range(3)] == [0, 0, 0]
+    assert len(tries) == 1
+    (tmp_path / "spool" / fmt.INCOMING_DIR / "new").write_bytes(b"another")
+    sp.scan_incoming()
+    assert len(tries) == 2

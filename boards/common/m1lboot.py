@@ -39,6 +39,9 @@ RESET_EXIT = 3                  # the sim's exit status for a reset (simboot.RES
 # The relay's modules, imported here, a few frames deep, rather than from mcp's start
 # inside the event loop: the C stack of a board (and of the sim, 40000 bytes) has no
 # room for the import chain below asyncio's frames once main.py runs under a boot.
+# What a running relay needs rarely is imported inside the loop at its first use (the
+# DNS codec, the bounce writer, the control handlers, the spool's recovery): one
+# module each, whose own imports are loaded already (README, Decisions).
 PRELOAD = ("meta1lite.spool", "meta1lite.smar.resolver", "meta1lite.qmgr.manager",
            "meta1lite.qmgr.control", "meta1lite.smtps.server", "meta1lite.mcp")
 

@@ -128,9 +128,10 @@ SIM_PREFIX = b"SIM_"            # the rest of the host's environment is not kept
 
 
 def host_env(name):
-    """The host's environment variable `name`, or None. The sim firmware has no
-    os.getenv, as a board has none (the relay must not come to need it): the
-    process's environment is read from the host's /proc instead."""
+    """The host's environment variable `name` (one of the sim's own, SIM_...), or
+    None (always for a name without that prefix: only those are kept). The sim
+    firmware has no os.getenv, as a board has none (the relay must not come to need
+    it): the process's environment is read from the host's /proc instead."""
     if not _host_environ:               # (the sim's own variables are always set)
         with open(HOST_ENVIRON, "rb") as f:
             for entry in f.read().split(b"\0"):

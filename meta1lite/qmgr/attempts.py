@@ -166,16 +166,16 @@ class Attempts:
 
     async def _bounce(self, msg, failed, addrs):
         """Queue one DSN for these failures; False if it could not be queued."""
-        from meta1lite.qmgr import bounce  # only when bouncing: not in a board's idle heap
-        target = bounce.recipient_for(self.cfg, msg, [addrs.get(r.index) or msg.recipients[r.index].addr
-                                                      for r in failed])
-        if target is None:
-            compat.log.log("info", LOG, "%s: from=<%s>, undeliverable notification discarded "
-                           "(null sender)" % (msg.id, msg.sender))
-            return True
         try:
+            from meta1lite.qmgr import bounce  # only when bouncing: not in a board's idle heap
+            target = bounce.recipient_for(self.cfg, msg, [addrs.get(r.index) or msg.recipients[r.index].addr
+                                                          for r in failed])
+            if target is None:
+                compat.log.log("info", LOG, "%s: from=<%s>, undeliverable notification discarded "
+                               "(null sender)" % (msg.id, msg.sender))
+                return True
             dsn_id = await bounce.queue_dsn(self.cfg, self.spool, msg, failed, addrs, target)
-        except Exception as exc:  # noqa: BLE001 - SpoolFull or OSError: retry later
+        except Exception as exc:  # noqa: BLE001 - SpoolFull, OSError, MemoryError (the import's too): retry later
             compat.log.log("warning", LOG, "%s: cannot queue the delivery status notification: %s"
                            % (msg.id, exc))
             return False

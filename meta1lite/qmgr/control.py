@@ -8,21 +8,15 @@
 #       envelope {"from", "rcpt", "uid"} and the message; `meta1lite sendmail`)
 # and answers each with one line of JSON ({"ok": true, ...} or {"ok": false,
 # "error": "..."}; an inject that may succeed later adds "temporary": true).
-# Must never: answer an inject before the spool's commit (the journal's sync),
-# listen on anything but loopback or a socket file, accept a request line longer
-# than MAX_REQUEST, or block the event loop (every request is a quick call on the
-# spool or the queue manager; an inject streams its body in like an SMTP DATA).
-# The handlers (qmgr/requests.py: Control, one connection's requests) are imported
-# and the daemon's Control built at the first request: a board whose console is
-# never asked keeps them out of its heap (0.6K).
+# The handlers (qmgr/requests.py: Control, one connection's requests, their limits)
+# are imported and the daemon's Control built at the first request: a board whose
+# console is never asked keeps them out of its heap (0.6K).
+# Must never: listen on anything but loopback or a socket file, or block the event
+# loop (what the requests must never do: requests.py).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, durable, heap, listener
 
 asyncio = compat.asyncio
-MAX_REQUEST = 512               # bytes of one request line
-MAX_REQUESTS = 100              # requests per connection
-IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
-LOG_LINES = 10                  # recent log lines in a status reply
 HEAP_SAMPLE_MS = 250            # how often the heap high-water is sampled (MicroPython)
 LOG = "control"
 
@@ -136,9 +130,12 @@ async def start_control(cfg, spool, qmgr, mcp=None):
     _local[:] = [(spool, qmgr, cfg, mcp, compat.monotonic())]
     endpoint = cfg.get("control")
 
-    def handler(reader, writer):
+    async def handler(reader, writer):
+        if not _local:                  # the daemon stopped while this one connected
+            await compat.close_stream(writer)
+            return
         from meta1lite.qmgr.requests import serve
-        return serve(_control(), reader, writer)
+        await serve(_control(), reader, writer)
 
     if isinstance(endpoint, (tuple, list)):
         # listener's accept loop: asyncio's own ends for good at a MemoryError

@@ -1,6 +1,7 @@
 # meta1lite.qmgr.requests - the control channel's request handlers (qmgr/control.py
 # has the channel): Control, which answers one request line with one dict, and the
 # serving of one connection (its requests, an inject's bytes).
+#
 # Owns: what each request of control.py's header does (flush, hold, release, delete,
 # status, ping; reload, stop and fault handed to mcp; inject). Must never: answer an
 # inject before the spool's commit, accept a request line longer than MAX_REQUEST,
@@ -12,17 +13,13 @@ import json
 
 from meta1lite import compat, heap
 from meta1lite.proto import address
-from meta1lite.qmgr.control import (
-    IO_TIMEOUT_S,
-    LOG,
-    LOG_LINES,
-    MAX_REQUEST,
-    MAX_REQUESTS,
-    LineReader,
-    heap_watch,
-)
+from meta1lite.qmgr.control import LOG, LineReader, heap_watch
 from meta1lite.spool import TOO_BIG, SpoolFull
 
+MAX_REQUEST = 512               # bytes of one request line
+MAX_REQUESTS = 100              # requests per connection
+IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
+LOG_LINES = 10                  # recent log lines in a status reply
 MCP_VERBS = ("reload", "stop", "fault")     # requests mcp answers
 LOG_PICKUP = "sendmail"         # logs as Postfix's pickup (pflogsumm: received)
 MAX_ENVELOPE = 64 * 1024        # bytes of an inject's JSON envelope
@@ -173,6 +170,7 @@ async def _read_into(lines, n, sink):
 
 
 async def serve(control, reader, writer):
+    """Answer one control connection's requests (at most MAX_REQUESTS), then close it."""
     lines = LineReader(reader, MAX_REQUEST)
     try:
         for _ in range(MAX_REQUESTS):

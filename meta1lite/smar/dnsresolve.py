@@ -7,9 +7,8 @@
 # Must never: block the event loop on network I/O, return an answer that does not
 # match its question, grow without bound, or differ in its answers between the two
 # transports for the same DNS server.
-# The codec (meta1lite.proto.dns) is imported by the functions that look a name up,
-# at the first lookup: a board relaying to address literals never needs its 1.3K of
-# heap.
+# The codec (meta1lite.proto.dns) is imported at the first lookup (_codec): a board
+# relaying to address literals never needs its 1.3K of heap.
 import errno
 import random
 import select
@@ -40,6 +39,15 @@ _AGAIN = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN))
 _NXDOMAIN = "nxdomain"       # cache marker
 _IP_CHARS = "0123456789abcdefABCDEF.:%"
 asyncio = compat.asyncio
+_codec_module = []              # meta1lite.proto.dns once the first lookup imported it
+
+
+def _codec():
+    # the DNS codec, imported at the first lookup (never, relaying to address literals)
+    if not _codec_module:
+        from meta1lite.proto import dns
+        _codec_module.append(dns)
+    return _codec_module[0]
 
 
 class DNSLookupError(Exception):
@@ -97,7 +105,7 @@ def for_config(smar):
 
 
 def _check_name(name):
-    from meta1lite.proto import dns as codec
+    codec = _codec()
     if not isinstance(name, str):
         raise PermanentDNSError("domain name must be text: %r" % (name,))
     text = codec.normalize_name(name)
@@ -122,7 +130,7 @@ def ip_literal(host):
         return None
     if family == 4:
         return FAMILY_INET, netaddr.format_ip(4, value)
-    from meta1lite.proto import dns as codec
+    codec = _codec()
     raw = bytes([(value >> (8 * (15 - i))) & 0xFF for i in range(16)])
     return FAMILY_INET6, codec.ipv6_text(raw)
 
@@ -212,7 +220,7 @@ class _CodecTransport:
 
     async def exchange(self, name, qtype):
         """The first NOERROR/NXDOMAIN Response from the nameservers, else TemporaryDNSError."""
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         failed = []
         last = "no nameserver configured"
         for _ in range(self.retries + 1):
@@ -231,7 +239,7 @@ class _CodecTransport:
         raise TemporaryDNSError("%s %s: %s" % (name, codec.TYPE_NAMES[qtype], last))
 
     async def _ask(self, server, name, qtype):
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         qid = _random_id()
         query = codec.build_query(qid, name, qtype)
         reply = await asyncio.wait_for(self._udp(server, query, qid, name, qtype),
@@ -254,7 +262,7 @@ class _CodecTransport:
 
     async def _udp_receive(self, sock, qid, name, qtype):
         """Poll the non-blocking socket until our answer arrives (the caller times out)."""
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         delay = POLL_MIN_S
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -269,7 +277,7 @@ class _CodecTransport:
             delay = min(delay * 2, POLL_MAX_S)
 
     async def _tcp(self, server, query, qid, name, qtype):
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         reader, writer = await asyncio.open_connection(server[0], server[1])
         try:
             writer.write(codec.frame_tcp(query))
@@ -310,7 +318,7 @@ def _dnspython_available():
 
 def _follow(answers, name, qtype, ttl, hops):
     """Chase CNAMEs from name inside one answer; return (values, final name, ttl, hops)."""
-    from meta1lite.proto import dns as codec
+    codec = _codec()
     while True:
         values = []
         cname = None
@@ -374,7 +382,7 @@ class Resolver:
 
     async def resolve_mx(self, domain):
         """(preference, host) per RFC 5321 5.1; [] if no MX; NullMX, Permanent/TemporaryDNSError."""
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         name = _check_name(domain)
         records = _unique([(pref, codec.normalize_name(host))
                            for pref, host in await self._lookup(name, codec.TYPE_MX)])
@@ -395,7 +403,7 @@ class Resolver:
         literal = ip_literal(host)
         if literal:
             return [literal] if families is None or literal[0] in families else []
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         name = _check_name(host)
         found = []
         errors = []
@@ -427,7 +435,7 @@ class Resolver:
 
     async def _chase(self, name, qtype):
         """Query name, re-querying a CNAME target the answer left open; (values, ttl)."""
-        from meta1lite.proto import dns as codec
+        codec = _codec()
         current, ttl, hops = name, MAX_CACHE_TTL, 0
         while True:
             self.queries_sent += 1

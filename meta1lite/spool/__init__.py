@@ -115,6 +115,8 @@ class Spool:
         self.index = Index(self.journal)
         self.damaged = {}           # queue ID -> Message whose chunks do not all verify (recovery.py)
         self._readonly = False      # recover(readonly)
+        self._incoming_tried = ()   # incoming/ names at the last adoption (one that failed
+                                    # waits for a new file or a restart, not every scan)
         self._writers = {}          # queue ID -> MessageWriter not yet committed
         self._pending = {}          # queue ID -> [(rcpt index, status index, attempts)] being synced
         self._inflight_bytes = 0    # body bytes of the writers in chunk frames
@@ -129,7 +131,7 @@ class Spool:
         a log line, prepares the current and next segments. Never raises for bad
         files. readonly=True (e.g. `queue list` while the daemon runs) only reads."""
         self._readonly = readonly
-        return self._recovery("recover", readonly)
+        return self._recovery("recover")
 
     def scan_incoming(self):
         """Adopt new files in incoming/; returns the number of messages adopted."""
@@ -140,7 +142,9 @@ class Spool:
             return 0
         known = [seg.path for seg in self.journal.segs.values() if seg.kind == "i"]
         for name in names:      # recovery.py is imported only for a new file
-            if "%s/%s/%s" % (self.path, fmt.INCOMING_DIR, name) not in known:
+            if name not in self._incoming_tried and \
+                    "%s/%s/%s" % (self.path, fmt.INCOMING_DIR, name) not in known:
+                self._incoming_tried = names
                 return self._recovery("scan_incoming")
         return 0
 
@@ -161,8 +165,8 @@ class Spool:
                            method)(*args)
         finally:
             del Recovery            # nothing of the module left for the collection to keep
-            if compat.MICROPYTHON and not loaded:
-                heap.forget_modules((RECOVERY,))
+            if not loaded:
+                heap.drop_one_shot((RECOVERY,))
 
     # --- accepting mail ----------------------------------------------------------
 

@@ -4,12 +4,13 @@
 #
 # Owns: replaying segment files into the index and the journal, adopting incoming/
 # files, saving damaged bytes and unreadable messages to corrupt/ with a log line,
-# the messages whose bodies do not verify (until salvaged), and writing a complete
-# standalone segment into incoming/. Must never: raise out of recover() for bad
-# bytes on disk, append to an incoming file, or write anything when read-only; keep
-# state in a Recovery or in this module beyond one call: a Spool makes a Recovery for
-# each call and hands it what lasts (the damaged messages; the journal numbers the
-# incoming files), and on MicroPython drops this start-up module after the call.
+# finding the messages whose bodies do not verify (the Spool keeps them until
+# salvaged), and writing a complete standalone segment into incoming/.
+# Must never: raise out of recover() for bad bytes on disk, append to an incoming
+# file, or write anything when read-only; keep state in a Recovery or in this module
+# beyond one call: a Spool makes a Recovery for each call and hands it what lasts
+# (the damaged messages; the journal numbers the incoming files), and on MicroPython
+# drops this start-up module after the call.
 # Shared code: MicroPython and CPython.
 import os
 
@@ -103,11 +104,10 @@ class Recovery:
 
     # --- startup -----------------------------------------------------------------------
 
-    def recover(self, readonly=False):
-        """Spool.recover(): load the files, once, at startup; returns the number of
-        live messages."""
-        self.readonly = readonly
-        if not readonly:
+    def recover(self):
+        """Spool.recover(): load the files, once, at startup (read-only if this
+        Recovery was made so); returns the number of live messages."""
+        if not self.readonly:
             self._warn_fat()
             for folder in (self.path, self.journal.seg_dir, self.incoming_dir, self.corrupt_dir,
                            self.tmp_dir):
@@ -122,7 +122,7 @@ class Recovery:
             self._replay(seg)
         self._report_torn(found)
         self._chunk_counts = {}
-        if readonly:
+        if self.readonly:
             return self.index.count
         self.journal.start(found)
         self._settle_damaged()

@@ -350,6 +350,34 @@ def test_null_sender_failure_goes_to_postmaster_once():
     _run(main())
 
 
+def test_a_bounce_that_cannot_be_prepared_still_records_the_delivered_recipients():
+    # the bounce code is imported at the first DSN (a board's heap): when that import
+    # or the notice's preparation fails (MemoryError), the attempt's other outcomes are
+    # recorded all the same; a recipient the next hop accepted is never sent again
+    from meta1lite.qmgr import bounce
+    saved = bounce.recipient_for
+
+    def no_memory(*args):
+        raise MemoryError("memory allocation failed")
+
+    async def main():
+        rig = Rig()
+        rig.smtpc.replies["c@d.test"] = ("bounced", 550, "5.1.1", "no such user")
+        qid = await _queue(rig.sp, rcpts=("ok@d.test", "c@d.test"))
+        bounce.recipient_for = no_memory
+        try:
+            rig.start()
+            assert await rig.settle(lambda: rig.sp.get(qid).recipients[0].attempts >= 1)
+            await rig.settle(None, 10)
+        finally:
+            bounce.recipient_for = saved
+        sent = [d for d in rig.smtpc.delivered if d[2] == "ok@d.test"]
+        assert len(sent) == 1, rig.smtpc.delivered          # delivered once, recorded
+        assert rig.qm.counts.get("dsn", 0) == 0
+        await rig.stop()
+    _run(main())
+
+
 def test_null_sender_without_postmaster_is_dropped():
     async def main():
         cfg = _cfg()
