@@ -27,7 +27,7 @@ SMTPS_LIMITS = "max_connections = 50; max_connections_per_client = 50; " \
 
 def relay_conf(tmp_path, port, routes, qmgr="", smtpc="", top="", per_destination=4):
     """A daemon config: routes is the smar body (e.g. route "*" {...})."""
-    control = 'control = "127.0.0.1:%d";' % free_port()
+    control = 'control = "127.0.0.1:%d";' % free_port(besides=(port,))
     extra = """%s
 %s
 smar { %s }

@@ -37,11 +37,15 @@ def bundle():
     return _bundle_built[0]
 
 
-def free_port(host="127.0.0.1"):
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host="127.0.0.1", besides=()):
+    """A TCP port nobody listens on right now, none of `besides` (ports chosen for
+    the same daemon and not bound yet: the system may hand the same one out twice)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in besides:
+            return port
 
 
 def config_text(spool, port, smtps_extra="", top_extra="", relay_from="127.0.0.1/32, ::1/128"):
@@ -92,7 +96,7 @@ class Daemon:
         self.entry = entry          # a script to run instead of `-m meta1lite` (shims)
         self.proc = None
         if runtime != "cpython" and not re.search(r"^\s*control\s*=", conf, re.M):
-            conf = 'control = "127.0.0.1:%d";\n%s' % (free_port(), conf)   # stop(): see there
+            conf = 'control = "127.0.0.1:%d";\n%s' % (free_port(besides=(port,)), conf)   # stop(): see there
         self.control = _control_endpoint(conf)
         with open(self.conf_path, "w") as f:
             f.write(conf)
