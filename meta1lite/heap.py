@@ -21,10 +21,24 @@ def forget_modules(names):
     gc.collect()
 
 
+# A module imported for one piece of work (the spool's recovery) is dropped after it
+# only where importing it again is cheap: a board, whose code is frozen in flash (an
+# import makes its function objects, nothing more). From source (the unix port's
+# tests) or the .mpy bundle (a router) it would be read, or compiled, again at each
+# use: it stays. The board's boot (m1lboot) turns this on.
+_drop_one_shots = [False]
+
+
+def frozen_code():
+    """Say that the relay's code is frozen into the firmware (a board's boot): modules
+    imported for one piece of work are dropped after it (drop_one_shot)."""
+    _drop_one_shots[0] = True
+
+
 def drop_one_shot(names):
-    """MicroPython: forget_modules(names) (a module imported for one piece of work).
-    CPython keeps what it imported (tests patch those modules)."""
-    if heap_free() is not None:
+    """forget_modules(names), a module imported for one piece of work, where the code
+    is frozen (frozen_code()); elsewhere, CPython included, what was imported stays."""
+    if _drop_one_shots[0] and heap_free() is not None:
         forget_modules(names)
 
 

@@ -165,6 +165,8 @@ def run(mount_point, keep_link=None):
     try:
         for name in PRELOAD:
             __import__(name)
+        from meta1lite import heap
+        heap.frozen_code()
         from meta1lite.__main__ import micro_main
         status = micro_main(["run", "-c", mount_point + "/" + CONF_NAME], on_config=on_config)
     except Exception as exc:  # noqa: BLE001 - whatever ended it, the board comes back

@@ -155,8 +155,8 @@ class Spool:
 
     def _recovery(self, method, *args):
         # Recovery.method(*args). recovery.py runs at start, for a new incoming file and
-        # for inject(): on MicroPython it is imported for the call and dropped after it,
-        # its heap returned (as mcp drops the configuration parser)
+        # for inject(): on a board (frozen code) it is imported for the call and dropped
+        # after it, its heap returned (as mcp drops the configuration parser)
         loaded = RECOVERY in sys.modules
         from meta1lite.spool.recovery import Recovery
         try:

@@ -9,8 +9,8 @@
 # Must never: raise out of recover() for bad bytes on disk, append to an incoming
 # file, or write anything when read-only; keep state in a Recovery or in this module
 # beyond one call: a Spool makes a Recovery for each call and hands it what lasts
-# (the damaged messages; the journal numbers the incoming files), and on MicroPython
-# drops this start-up module after the call.
+# (the damaged messages; the journal numbers the incoming files), and on a board
+# (frozen code: heap.drop_one_shot) drops this start-up module after the call.
 # Shared code: MicroPython and CPython.
 import os
 
