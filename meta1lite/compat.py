@@ -245,18 +245,20 @@ def _readable(sock):
 
 
 async def read_now(reader, timeout_s):
-    """Bytes from reader within timeout_s (a timeout error); empty at end of stream;
-    None when nothing came (MicroPython: a TLS record not yet whole): call again.
+    """Bytes from reader within timeout_s (a timeout error); empty at end of stream.
     MicroPython: a view of ONE buffer that every caller shares, read in the caller's
     own task once the socket is readable; valid until the caller's next await, so
     feed it to a core that copies it before awaiting anything (a buffer per session
     or delivery was 1K each held while it idled). CPython: bytes."""
     if not MICROPYTHON:
         return await wait_for(reader.read(READ_CHUNK), timeout_s)
-    await wait_for(_readable(reader.s), timeout_s)
-    buf = _shared_read_buffer()
-    n = reader.s.readinto(buf)
-    return None if n is None else memoryview(buf)[:n]
+    end = real_monotonic() + timeout_s / _clock.scale
+    while True:     # as read_some: a TLS record not yet whole reads None, wait again
+        await wait_for(_readable(reader.s), max(0, end - real_monotonic()) * _clock.scale)
+        buf = _shared_read_buffer()
+        n = reader.s.readinto(buf)
+        if n is not None:
+            return memoryview(buf)[:n]
 
 
 # CPython 3.12+'s transport queues the very object it is given when the socket is

@@ -38,7 +38,7 @@ def frozen_code():
 def drop_one_shot(names):
     """forget_modules(names), a module imported for one piece of work, where the code
     is frozen (frozen_code()); elsewhere, CPython included, what was imported stays."""
-    if _drop_one_shots[0] and heap_free() is not None:
+    if _drop_one_shots[0]:
         forget_modules(names)
 
 

@@ -261,21 +261,14 @@ class _Session:
     async def _read(self):
         data, self.preread = self.preread, b""
         if not self.dead and not data:
-            data = await self._read_now()
-        if not data:
-            self.dead = True
-        self.conn.receive_data(data)        # a view of compat.read_now's: copied here
-
-    async def _read_now(self):
-        data = None
-        while data is None:
             timeout = self._timeout()
             try:
                 data = await compat.read_now(self.reader, timeout)
             except _IO_ERRORS as exc:
                 self._io_failed(exc, "reading from", timeout)
-                return b""
-        return data
+        if not data:
+            self.dead = True
+        self.conn.receive_data(data)        # a view of compat.read_now's: copied here
 
     async def _write(self, data):
         if not data or self.dead:

@@ -293,7 +293,7 @@ def test_an_incoming_file_that_cannot_be_adopted_is_not_retried_at_every_scan(tm
     from meta1lite.spool import recovery
     sp = open_spool(tmp_path / "spool")
     tries = []
-    monkeypatch.setattr(recovery.Recovery, "scan_incoming", lambda self: tries.append(1) or 0)
+    monkeypatch.setattr(recovery.Recovery, "scan_incoming", lambda self, names: tries.append(1) or 0)
     (tmp_path / "spool" / fmt.INCOMING_DIR / "stuck").write_bytes(b"not adoptable here")
     assert [sp.scan_incoming() for _ in range(3)] == [0, 0, 0]
     assert len(tries) == 1

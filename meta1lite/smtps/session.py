@@ -135,20 +135,18 @@ class Session:
 
     async def _read(self):
         # what came (compat.read_now's view: the core copies it before the next await)
-        data = None
-        while data is None:
-            wait, reply = self._read_limit(compat.real_monotonic())
-            if wait <= 0:
-                return self._cut(reply)
-            self.reading = True
-            try:
-                data = await compat.read_now(self.reader, wait)
-            except Exception as exc:  # noqa: BLE001
-                if not compat.is_timeout(exc):
-                    raise
-                return self._cut(reply)
-            finally:
-                self.reading = False
+        wait, reply = self._read_limit(compat.real_monotonic())
+        if wait <= 0:
+            return self._cut(reply)
+        self.reading = True
+        try:
+            data = await compat.read_now(self.reader, wait)
+        except Exception as exc:  # noqa: BLE001
+            if not compat.is_timeout(exc):
+                raise
+            return self._cut(reply)
+        finally:
+            self.reading = False
         self.received += len(data)
         return data
 

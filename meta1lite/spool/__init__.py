@@ -12,7 +12,7 @@
 #   journal.py   Journal: the segment files, appends, group sync, freeing
 #   index.py     Index: the compact in-memory index; Messages built from disk
 #   recovery.py  Recovery: replay, quarantine, incoming/, inject (start-up code: imported
-#                for a call and dropped after it on MicroPython, see Spool._recovery)
+#                for a call and dropped after it on a board, see Spool._recovery)
 #   this file    Spool: accepting mail, limits, delivery state, the public API
 # A Spool composes one Journal, one Index (which reads records back through the
 # journal and keeps its segment reference counts) and, for a call, a Recovery (which
@@ -90,7 +90,7 @@ POOLED_BUFFERS = 8              # chunk buffers kept for reuse (writers + body r
 MAX_REPLY = 300                 # characters of a delivery reply kept in state
 TOO_BIG = "message size exceeds what the queue can ever hold"   # check_accept/SpoolFull
                                 # reason that is permanent (smtps: 552 5.3.4)
-RECOVERY = "meta1lite.spool.recovery"   # start-up code, dropped after each use (MicroPython)
+RECOVERY = "meta1lite.spool.recovery"   # start-up code, dropped after each use (boards)
 
 
 class Spool:
@@ -141,11 +141,12 @@ class Spool:
         except OSError:
             return 0
         known = [seg.path for seg in self.journal.segs.values() if seg.kind == "i"]
-        for name in names:      # recovery.py is imported only for a new file
-            if name not in self._incoming_tried and \
-                    "%s/%s/%s" % (self.path, fmt.INCOMING_DIR, name) not in known:
+        folder = self.path + "/" + fmt.INCOMING_DIR + "/"
+        new = [name for name in names if folder + name not in known]
+        for name in new:        # recovery.py is imported only for a file not tried yet
+            if name not in self._incoming_tried:
                 self._incoming_tried = names
-                return self._recovery("scan_incoming")
+                return self._recovery("scan_incoming", new)
         return 0
 
     def inject(self, sender, recipients, chunks, info=None):

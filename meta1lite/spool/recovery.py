@@ -367,14 +367,12 @@ class Recovery:
                 self._quarantine(seg.path, "in-" + name, "no loadable message in incoming file")
         return self.index.count - before
 
-    def scan_incoming(self):
-        """Spool.scan_incoming(): adopt new files in incoming/; returns the number of
-        messages adopted."""
+    def scan_incoming(self, names):
+        """Spool.scan_incoming(): adopt these new files of incoming/; returns the
+        number of messages adopted."""
         adopted = 0
-        known = [seg.path for seg in self.journal.segs.values() if seg.kind == "i"]
-        for name in sorted(listdir(self.incoming_dir)):
-            if (self.incoming_dir + "/" + name) not in known:
-                adopted += self._adopt(name)
+        for name in sorted(names):
+            adopted += self._adopt(name)
         self._log_adopted(False)
         return adopted
 
