@@ -174,7 +174,8 @@ def handshake_heap(pki):
     while hi - lo > HANDSHAKE_STEP:
         mid = (lo + hi) // 2 // HANDSHAKE_STEP * HANDSHAKE_STEP
         lo, hi = (lo, mid) if passes(mid) else (mid, hi)
-    used = int(board.run_tool(code, hi).stdout.split()[1])
+    out = board.run_tool(code, hi).stdout
+    used = int(out[out.index("HANDSHAKE"):].split()[1])
     print("TLS handshake (sim, STARTTLS verified against ca_file): completes in a %s heap "
           "with %s in use before it: it needs ~%s, its 21K of record buffers included"
           % (C.kb(hi), C.kb(used), C.kb(hi - used)))

@@ -128,6 +128,15 @@ def discard_plaintext(reader, writer=None):
 # can no longer be taken back when the connection closes (ENOMEM at the next
 # handshake); each buffer's own hole always comes back whole.
 TLS_RECORD_BUFFERS = (16736, 4448)
+# They are taken at the top of the heap at start, above a filler block freed then.
+# mbedtls allocates the TLS socket object (its context inside, 18 blocks) just before
+# the buffers, in the lowest free run it fits. Taken just above start-up's own
+# objects (dense, no such run), the blocks left a buffer's own hole as the lowest
+# run: the socket object took its start, the buffer no longer fitted (ENOMEM at
+# 144K, benchmarks/board.py). A closed socket object's run does not help: it stays
+# referenced for a while (stale pointers on the C stack). At the top, the runs of
+# what the relay allocates at work lie below the blocks.
+TLS_FILLER_STEP = 1024      # bytes: the filler's search step and the room left above
 # What a handshake allocates besides the record buffers (handshake state, transform,
 # session, the peer's certificate chain, ECDHE and signature arithmetic), kept free
 # by refusing new mail below it (heap.memory_low). Measured on the sim
@@ -148,10 +157,16 @@ class TlsMemory:
         self._lock = None
 
     def configure(self, enabled):
-        """Keep the blocks from now on (call before the queue index is built)."""
+        """Keep the blocks from now on, at the top of the heap (call before the queue
+        index is built)."""
         enabled = enabled and MICROPYTHON
         self._lock = asyncio.Lock() if enabled else None
+        filler = _filler() if enabled else None
         self._take()
+        if filler is not None:
+            del filler
+            import gc
+            gc.collect()            # free again before the relay measures its heap
 
     def headroom(self):
         """Heap (bytes) that new mail must leave free for the next handshake."""
@@ -187,6 +202,25 @@ class TlsMemory:
         gc.collect()
         self._take()
         self._lock.release()
+
+
+def _filler():
+    # a block filling the largest free run (found within a step) but for the record
+    # blocks and a step at its top: the allocator, first-fit, puts them above it
+    import gc
+    size = gc.mem_free()
+    while size > 0 and _block(size) is None:
+        size -= TLS_FILLER_STEP
+    size -= sum(TLS_RECORD_BUFFERS) + TLS_FILLER_STEP
+    gc.collect()                    # frees the block that found the run
+    return _block(size) if size > 0 else None
+
+
+def _block(size):
+    try:
+        return bytearray(size)
+    except MemoryError:
+        return None
 
 
 tls_memory = TlsMemory()
