@@ -239,9 +239,76 @@ def _shared_read_buffer():
     return _SHARED_READ[0]
 
 
-def _readable(sock):
-    # MicroPython: a generator (asyncio awaits it) that returns once sock is readable
-    yield asyncio.core._io_queue.queue_read(sock)
+# MicroPython: a read's deadline without asyncio.wait_for, which made two tasks for
+# every read it bounded (336 bytes for each idle session on the sim Pico W): the
+# reading task waits on its socket alone, and one watcher task wakes at the nearest
+# deadline and throws TimeoutError into a read still waiting (as Task.cancel throws
+# CancelledError).
+WATCH_IDLE_S = 60       # the watcher's sleep while no read waits
+
+
+class _Deadlines:
+    def __init__(self):
+        self.due = {}       # task -> real_monotonic() second its read times out
+        self.task = None    # the watcher
+        self.queue = None   # the scheduler's queue it was made in (tests make new loops)
+        self.wake = 0       # when the watcher wakes next (real_monotonic seconds)
+
+    def add(self, task, end):
+        self.due[task] = end
+        queue = asyncio.core._task_queue
+        if self.task is None or self.task.done() or self.queue is not queue:
+            self.queue, self.wake = queue, end
+            self.task = asyncio.create_task(self._watch())
+        elif end < self.wake:       # sooner than the watcher wakes: wake it then
+            self.wake = end
+            queue.remove(self.task)
+            queue.push(self.task, time.ticks_add(time.ticks_ms(), _ms_until(end)))
+
+    async def _watch(self):
+        while True:
+            try:
+                self._check(real_monotonic())
+            except MemoryError:     # timed out at the next wake
+                self.wake = real_monotonic() + 1
+            await asyncio.sleep_ms(_ms_until(self.wake))
+
+    def _check(self, now):
+        self.wake = now + WATCH_IDLE_S
+        for task in self.due:
+            end = self.due[task]
+            if end <= now:
+                _time_out(task)
+            elif end < self.wake:
+                self.wake = end
+
+
+def _ms_until(end):
+    return max(0, int((end - real_monotonic()) * 1000) + 1)
+
+
+def _time_out(task):
+    # throw TimeoutError into task if it still waits on its socket (not yet woken)
+    core = asyncio.core
+    if task.data is core._io_queue:
+        exc = core.TimeoutError()
+        core._io_queue.remove(task)
+        core._task_queue.push(task)
+        task.data = exc
+
+
+_deadlines = _Deadlines()
+
+
+def _readable(sock, end):
+    # MicroPython: a generator (asyncio awaits it) that returns once sock is readable,
+    # or raises TimeoutError at `end` (real_monotonic seconds)
+    task = asyncio.core.cur_task
+    _deadlines.add(task, end)
+    try:
+        yield asyncio.core._io_queue.queue_read(sock)
+    finally:
+        _deadlines.due.pop(task, None)
 
 
 async def read_now(reader, timeout_s):
@@ -254,7 +321,7 @@ async def read_now(reader, timeout_s):
         return await wait_for(reader.read(READ_CHUNK), timeout_s)
     end = real_monotonic() + timeout_s / _clock.scale
     while True:     # as read_some: a TLS record not yet whole reads None, wait again
-        await wait_for(_readable(reader.s), max(0, end - real_monotonic()) * _clock.scale)
+        await _readable(reader.s, end)
         buf = _shared_read_buffer()
         n = reader.s.readinto(buf)
         if n is not None:

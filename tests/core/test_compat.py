@@ -222,6 +222,91 @@ def test_wait_for_a_cancel_that_meets_the_deadline_stays_a_cancel():
     _cancel_while_waiting(0.05, 0.1)
 
 
+LISTEN_PORTS = (23000, 43000)      # a free port is looked for here (MicroPython's
+                                   # Server does not tell the port it was given)
+
+
+async def _server(serve):
+    # (server, port) on loopback: the first port of LISTEN_PORTS' range that is free
+    port = LISTEN_PORTS[0] + int.from_bytes(compat.urandom(2), "big") % 10000
+    while True:
+        try:
+            return await asyncio.start_server(serve, "127.0.0.1", port), port
+        except OSError:
+            port += 1
+            if port >= LISTEN_PORTS[1]:
+                raise
+
+
+async def _read_or_timeout(reader, seconds, order, name):
+    try:
+        order.append((name, bytes(await compat.read_now(reader, seconds))))
+    except Exception as exc:  # noqa: BLE001
+        assert compat.is_timeout(exc), exc
+        order.append((name, "timeout"))
+
+
+def test_read_now_a_later_shorter_read_times_out_first_and_the_longer_gets_its_data():
+    # read_now's deadlines (MicroPython: one watcher task wakes at the nearest; no
+    # wait_for): a short read begun after a long one does not wait for the long
+    # one's deadline, and the long read still returns what comes later
+    order, peers = [], []
+
+    async def serve(reader, writer):
+        peers.append(writer)
+
+    async def go():
+        server, port = await _server(serve)
+        streams = []
+        while len(streams) < 2:             # (MicroPython: no await in a comprehension)
+            streams.append(await asyncio.open_connection("127.0.0.1", port))
+        long_read = asyncio.create_task(_read_or_timeout(streams[0][0], 30, order, "long"))
+        await asyncio.sleep(0.02)           # waiting: the deadline to wake at is the long one
+        await _read_or_timeout(streams[1][0], 0.05, order, "short")
+        for writer in peers:
+            writer.write(b"hello")
+            await writer.drain()
+        await long_read
+        for writer in peers + [pair[1] for pair in streams]:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(go())
+    assert order == [("short", "timeout"), ("long", b"hello")], order
+
+
+def test_read_now_passes_a_cancel_through_even_past_its_deadline():
+    # the deadline passes while another task holds the CPU, which then cancels the
+    # reading task: a stop, not a timeout; and the next read times out as asked
+    seen, order, peers = [], [], []
+
+    async def serve(reader, writer):
+        peers.append(writer)
+
+    async def reading(reader):
+        try:
+            await compat.read_now(reader, 0.05)
+        except BaseException as exc:  # noqa: BLE001 - CancelledError is one
+            seen.append(exc)
+
+    async def go():
+        server, port = await _server(serve)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        task = asyncio.create_task(reading(reader))
+        await asyncio.sleep(0)
+        time.sleep(0.1)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        await _read_or_timeout(reader, 0.05, order, "next")
+        for each in peers + [writer]:
+            each.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(go())
+    assert len(seen) == 1 and isinstance(seen[0], asyncio.CancelledError), seen
+    assert order == [("next", "timeout")], order
+
+
 def test_errno_classification():
     import errno
     assert compat.is_connection_error(OSError(errno.ECONNRESET, "reset"))
