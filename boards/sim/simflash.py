@@ -8,28 +8,35 @@
 # operation tears (only its first half reaches the image, like dying flash) and the
 # process is killed at once.
 # Must never: allocate per call (a board's flash driver is C: every buffer is made in
-# __init__; reads use readinto), keep a reference to a buffer it is given (littlefs
-# passes a bytearray that lives on the C stack), or buffer writes in RAM.
+# __init__ or frozen in flash; reads use readinto), keep a reference to a buffer it is
+# given (littlefs passes a bytearray that lives on the C stack), or buffer writes in RAM.
 import array
 import os
 
-IOCTL_INIT = 1
-IOCTL_DEINIT = 2
-IOCTL_SYNC = 3
-IOCTL_BLOCK_COUNT = 4
-IOCTL_BLOCK_SIZE = 5
-IOCTL_BLOCK_ERASE = 6
-ERASED = 0xFF                   # NOR flash reads 0xFF after an erase
-READS, PROGRAMS, ERASES, PROG_BYTES = 0, 1, 2, 3
-COUNTERS_SUFFIX = ".counters"   # beside the image: 4 native uint32, see READS..PROG_BYTES
+from micropython import const
+
+# Constants are const() with a leading underscore: compiled in, no entry in the
+# module's dict (the heap a board's C driver does not take)
+_IOCTL_INIT = const(1)
+_IOCTL_DEINIT = const(2)
+_IOCTL_SYNC = const(3)
+_IOCTL_BLOCK_COUNT = const(4)
+_IOCTL_BLOCK_SIZE = const(5)
+_IOCTL_BLOCK_ERASE = const(6)
+_READS = const(0)               # the counters, in this order: 4 native uint32 in the
+_PROGRAMS = const(1)            # file COUNTERS_SUFFIX beside the image
+_ERASES = const(2)
+_PROG_BYTES = const(3)
+COUNTERS_SUFFIX = ".counters"
 HOST_ENVIRON = "/proc/self/environ"
 KILL_COMMAND = "kill -9 $PPID"  # the power cut: the shell's parent is this process
 ENV_IMAGE = "SIM_FLASH"
 ENV_GEOMETRY = "SIM_FLASH_GEOMETRY"     # "block_size,block_count,progsize"
 ENV_CUT = "SIM_POWER_CUT_AFTER"         # programs + erases before the power fails
-# Bytes of 0xFF written at a time by an erase: a block-sized buffer was 4K of the
-# board's GC heap that a Pico's flash driver (C, rp2.Flash) never takes.
-ERASE_CHUNK = 256
+# What an erase writes at a time (NOR flash reads 0xFF after an erase): a literal,
+# frozen in flash with the code. A buffer made in __init__ (a block: 4K, later 256
+# bytes) was heap that a Pico's flash driver (C, rp2.Flash) never takes.
+_ERASED = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
 
 
 class FileFlash:
@@ -41,7 +48,6 @@ class FileFlash:
         self.progsize = progsize
         self.cut_after = cut_after
         self.f = open(path, "r+b")
-        self.erased = bytearray(b"\xff" * min(block_size, ERASE_CHUNK))
         self.ctr = array.array("I", [0, 0, 0, 0])
         self.ctr_file = open(path + COUNTERS_SUFFIX, "wb")
         self._save()
@@ -54,12 +60,12 @@ class FileFlash:
         """Count a program or erase; True when the power fails during this one."""
         if self.cut_after <= 0:
             return False
-        return self.ctr[PROGRAMS] + self.ctr[ERASES] + 1 >= self.cut_after
+        return self.ctr[_PROGRAMS] + self.ctr[_ERASES] + 1 >= self.cut_after
 
     def readblocks(self, block, buf, offset=0):
         self.f.seek(block * self.block_size + offset)
         self.f.readinto(buf)
-        self.ctr[READS] += 1
+        self.ctr[_READS] += 1
         self._save()
 
     def writeblocks(self, block, buf, offset=0):
@@ -68,8 +74,8 @@ class FileFlash:
             self.f.write(memoryview(buf)[:len(buf) // 2])
             power_fail()
         self.f.write(buf)
-        self.ctr[PROGRAMS] += 1
-        self.ctr[PROG_BYTES] += len(buf)
+        self.ctr[_PROGRAMS] += 1
+        self.ctr[_PROG_BYTES] += len(buf)
         self._save()
 
     def erase(self, block):
@@ -78,26 +84,24 @@ class FileFlash:
             self._write_erased(self.block_size // 2)
             power_fail()
         self._write_erased(self.block_size)
-        self.ctr[ERASES] += 1
+        self.ctr[_ERASES] += 1
         self._save()
         return 0
 
     def _write_erased(self, count):
-        chunk = len(self.erased)
-        while count >= chunk:
-            self.f.write(self.erased)
-            count -= chunk
-        if count:
-            self.f.write(memoryview(self.erased)[:count])
+        # count: a multiple of len(_ERASED) (a block, half a block)
+        while count > 0:
+            self.f.write(_ERASED)
+            count -= len(_ERASED)
 
     def ioctl(self, op, arg):
-        if op == IOCTL_BLOCK_COUNT:
+        if op == _IOCTL_BLOCK_COUNT:
             return self.block_count
-        if op == IOCTL_BLOCK_SIZE:
+        if op == _IOCTL_BLOCK_SIZE:
             return self.block_size
-        if op == IOCTL_BLOCK_ERASE:
+        if op == _IOCTL_BLOCK_ERASE:
             return self.erase(arg)
-        if op in (IOCTL_INIT, IOCTL_DEINIT, IOCTL_SYNC):
+        if _IOCTL_INIT <= op <= _IOCTL_SYNC:
             return 0
         return None
 
@@ -122,26 +126,24 @@ def power_fail():
         pass
 
 
-_host_environ = []              # the host's SIM_ variables, read once: [(key, value)]
-SIM_PREFIX = b"SIM_"            # the rest of the host's environment is not kept: its size
-                                # is the host's, and the board's heap must not pay for it
+SIM_PREFIX = b"SIM_"
 
 
 def host_env(name):
     """The host's environment variable `name` (one of the sim's own, SIM_...), or
-    None (always for a name without that prefix: only those are kept). The sim
-    firmware has no os.getenv, as a board has none (the relay must not come to need
-    it): the process's environment is read from the host's /proc instead."""
-    if not _host_environ:               # (the sim's own variables are always set)
-        with open(HOST_ENVIRON, "rb") as f:
-            for entry in f.read().split(b"\0"):
-                key, _, value = entry.partition(b"=")
-                if key.startswith(SIM_PREFIX):
-                    _host_environ.append((key, value))
+    None (always for a name without that prefix). The sim firmware has no os.getenv,
+    as a board has none (the relay must not come to need it): the process's
+    environment is read from the host's /proc at each call, and nothing of it is
+    kept (its size is the host's: the board's heap must not pay for it). Asked only
+    before the relay starts and after it stops (simboot)."""
     wanted = name.encode()
-    for key, value in _host_environ:
-        if key == wanted:               # other keys may be any bytes
-            return value.decode()
+    if not wanted.startswith(SIM_PREFIX):
+        return None
+    with open(HOST_ENVIRON, "rb") as f:
+        for entry in f.read().split(b"\0"):
+            key, _, value = entry.partition(b"=")
+            if key == wanted:               # other keys may be any bytes
+                return value.decode()
     return None
 
 
