@@ -11,7 +11,7 @@
 # system): the outcome waits in `unrecorded` and the next try records it (record_again).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, status
-from meta1lite.smar import dnsresolve
+from meta1lite.smar import dnsbase
 from meta1lite.smtpc import NO_RELAY, Result
 
 asyncio = compat.asyncio
@@ -50,9 +50,9 @@ def fmt_delay(seconds):
 
 def dns_failure(exc, jobs):
     """{queue_id: [Result]} for jobs whose destination could not be looked up."""
-    if isinstance(exc, dnsresolve.NullMX):
+    if isinstance(exc, dnsbase.NullMX):
         reply = (556, "5.1.10", "Recipient address has null MX: %s" % exc)
-    elif isinstance(exc, dnsresolve.PermanentDNSError):
+    elif isinstance(exc, dnsbase.PermanentDNSError):
         reply = (550, "5.1.2", "Host or domain name not found: %s" % exc)
     else:
         reply = (451, "4.4.3", "Host or domain name lookup failed: %s" % exc)

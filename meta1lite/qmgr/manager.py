@@ -13,7 +13,7 @@
 from meta1lite import compat, status
 from meta1lite.qmgr.attempts import SANE_EPOCH, Attempts, backoff, dns_failure, fmt_delay, sane  # noqa: F401
 from meta1lite.qmgr.bucketmap import BucketMap
-from meta1lite.smar import dnsresolve
+from meta1lite.smar import dnsbase
 from meta1lite.smar.aliases import UnknownAddress
 from meta1lite.smtpc import Job
 
@@ -469,7 +469,7 @@ class QueueManager:
         try:
             hops = await self.smar.next_hops(route, domain)
             results = await self.smtpc.deliver(route, hops, jobs, on_result)
-        except dnsresolve.DNSLookupError as exc:
+        except dnsbase.DNSLookupError as exc:
             results = dns_failure(exc, jobs)
         for job in jobs:
             if job.queue_id not in settled:

@@ -3,18 +3,29 @@
 # transports - dnspython's async resolver on CPython (dnspython_transport.py), and on
 # MicroPython (or on request) the sans-I/O codec in meta1lite.proto.dns over UDP with TCP on
 # truncation - plus CNAME chasing, RFC 5321 section 5 MX ordering, RFC 7505 null MX,
-# the error classes, and a TTL cache bounded in entries.
+# and a TTL cache bounded in entries.
 # Must never: block the event loop on network I/O, return an answer that does not
 # match its question, grow without bound, or differ in its answers between the two
 # transports for the same DNS server.
-# The codec (meta1lite.proto.dns) is imported at the first lookup (_codec): a board
-# relaying to address literals never needs its 1.3K of heap.
+# The codec (meta1lite.proto.dns) is imported at the first lookup (_codec), and this
+# module at the first name lookup (smar.resolver): a board relaying to address
+# literals needs neither (1.3K and 2.2K of heap). The error classes, the address
+# families and ip_literal are dnsbase's, re-exported here.
 import errno
 import random
 import select
 import socket
 
 from meta1lite import compat
+from meta1lite.smar.dnsbase import (  # noqa: F401 - part of this module's API
+    FAMILY_INET,
+    FAMILY_INET6,
+    DNSLookupError,
+    NullMX,
+    PermanentDNSError,
+    TemporaryDNSError,
+    ip_literal,
+)
 
 RESOLV_CONF = "/etc/resolv.conf"
 DNS_PORT = 53
@@ -32,12 +43,9 @@ MAX_ADDRESSES = 16           # A or AAAA records kept per name, in the server's 
 POLL_MIN_S = 0.001           # UDP receive polling interval, doubled up to POLL_MAX_S
 POLL_MAX_S = 0.02
 
-FAMILY_INET = int(socket.AF_INET)
-FAMILY_INET6 = int(getattr(socket, "AF_INET6", 10))
 BACKENDS = ("codec", "dnspython")
 _AGAIN = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN))
 _NXDOMAIN = "nxdomain"       # cache marker
-_IP_CHARS = "0123456789abcdefABCDEF.:%"
 asyncio = compat.asyncio
 _codec_module = []              # meta1lite.proto.dns once the first lookup imported it
 
@@ -48,22 +56,6 @@ def _codec():
         from meta1lite.proto import dns
         _codec_module.append(dns)
     return _codec_module[0]
-
-
-class DNSLookupError(Exception):
-    """A lookup failed; see PermanentDNSError and TemporaryDNSError."""
-
-
-class PermanentDNSError(DNSLookupError):
-    """The name does not exist or cannot receive mail (bounce)."""
-
-
-class TemporaryDNSError(DNSLookupError):
-    """SERVFAIL, REFUSED, timeout or network error (try again later)."""
-
-
-class NullMX(PermanentDNSError):
-    """The domain publishes a null MX (RFC 7505): it accepts no mail."""
 
 
 # --- configuration ------------------------------------------------------------------
@@ -116,23 +108,6 @@ def _check_name(name):
     if text == ".":
         raise PermanentDNSError("invalid domain name %r" % (name,))
     return text
-
-
-def ip_literal(host):
-    """(family, canonical text) of an IP address literal (IPv6 as dnspython prints
-    it), or None when host is a name."""
-    if not isinstance(host, str) or host.strip(_IP_CHARS):
-        return None             # a name: netaddr is not even imported (a small heap)
-    from meta1lite import netaddr
-    try:
-        family, value = netaddr.parse_ip(host)
-    except ValueError:
-        return None
-    if family == 4:
-        return FAMILY_INET, netaddr.format_ip(4, value)
-    codec = _codec()
-    raw = bytes([(value >> (8 * (15 - i))) & 0xFF for i in range(16)])
-    return FAMILY_INET6, codec.ipv6_text(raw)
 
 
 # --- ordering -----------------------------------------------------------------------

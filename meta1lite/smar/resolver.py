@@ -4,11 +4,12 @@
 # Owns: which domains are ours, alias expansion (smar/aliases.py), the choice of a
 # Route for (sender, recipient) (smar/routes.py), and turning a route into the
 # list of Hops to try (MX per RFC 5321 section 5 through smar/dnsresolve.py, or
-# the configured relay). Must never: bounce mail because a configured relay
-# cannot be found (that is our configuration, not the recipient's domain:
-# temporary).
+# the configured relay; dnsresolve and its Resolver are made at the first name
+# lookup: a board relaying to address literals never takes their heap). Must never:
+# bounce mail because a configured relay cannot be found (that is our
+# configuration, not the recipient's domain: temporary).
 from meta1lite.smar import aliases as aliasfile
-from meta1lite.smar import dnsresolve
+from meta1lite.smar import dnsbase
 from meta1lite.smar.aliases import UnknownAddress  # noqa: F401 - part of smar's API
 from meta1lite.smar.routes import (
     DEFAULT_ROUTE,
@@ -23,14 +24,15 @@ from meta1lite.smar.routes import (
 
 # smar.inet_protocols: the address families next hops are looked up in (Postfix's
 # name); None: both
-INET_PROTOCOLS = {"all": None, "ipv4": (dnsresolve.FAMILY_INET,), "ipv6": (dnsresolve.FAMILY_INET6,)}
+INET_PROTOCOLS = {"all": None, "ipv4": (dnsbase.FAMILY_INET,), "ipv6": (dnsbase.FAMILY_INET6,)}
 
 
 class AddressResolver:
     """smar: local domains, aliases and routes from cfg, next hops through DNS.
 
     resolver: a dnsresolve.Resolver; by default one for smar.nameservers with
-    smar.dns_timeout (dnspython on CPython, the codec resolver on MicroPython)."""
+    smar.dns_timeout (dnspython on CPython, the codec resolver on MicroPython), made
+    at the first name lookup."""
 
     def __init__(self, cfg, resolver=None):
         self.resolver = resolver
@@ -42,7 +44,7 @@ class AddressResolver:
         self.cfg = cfg
         smar = cfg["smar"]
         if self.own_resolver:
-            self.resolver = dnsresolve.for_config(smar)
+            self.resolver = None            # made again at the next name lookup
         self.families = INET_PROTOCOLS[smar.get("inet_protocols") or "all"]
         self.hostname = cfg["hostname"].lower().rstrip(".")
         self.local_domains = [d.lower().rstrip(".") for d in cfg["smtps"]["local_domains"]]
@@ -91,21 +93,21 @@ class AddressResolver:
             if route.via == VIA_DIRECT:
                 return await self._host_hops(route.host, route.port)
             return await self._mx_hops(route.host, route.port)
-        except dnsresolve.PermanentDNSError as exc:
-            raise dnsresolve.TemporaryDNSError("relay %s: %s" % (route.key, exc))
+        except dnsbase.PermanentDNSError as exc:
+            raise dnsbase.TemporaryDNSError("relay %s: %s" % (route.key, exc))
 
     async def _mx_hops(self, domain, port):
-        records = await self.resolver.resolve_mx(domain)
+        records = await self._dns().resolve_mx(domain)
         if not records:                          # no MX: the domain's own addresses
             hops = await self._host_hops(domain, port)
             if not hops:
-                raise dnsresolve.PermanentDNSError("%s: no MX and no address record" % domain)
+                raise dnsbase.PermanentDNSError("%s: no MX and no address record" % domain)
             return hops
         hops, errors = [], []
         for _, host in records:
             try:
                 hops.extend(await self._host_hops(host, port))
-            except dnsresolve.DNSLookupError as exc:
+            except dnsbase.DNSLookupError as exc:
                 errors.append(exc)
             if len(hops) >= MAX_HOPS:
                 break
@@ -113,19 +115,25 @@ class AddressResolver:
             return hops[:MAX_HOPS]
         return _no_hops(domain, errors)
 
+    def _dns(self):
+        if self.resolver is None:
+            from meta1lite.smar import dnsresolve
+            self.resolver = dnsresolve.for_config(self.cfg["smar"])
+        return self.resolver
+
     async def _host_hops(self, host, port):
-        literal = dnsresolve.ip_literal(host)
+        literal = dnsbase.ip_literal(host)
         if literal:                              # an address literal: no DNS at all
             if self.families is not None and literal[0] not in self.families:
                 return []                        # inet_protocols leaves its family out
             return [Hop(host, host, port)]
-        found = await self.resolver.resolve_addresses(host, self.families)
+        found = await self._dns().resolve_addresses(host, self.families)
         return [Hop(host, ip, port) for _, ip in found[:MAX_HOPS]]
 
 
 def _no_hops(domain, errors):
     """Raise the error for MX hosts that all failed to resolve (temporary wins)."""
     for exc in errors:
-        if isinstance(exc, dnsresolve.TemporaryDNSError):
-            raise dnsresolve.TemporaryDNSError("%s: MX hosts unresolvable: %s" % (domain, exc))
-    raise dnsresolve.PermanentDNSError("%s: no MX host has an address" % domain)
+        if isinstance(exc, dnsbase.TemporaryDNSError):
+            raise dnsbase.TemporaryDNSError("%s: MX hosts unresolvable: %s" % (domain, exc))
+    raise dnsbase.PermanentDNSError("%s: no MX host has an address" % domain)
