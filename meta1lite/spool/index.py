@@ -300,7 +300,7 @@ class Index:
             for f in files.values():
                 f.close()
             if files:
-                files = None            # the closed handles, free for the refill's collection
+                files = f = None        # the closed handles, free for the refill's collection
                 self.journal.handles_closed()
 
     def _envelope(self, files, h):

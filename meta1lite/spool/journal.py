@@ -468,6 +468,7 @@ class Journal:
                 yield chunk
         finally:
             inner.close()       # its open segment: MicroPython would leave it to a collection
+            inner = None        # (its frame holds the closed handle until the refill's collection)
             if pool is not None:
                 pool.give(buf)
             self.handles_closed()
