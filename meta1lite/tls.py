@@ -175,10 +175,9 @@ class TlsMemory:
     def _take(self):
         blocks = []
         for size in TLS_RECORD_BUFFERS if self._lock is not None else ():
-            try:
-                blocks.append(bytearray(size))
-            except MemoryError:
-                pass                # taken again when the next TLS connection ends
+            block = _block(size)    # None: taken again when the next TLS connection ends
+            if block is not None:
+                blocks.append(block)
         self._blocks = blocks
 
     async def acquire(self):

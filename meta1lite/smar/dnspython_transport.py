@@ -5,7 +5,7 @@
 # (tests/test_dns_resolver.py). Must never: be used on MicroPython (no dnspython
 # there: the module imports, available() says False), or cache (the resolver does).
 from meta1lite.proto import dns as codec
-from meta1lite.smar.dnsresolve import TemporaryDNSError
+from meta1lite.smar.dnsbase import TemporaryDNSError
 
 try:
     import dns.asyncresolver as _dnspython_resolver
