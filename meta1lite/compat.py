@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from meta1lite.const import const
 from meta1lite.logring import LogRing
 
 try:
@@ -34,7 +35,7 @@ except ImportError:
 IO_CHUNK = 1024 if MICROPYTHON else 4096
 WRITE_CHUNK = IO_CHUNK      # bytes per write+drain (MicroPython copies what the socket refuses)
 READ_CHUNK = IO_CHUNK       # bytes per socket read
-CLOCK_SCALE_ENV = "META1LITE_CLOCK_SCALE"   # tests: simulated seconds per real second
+_CLOCK_SCALE_ENV = const("META1LITE_CLOCK_SCALE")  # tests: simulated seconds per real second
 
 
 # --- clocks -----------------------------------------------------------------
@@ -88,7 +89,7 @@ def _epoch_offset(gmtime):
     return UNIX_TO_2000_S if gmtime(0)[0] == 2000 else 0
 
 
-UNIX_TO_2000_S = 946684800
+UNIX_TO_2000_S = const(946684800)
 EPOCH_OFFSET = _epoch_offset(time.gmtime)   # the relay's wall-clock times are Unix times
 
 
@@ -104,7 +105,7 @@ def _broken_down(epoch, utc):
 
 class _Clock:
     def __init__(self):
-        self.scale = float(getenv(CLOCK_SCALE_ENV) or 1)
+        self.scale = float(getenv(_CLOCK_SCALE_ENV) or 1)
         self.mono0 = _real_monotonic()
         self.wall0 = _unix_time()
         self.mono_fn = None
@@ -244,7 +245,7 @@ def _shared_read_buffer():
 # reading task waits on its socket alone, and one watcher task wakes at the nearest
 # deadline and throws TimeoutError into a read still waiting (as Task.cancel throws
 # CancelledError).
-WATCH_IDLE_S = 60       # the watcher's sleep while no read waits
+_WATCH_IDLE_S = const(60)  # the watcher's sleep while no read waits
 
 
 class _Deadlines:
@@ -274,7 +275,7 @@ class _Deadlines:
             await asyncio.sleep_ms(_ms_until(self.wake))
 
     def _check(self, now):
-        self.wake = now + WATCH_IDLE_S
+        self.wake = now + _WATCH_IDLE_S
         for task in self.due:
             end = self.due[task]
             if end <= now:
@@ -418,12 +419,12 @@ async def open_connection(host, port, ctx=None, server_hostname=None):
     return reader, writer, bytes(buf[:n]) if n else b""
 
 
-CLOSE_WAIT_S = 10               # a peer that reads nothing holds a closing stream no longer
+_CLOSE_WAIT_S = const(10)       # a peer that reads nothing holds a closing stream no longer
 
 
 async def close_stream(writer):
     """Close a stream, ignoring errors from a peer that is already gone; one that
-    does not take the unsent data within CLOSE_WAIT_S is dropped (abort_stream)."""
+    does not take the unsent data within _CLOSE_WAIT_S is dropped (abort_stream)."""
     try:
         if MICROPYTHON:             # its wait_closed() closes the socket, nothing to wait for
             forget_io_wait(writer.s)
@@ -431,7 +432,7 @@ async def close_stream(writer):
             await writer.wait_closed()
             return
         writer.close()
-        await wait_for(writer.wait_closed(), CLOSE_WAIT_S)
+        await wait_for(writer.wait_closed(), _CLOSE_WAIT_S)
     except Exception:  # noqa: BLE001 - closing must never raise
         abort_stream(writer)
 

@@ -6,10 +6,11 @@
 # (rewrite_from_header). Must never: rewrite, reorder or remove any other field the
 # sender wrote, or hold more than HEADER_SCAN_LIMIT bytes of a message.
 from meta1lite import compat
+from meta1lite.const import const
 
-HEADER_SCAN_LIMIT = 16 * 1024    # bytes of header section examined for Date:/Message-ID:
-MAX_FROM_FIELD = 4096           # octets of a From: field kept to find its display name
-MAX_HEADER_LINE = 8192          # a longer header line is passed through untouched
+HEADER_SCAN_LIMIT = const(16 * 1024)  # bytes of header section examined for Date:/Message-ID:
+_MAX_FROM_FIELD = const(4096)   # octets of a From: field kept to find its display name
+_MAX_HEADER_LINE = const(8192)  # a longer header line is passed through untouched
 WATCHED = (b"date", b"message-id", b"from")
 
 
@@ -122,7 +123,7 @@ class FromRewriter:
             self._line(data[start:nl + 1], out)
             start = nl + 1
         rest = data[start:]
-        if self.in_header and len(rest) > MAX_HEADER_LINE:
+        if self.in_header and len(rest) > _MAX_HEADER_LINE:
             self._flush(out)
             out.append(rest)
             rest, self.midline = b"", True
@@ -144,7 +145,7 @@ class FromRewriter:
             self.midline = False
             return out.append(line)
         if line[:1] in (b" ", b"\t") and self.field is not None:
-            if len(self.field) < MAX_FROM_FIELD:
+            if len(self.field) < _MAX_FROM_FIELD:
                 self.field += line
             return None
         self._flush(out)

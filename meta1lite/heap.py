@@ -8,6 +8,8 @@ import gc
 import sys
 import time
 
+from meta1lite.const import const
+
 
 def forget_modules(names):
     """Drop one-shot modules (the config parser after start-up) so that, on the
@@ -48,7 +50,7 @@ MIN_FREE_HEAP = 16 * 1024       # free heap under which new mail is refused (Mic
 # ROOMY_FACTOR times what a check asks for is trusted for ROOMY_MS: the relay does
 # not allocate that much so fast. A board's heap is never that roomy: it is measured
 # at every check.
-ROOMY_FACTOR = 8
+ROOMY_FACTOR = const(8)
 ROOMY_MS = 100
 _roomy = [None, 0]              # [ticks_ms when a roomy figure was measured, the figure]
 
@@ -82,8 +84,8 @@ def measure_next():
     _roomy[0] = None
 
 
-GC_EVERY_FRACTION = 12          # collect after 1/12 of the heap was allocated (MicroPython)
-GC_EVERY_MIN = 16 * 1024        # ... but not more often than every 16K
+GC_EVERY_FRACTION = const(12)   # collect after 1/12 of the heap was allocated (MicroPython)
+GC_EVERY_MIN = const(16 * 1024)  # ... but not more often than every 16K
 # ... on heaps up to this size (boards). A larger heap (a router's: 1536K) is
 # collected when full: every collection marks all that is live (on the unix port the
 # bytecode too), and collecting every 1/12 of a 2M heap was a third of the unix
@@ -213,7 +215,7 @@ class Reserve:
             gc.collect()
 
 
-UNLOCK_TRIES = 3                # collections tried by unlock_heap()
+_UNLOCK_TRIES = const(3)        # collections tried by unlock_heap()
 
 
 def unlock_heap():
@@ -225,11 +227,11 @@ def unlock_heap():
     collection ends with the flag cleared (nothing was allocated since, so its marks
     are whole); another Ctrl-C can land in that one too, hence a few tries. True if
     the heap was locked."""
-    tries = UNLOCK_TRIES            # a while loop: range() would allocate
+    tries = _UNLOCK_TRIES            # a while loop: range() would allocate
     while tries:
         try:
             bytearray(1)
-            return tries < UNLOCK_TRIES
+            return tries < _UNLOCK_TRIES
         except MemoryError:
             gc.collect()
         tries -= 1

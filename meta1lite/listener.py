@@ -8,12 +8,13 @@
 # this copy of it drops that one connection instead. Must never: stop accepting
 # while the server is open, or hold a connection it could not start.
 from meta1lite import compat
+from meta1lite.const import const
 
 asyncio = compat.asyncio
-LOG = "smtps"
-POLL_FD_BASE = 1 << 24      # fd numbers that are never real, to grow the poller with
-POLL_SLOTS_SPARE = 8        # beyond the configured connections: listeners, control, DNS
-ACCEPT_PAUSE_S = 1          # after a connection dropped for want of memory (MicroPython)
+LOG = const("smtps")
+_POLL_FD_BASE = const(1 << 24)  # fd numbers that are never real, to grow the poller with
+_POLL_SLOTS_SPARE = const(8)  # beyond the configured connections: listeners, control, DNS
+ACCEPT_PAUSE_S = const(1)   # after a connection dropped for want of memory (MicroPython)
 
 
 async def start_server(handler, host, port, backlog, ssl=None, on_full=None):
@@ -48,7 +49,7 @@ def reserve_poll_slots(cfg):
     if not compat.MICROPYTHON:
         return
     count = (cfg["smtps"]["max_connections"] + cfg["smtpc"]["max_connections"]
-             + len(cfg["smtps"]["listen"]) + len(cfg["smtps"]["listen_tls"]) + POLL_SLOTS_SPARE)
+             + len(cfg["smtps"]["listen"]) + len(cfg["smtps"]["listen_tls"]) + _POLL_SLOTS_SPARE)
     poller = _core._io_queue.poller
     slots = _poll_placeholders(count)
     for slot in slots:
@@ -64,7 +65,7 @@ def _poll_placeholders(count):
     # int there raises after its entry is made, leaving the poller broken
     import select
     if not hasattr(select, "select"):
-        return range(POLL_FD_BASE, POLL_FD_BASE + count)
+        return range(_POLL_FD_BASE, _POLL_FD_BASE + count)
     import io
     return [io.BytesIO() for _ in range(count)]
 

@@ -7,7 +7,9 @@
 # allocate per line beyond the transient encoding, or grow.
 # Runs on MicroPython and CPython.
 
-RING_BYTES = 3072           # bytes of recent log text kept (10-25 lines) until the
+from meta1lite.const import const
+
+RING_BYTES = const(3072)    # bytes of recent log text kept (10-25 lines) until the
                             # configuration sizes the ring (log_ring)
 _NL = 10
 

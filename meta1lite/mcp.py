@@ -17,13 +17,14 @@
 import sys
 
 from meta1lite import compat, heap, listener, process, tls
+from meta1lite.const import const
 from meta1lite.supervisor import Module, Supervisor
 
 asyncio = compat.asyncio
-LOG = "mcp"
-INCOMING_POLL_S = 5          # how often new `meta1lite sendmail` submissions are adopted
-EXIT_BUSY = 75               # the spool is locked by another process (EX_TEMPFAIL)
-INTERRUPT_SLACK_S = 2        # after Ctrl-C: stop_timeout plus this, then the queue is closed
+LOG = const("mcp")
+_INCOMING_POLL_S = const(5)  # how often new `meta1lite sendmail` submissions are adopted
+_EXIT_BUSY = const(75)       # the spool is locked by another process (EX_TEMPFAIL)
+INTERRUPT_SLACK_S = const(2)  # after Ctrl-C: stop_timeout plus this, then the queue is closed
 MODULE_NAMES = ("smar", "smtpc", "qmgr", "smtps")   # start order (dependencies first)
 # options a reload cannot change in a running daemon (logged: "at the next start")
 RESTART_ONLY = (("spool",), ("control",), ("smtps", "listen"), ("smtps", "listen_tls"),
@@ -117,7 +118,7 @@ class Daemon:
             compat.log.log("warning", LOG, "watchdog_ms %d is longer than this board's watchdog "
                            "allows: it runs with %d" % (opts["watchdog_ms"], wdt_ms))
         supervisor = Supervisor(modules, opts["restart_max"], wdt, wdt_ms)
-        supervisor.every(INCOMING_POLL_S, self._adopt_incoming)
+        supervisor.every(_INCOMING_POLL_S, self._adopt_incoming)
         if heap.heap_free() is not None:
             supervisor.every(opts["heap_log_interval"], _log_heap)
         return supervisor
@@ -302,13 +303,13 @@ def _install_signals(daemon):
 def run(cfg):
     """Run the daemon in the foreground until stopped; returns an exit code.
     The spool's lock is taken first and held for the daemon's whole life: a second
-    daemon on the same spool exits EXIT_BUSY before touching anything."""
+    daemon on the same spool exits _EXIT_BUSY before touching anything."""
     from meta1lite.spool.lock import SpoolBusy, lock_spool
     try:
         lock = lock_spool(cfg["spool"])
     except SpoolBusy as exc:
         sys.stderr.write("meta1lite: %s\n" % exc)
-        return EXIT_BUSY
+        return _EXIT_BUSY
     try:
         return _run_locked(cfg)
     finally:

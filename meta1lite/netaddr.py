@@ -3,11 +3,13 @@
 # back, and matching client addresses against networks (relay_from).
 # Must never resolve names, touch sockets or files, or depend on dict order.
 
-V4_BITS = 32
-V6_BITS = 128
-V6_GROUPS = 8
-V4_MAPPED_HIGH = 0xFFFF          # ::ffff:a.b.c.d -> bits 32..47 set, upper bits zero
-MAX_ADDRESS_TEXT = 64            # longer text is never an address (bounds work on junk)
+from meta1lite.const import const
+
+_V4_BITS = const(32)
+_V6_BITS = const(128)
+_V6_GROUPS = const(8)
+_V4_MAPPED_HIGH = const(0xFFFF)  # ::ffff:a.b.c.d -> bits 32..47 set, upper bits zero
+_MAX_ADDRESS_TEXT = const(64)    # longer text is never an address (bounds work on junk)
 _DIGITS = "0123456789"
 _HEX = "0123456789abcdefABCDEF"
 
@@ -60,13 +62,13 @@ def _parse_v6(text):
     if "::" in text:
         head, tail = text.split("::")
         left, right = _hex_groups(head, whole), _hex_groups(tail, whole)
-        missing = V6_GROUPS - len(left) - len(right)
+        missing = _V6_GROUPS - len(left) - len(right)
         if missing < 1:
             raise ValueError("too many groups in %r" % whole)
         groups = left + [0] * missing + right
     else:
         groups = _hex_groups(text, whole)
-        if len(groups) != V6_GROUPS:
+        if len(groups) != _V6_GROUPS:
             raise ValueError("an IPv6 address has 8 groups: %r" % whole)
     value = 0
     for group in groups:
@@ -77,7 +79,7 @@ def _parse_v6(text):
 def parse_ip(text):
     """Parse an IPv4 or IPv6 address (no brackets; a %zone suffix is dropped);
     return (4 or 6, int). Raises ValueError."""
-    if not isinstance(text, str) or not text or len(text) > MAX_ADDRESS_TEXT:
+    if not isinstance(text, str) or not text or len(text) > _MAX_ADDRESS_TEXT:
         raise ValueError("not an IP address: %r" % (text,))
     if ":" in text:
         return 6, _parse_v6(text.split("%")[0])
@@ -86,16 +88,16 @@ def parse_ip(text):
 
 def unmap(family, value):
     """(6, ::ffff:a.b.c.d) -> (4, a.b.c.d); anything else unchanged."""
-    if family == 6 and (value >> 32) == V4_MAPPED_HIGH:
+    if family == 6 and (value >> 32) == _V4_MAPPED_HIGH:
         return 4, value & 0xFFFFFFFF
     return family, value
 
 
 def _format_v6(value):
-    groups = [(value >> (16 * (7 - i))) & 0xFFFF for i in range(V6_GROUPS)]
+    groups = [(value >> (16 * (7 - i))) & 0xFFFF for i in range(_V6_GROUPS)]
     best_start, best_len, start = -1, 1, -1
-    for i in range(V6_GROUPS + 1):
-        if i < V6_GROUPS and groups[i] == 0:
+    for i in range(_V6_GROUPS + 1):
+        if i < _V6_GROUPS and groups[i] == 0:
             start = i if start < 0 else start
             continue
         if start >= 0 and i - start > best_len:
@@ -114,14 +116,14 @@ def format_ip(family, value):
     return _format_v6(value)
 
 
-CLIENT_V6_PREFIX = 84           # leading bits of an IPv6 address that name one client
+_CLIENT_V6_PREFIX = const(84)   # leading bits of an IPv6 address that name one client
                                 # (Postfix 3.8's smtpd_client_ipv6_prefix_length): a host
                                 # given a /64 cannot dodge the per-client limits
 
 
 def client_key(ip_text):
     """What per-client limits count a client under: its IPv4 address, or its IPv6
-    address's first CLIENT_V6_PREFIX bits ("2001:db8::/84")."""
+    address's first _CLIENT_V6_PREFIX bits ("2001:db8::/84")."""
     if ":" not in ip_text:
         return ip_text
     try:
@@ -130,12 +132,12 @@ def client_key(ip_text):
         return ip_text
     if family == 4:
         return format_ip(4, value)
-    shift = V6_BITS - CLIENT_V6_PREFIX
-    return "%s/%d" % (format_ip(6, value >> shift << shift), CLIENT_V6_PREFIX)
+    shift = _V6_BITS - _CLIENT_V6_PREFIX
+    return "%s/%d" % (format_ip(6, value >> shift << shift), _CLIENT_V6_PREFIX)
 
 
 def _bits(family):
-    return V4_BITS if family == 4 else V6_BITS
+    return _V4_BITS if family == 4 else _V6_BITS
 
 
 class Network:

@@ -16,15 +16,16 @@
 # header gets job.rewrite_from, or route.rewrite_sender when
 # route.rewrite_from_header is set. A Job may carry them already; both are idempotent.
 from meta1lite import compat, headers, tls
+from meta1lite.const import const
 from meta1lite.proto import smtp_client as core
 from meta1lite.status import DEFERRED, SENT
 
 asyncio = compat.asyncio
-LOG = "smtpc"
+LOG = const("smtpc")
 IMPLICIT_TLS_PORT = 465
-CONNECT_TIMEOUT_S = 30          # Postfix's smtp_connect_timeout
-TLS_HANDSHAKE_TIMEOUT_S = 60    # Postfix's smtp_starttls_timeout is 300; a handshake is small
-NO_RELAY = "none"
+CONNECT_TIMEOUT_S = const(30)   # Postfix's smtp_connect_timeout
+_TLS_HANDSHAKE_TIMEOUT_S = const(60)  # Postfix's smtp_starttls_timeout is 300; a handshake is small
+NO_RELAY = const("none")
 DEBUG = compat.LEVELS["debug"]  # the log level of state changes (not made above it)
 _IO_ERRORS = (OSError, ValueError, EOFError) + compat.TIMEOUT_ERRORS
 
@@ -298,10 +299,10 @@ class _Session:
             ctx, verify = self._context()
             self.reader, self.writer = await compat.wait_for(
                 tls.start_tls(self.reader, self.writer, ctx, False, self.hop.host),
-                min(TLS_HANDSHAKE_TIMEOUT_S, self.client.io_timeout))
+                min(_TLS_HANDSHAKE_TIMEOUT_S, self.client.io_timeout))
         except _IO_ERRORS as exc:
             self.tls_pending = True
-            return self._io_failed(exc, "in TLS handshake with", TLS_HANDSHAKE_TIMEOUT_S)
+            return self._io_failed(exc, "in TLS handshake with", _TLS_HANDSHAKE_TIMEOUT_S)
         self.tls_pending = True
         await self._write(self.conn.tls_started())
         self._log("info", "%s TLS connection established to %s" % (

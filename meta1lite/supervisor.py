@@ -3,8 +3,8 @@
 # with the modules that depend on it; one watcher task does the watching, feeds
 # the board's hardware watchdog and runs mcp's periodic chores.
 #
-# Owns: the module tasks, their restarts (RESTART_MIN_S doubling up to
-# mcp.restart_max; from RESTART_MIN_S again once a module stayed up STABLE_S),
+# Owns: the module tasks, their restarts (_RESTART_MIN_S doubling up to
+# mcp.restart_max; from _RESTART_MIN_S again once a module stayed up STABLE_S),
 # the log line of every start, exit and restart with its reason, fault injection
 # (fault(): that module's task raises RuntimeError("fault injected")), and
 # feeding machine.WDT. Must never: know what a module does (it calls the module's
@@ -13,15 +13,16 @@
 # Shared code: MicroPython and CPython. Times are real seconds (never scaled by
 # META1LITE_CLOCK_SCALE): the watchdog counts real milliseconds.
 from meta1lite import compat
+from meta1lite.const import const
 
 asyncio = compat.asyncio
-LOG = "mcp"
-RESTART_MIN_S = 1               # first restart delay of a module that died
-STABLE_S = 60                   # up this long: its next death starts the backoff over
-TICK_S = 1                      # how often the watcher looks (and feeds the watchdog)
-WDT_FEEDS_PER_TIMEOUT = 3       # the watchdog is fed at least this often per timeout
-IDLE_S = 3600                   # sleep of a module task that has no loop of its own
-FAULT = "fault injected"
+LOG = const("mcp")
+_RESTART_MIN_S = const(1)       # first restart delay of a module that died
+STABLE_S = const(60)            # up this long: its next death starts the backoff over
+_TICK_S = const(1)              # how often the watcher looks (and feeds the watchdog)
+_WDT_FEEDS_PER_TIMEOUT = const(3)  # the watchdog is fed at least this often per timeout
+_IDLE_S = const(3600)           # sleep of a module task that has no loop of its own
+_FAULT = const("fault injected")
 
 
 class Module:
@@ -48,11 +49,11 @@ class Supervisor:
 
     def __init__(self, modules, restart_max, wdt=None, wdt_ms=0):
         self.modules = modules
-        self.restart_max = max(RESTART_MIN_S, restart_max)
+        self.restart_max = max(_RESTART_MIN_S, restart_max)
         self.wdt = wdt
-        self.tick = TICK_S
+        self.tick = _TICK_S
         if wdt is not None and wdt_ms:
-            self.tick = min(TICK_S, wdt_ms / 1000 / WDT_FEEDS_PER_TIMEOUT)
+            self.tick = min(_TICK_S, wdt_ms / 1000 / _WDT_FEEDS_PER_TIMEOUT)
         self.chores = []        # [interval, next due, function]
         self.stopping = False
         self.watcher = None
@@ -76,7 +77,7 @@ class Supervisor:
         self.watcher = asyncio.create_task(self._watch())
 
     def fault(self, name):
-        """Make module name's task raise RuntimeError(FAULT); False if it is not running."""
+        """Make module name's task raise RuntimeError(_FAULT); False if it is not running."""
         mod = self.find(name)
         if mod is None or mod.task is None or self.stopping:
             return False
@@ -121,13 +122,13 @@ class Supervisor:
             try:
                 if mod.run is None:         # the task only stands for the module
                     while True:
-                        await asyncio.sleep(IDLE_S)
+                        await asyncio.sleep(_IDLE_S)
                 await mod.run()
             except asyncio.CancelledError:
                 if not mod.fault:
                     raise
                 mod.fault = False
-                raise RuntimeError(FAULT)
+                raise RuntimeError(_FAULT)
             mod.reason = "its task returned"
         except Exception as exc:  # noqa: BLE001 - a module's death is the watcher's business
             mod.reason = "%s: %s" % (type(exc).__name__, exc)
@@ -153,7 +154,7 @@ class Supervisor:
                 self._died(mod, now)
             elif mod.task is None and mod.due is None and not self.stopping:
                 # a restart that failed half-way (MemoryError): again, after its delay
-                mod.due = now + max(mod.delay, RESTART_MIN_S)
+                mod.due = now + max(mod.delay, _RESTART_MIN_S)
         for mod in self.modules:
             if mod.due is not None and mod.due <= now and self._deps_up(mod):
                 self._restart(mod, now)
@@ -166,7 +167,7 @@ class Supervisor:
         mod.task = None
         if now - mod.up_since >= STABLE_S:
             mod.delay = 0
-        mod.delay = min(self.restart_max, mod.delay * 2 if mod.delay else RESTART_MIN_S)
+        mod.delay = min(self.restart_max, mod.delay * 2 if mod.delay else _RESTART_MIN_S)
         mod.due = now + mod.delay
         dependents = self._dependents(mod)
         compat.log.log("error", LOG, "%s exited: %s; restarting in %ds%s" % (

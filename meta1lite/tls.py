@@ -8,6 +8,7 @@
 # of a board. Must never: verify nothing when verification was asked for, or hold
 # the TLS slot past the connection that took it.
 from meta1lite.compat import MICROPYTHON, asyncio
+from meta1lite.const import const
 
 
 def pem_to_der(text):
@@ -136,13 +137,13 @@ TLS_RECORD_BUFFERS = (16736, 4448)
 # 144K, benchmarks/board.py). A closed socket object's run does not help: it stays
 # referenced for a while (stale pointers on the C stack). At the top, the runs of
 # what the relay allocates at work lie below the blocks.
-TLS_FILLER_STEP = 1024      # bytes: the filler's search step and the room left above
+TLS_FILLER_STEP = const(1024)  # bytes: the filler's search step and the room left above
 # What a handshake allocates besides the record buffers (handshake state, transform,
 # session, the peer's certificate chain, ECDHE and signature arithmetic), kept free
 # by refusing new mail below it (heap.memory_low). Measured on the sim
 # (benchmarks/board.py): a verified handshake needs ~29K, its 21K of record buffers
 # included; 16K leaves twice the rest.
-TLS_HANDSHAKE_HEAP = 16 * 1024
+TLS_HANDSHAKE_HEAP = const(16 * 1024)
 
 
 class TlsMemory:

@@ -18,11 +18,12 @@ import os
 import sys
 
 from meta1lite import compat, conf
+from meta1lite.const import const
 
 USAGE = "usage: meta1lite [-c FILE] COMMAND [ARGS...]   (meta1lite help: the commands)"
-ENV_CONF = "META1LITE_CONF"
+_ENV_CONF = const("META1LITE_CONF")
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-EXIT_SENDMAIL_CONFIG = 78     # sysexits EX_CONFIG
+_EXIT_SENDMAIL_CONFIG = const(78)  # sysexits EX_CONFIG
 
 
 def _mailq(cfg, argv):
@@ -126,7 +127,7 @@ def split_config(argv, flags=("-c", "--config")):
 
 
 def _load(name, path):
-    bad_file = EXIT_SENDMAIL_CONFIG if name == "sendmail" else EXIT_USAGE
+    bad_file = _EXIT_SENDMAIL_CONFIG if name == "sendmail" else EXIT_USAGE
     try:
         return conf.load(path), EXIT_OK
     except conf.ConfigError as exc:
@@ -151,7 +152,7 @@ def main(argv=None):
         return _usage(str(exc))
     if name not in COMMANDS:
         return _usage("unknown command %r" % name)
-    path = later or path or os.getenv(ENV_CONF) or None
+    path = later or path or os.getenv(_ENV_CONF) or None
     target, wants, _ = COMMANDS[name]
     if wants == "path":
         return _call(target, path, argv)

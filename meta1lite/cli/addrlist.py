@@ -4,7 +4,9 @@
 # address (proto/address.py does), or decode RFC 2047 words.
 import binascii
 
-SPECIALS = '()<>@,:;."[]\\'
+from meta1lite.const import const
+
+_SPECIALS = const('()<>@,:;."[]\\')
 
 
 def _top_level(text):
@@ -73,6 +75,6 @@ def format_from(name, addr):
         word = binascii.b2a_base64(name.encode("utf-8")).strip().decode()
         return "=?utf-8?b?%s?= <%s>" % (word, addr)
     for ch in name:
-        if ch in SPECIALS or ch == "\t":
+        if ch in _SPECIALS or ch == "\t":
             return '"%s" <%s>' % (name.replace("\\", "\\\\").replace('"', '\\"'), addr)
     return "%s <%s>" % (name, addr)

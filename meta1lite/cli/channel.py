@@ -2,15 +2,16 @@
 # (meta1lite/qmgr/control.py), on both runtimes.
 # Owns: one request (a line, optionally followed by a payload of bytes) and its
 # one-line JSON reply; DaemonDown when nobody answers. Must never: retry a request
-# (an inject must not be sent twice), or wait longer than REPLY_TIMEOUT_S.
+# (an inject must not be sent twice), or wait longer than _REPLY_TIMEOUT_S.
 import json
 
 from meta1lite.cli import host
+from meta1lite.const import const
 
-CONNECT_TIMEOUT_S = 5
-REPLY_TIMEOUT_S = 60            # an inject waits for the daemon's sync
-MAX_REPLY = 1 << 20
-RECV_CHUNK = 4096
+CONNECT_TIMEOUT_S = const(5)
+_REPLY_TIMEOUT_S = const(60)    # an inject waits for the daemon's sync
+MAX_REPLY = const(1 << 20)
+_RECV_CHUNK = const(4096)
 
 
 class DaemonDown(Exception):
@@ -25,7 +26,7 @@ class DaemonDown(Exception):
 def _reply(sock):
     data = b""
     while not data.endswith(b"\n") and len(data) < MAX_REPLY:
-        more = sock.recv(RECV_CHUNK)
+        more = sock.recv(_RECV_CHUNK)
         if not more:
             break
         data += more
@@ -41,7 +42,7 @@ def request(cfg, line, payload=()):
         raise DaemonDown(str(exc))
     sent = False
     try:
-        sock.settimeout(REPLY_TIMEOUT_S)
+        sock.settimeout(_REPLY_TIMEOUT_S)
         sock.sendall(line.encode() + b"\n")
         for part in payload:
             sock.sendall(part)

@@ -11,8 +11,9 @@ import time
 
 from meta1lite import compat
 from meta1lite.cli.queuetool import EXIT_FAIL, EXIT_OK, EXIT_USAGE, DaemonDown, _where, request
+from meta1lite.const import const
 
-STOP_WAIT_MARGIN_S = 5          # beyond mcp.stop_timeout, how long stop waits for the exit
+_STOP_WAIT_MARGIN_S = const(5)  # beyond mcp.stop_timeout, how long stop waits for the exit
 STOP_POLL_S = 0.1
 
 
@@ -44,7 +45,7 @@ def stop_main(cfg, argv):
     reply, status = _ask(cfg, argv, "stop")
     if reply is None:
         return status
-    deadline = compat.monotonic() + cfg["mcp"]["stop_timeout"] + STOP_WAIT_MARGIN_S
+    deadline = compat.monotonic() + cfg["mcp"]["stop_timeout"] + _STOP_WAIT_MARGIN_S
     while compat.monotonic() < deadline:
         try:
             request(cfg, "ping")

@@ -6,7 +6,7 @@
 # (2) no daemon: take the spool's lock and commit through the same journal, into
 # a segment created ahead of need; (3) the lock is held by a daemon that does not
 # answer (starting, or a control channel this user cannot open): wait up to
-# BUSY_WAIT_S, then, where directories can be synced (CPython), a complete segment
+# _BUSY_WAIT_S, then, where directories can be synced (CPython), a complete segment
 # into incoming/; else Busy (exit 75). Must never: return before the message is
 # durable, or send a message to the daemon twice.
 import json
@@ -16,8 +16,9 @@ import time
 from meta1lite import compat, durable
 from meta1lite.cli import host
 from meta1lite.cli.channel import DaemonDown, request
+from meta1lite.const import const
 
-BUSY_WAIT_S = 10                # how long a locked spool with a silent daemon is retried
+_BUSY_WAIT_S = const(10)        # how long a locked spool with a silent daemon is retried
 BUSY_POLL_S = 0.5
 INFO = {"client": "local", "proto": "sendmail"}
 
@@ -91,7 +92,7 @@ def queue_message(cfg, sender, rcpts, pieces):
     Raises Refused (never), or Busy, SpoolFull or OSError (try again later)."""
     from meta1lite.spool.lock import SpoolBusy
     size = sum(len(p) for p in pieces)
-    deadline = time.time() + BUSY_WAIT_S
+    deadline = time.time() + _BUSY_WAIT_S
     while True:
         try:
             return _to_daemon(cfg, sender, rcpts, pieces, size)

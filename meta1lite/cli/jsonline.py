@@ -4,9 +4,11 @@
 # Owns: dumps(value, order): json.dumps's default form (", " and ": ", ASCII
 # only, \uXXXX escapes), dict keys in the order given, the rest sorted. Must
 # never: be imported by the daemon (the control channel uses the json module).
+from meta1lite.const import const
+
 ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
            "\b": "\\b", "\f": "\\f"}
-BMP_END = 0x10000
+_BMP_END = const(0x10000)
 
 
 def _string(text):
@@ -17,10 +19,10 @@ def _string(text):
             out.append(ESCAPES[ch])
         elif 32 <= code < 127:
             out.append(ch)
-        elif code < BMP_END:
+        elif code < _BMP_END:
             out.append("\\u%04x" % code)
         else:
-            code -= BMP_END
+            code -= _BMP_END
             out.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
     out.append('"')
     return "".join(out)

@@ -11,12 +11,13 @@ import os
 import sys
 
 from meta1lite import durable
+from meta1lite.const import const
 from meta1lite.smtps import authdb
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 USAGE = "usage: meta1lite passwd USER   (the password from the terminal, or one line on stdin)"
-FILE_MODE = 0o600
-MAX_PASSWORD = 1024             # bytes; a longer line on stdin is refused
+_FILE_MODE = const(0o600)
+_MAX_PASSWORD = const(1024)     # bytes; a longer line on stdin is refused
 
 
 class PasswdError(Exception):
@@ -32,11 +33,11 @@ def read_password(stdin=None):
             raise PasswdError("the passwords do not match; nothing changed")
         password = first
     else:
-        password = stream.readline(MAX_PASSWORD + 2).rstrip("\r\n")
+        password = stream.readline(_MAX_PASSWORD + 2).rstrip("\r\n")
     if not password:
         raise PasswdError("empty password; nothing changed")
-    if len(password.encode()) > MAX_PASSWORD:
-        raise PasswdError("password longer than %d bytes; nothing changed" % MAX_PASSWORD)
+    if len(password.encode()) > _MAX_PASSWORD:
+        raise PasswdError("password longer than %d bytes; nothing changed" % _MAX_PASSWORD)
     return password
 
 
@@ -60,12 +61,12 @@ def write_users(path, text):
     """Replace the users file by text: temp file, fsync, rename, dir sync; mode 0600."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, ".%s.tmp%d" % (os.path.basename(path), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             durable.fsync_file(f)
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, _FILE_MODE)
         durable.commit_file(tmp, path, directory)
     except BaseException:
         durable.remove(tmp)

@@ -15,10 +15,11 @@ import sys
 from meta1lite import compat
 from meta1lite.cli.channel import DaemonDown, request, where
 from meta1lite.cli.jsonline import dumps
+from meta1lite.const import const
 
 USAGE = "usage: meta1lite queue list|show ID|flush|delete ID...|hold ID...|release ID... [--json]"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-SHOW_HEADER_LIMIT = 64 * 1024
+_SHOW_HEADER_LIMIT = const(64 * 1024)
 # key order of the JSON objects (postqueue -j's first; the rest sorted)
 JSON_ORDER = ("ok", "queue_name", "queue_id", "arrival_time", "message_size", "forced_expire",
               "sender", "recipients", "address", "delay_reason", "status", "attempts",
@@ -97,7 +98,7 @@ def show(spool, msg, as_json_flag, out):
         obj = as_json(msg)
         obj["recipients_state"] = rcpts
         obj["info"] = msg.info
-        head = b"".join(_limited(spool.read_body(msg.id), SHOW_HEADER_LIMIT))
+        head = b"".join(_limited(spool.read_body(msg.id), _SHOW_HEADER_LIMIT))
         obj["headers"] = head.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
         out.write(_json(obj) + "\n")
         return

@@ -17,14 +17,15 @@ import sys
 from meta1lite import compat, headers
 from meta1lite.cli import addrlist, host
 from meta1lite.cli.inject import Busy, Refused, queue_message
+from meta1lite.const import const
 from meta1lite.proto import address
 from meta1lite.spool.message import SpoolFull
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 0, 64, 65, 75
-MAX_LINE = 1000                       # octets incl. CRLF (RFC 5321 4.5.3.1.6)
-INJECT_CHUNK = 64 * 1024              # bytes handed to Spool.inject at a time
-FLAG_LETTERS = "vmnUG"                # accepted and ignored (-v: print the queue ID)
-VALUE_LETTERS = "fFrBNRVXhLpOAed"     # take a value, attached or as the next argument
+MAX_LINE = const(1000)                # octets incl. CRLF (RFC 5321 4.5.3.1.6)
+_INJECT_CHUNK = const(64 * 1024)      # bytes handed to Spool.inject at a time
+_FLAG_LETTERS = const("vmnUG")        # accepted and ignored (-v: print the queue ID)
+_VALUE_LETTERS = const("fFrBNRVXhLpOAed")  # take a value, attached or as the next argument
 ADDRESS_FIELDS = (b"to", b"cc", b"bcc")
 RESENT_FIELDS = (b"resent-to", b"resent-cc", b"resent-bcc")
 CRLF = b"\r\n"
@@ -75,9 +76,9 @@ def _parse_cluster(arg, argv, i, opts):
         j += 1
         if letter in "ti":
             opts[letter] = True
-        elif letter in FLAG_LETTERS:
+        elif letter in _FLAG_LETTERS:
             opts["v"] = opts["v"] or letter == "v"
-        elif letter in VALUE_LETTERS:
+        elif letter in _VALUE_LETTERS:
             value = arg[j:]
             if not value:
                 if i >= len(argv):
@@ -262,7 +263,7 @@ def build(cfg, opts, args, lines):
     return sender, rcpts, [top] + [raw for _name, raw in fields] + body
 
 
-def chunks_of(lines, size=INJECT_CHUNK):
+def chunks_of(lines, size=_INJECT_CHUNK):
     """Join lines into pieces of about `size` bytes."""
     piece, fill = [], 0
     for line in lines:

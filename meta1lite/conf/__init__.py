@@ -21,10 +21,11 @@ from meta1lite.conf.schema import (  # noqa: F401
     to_duration,
     to_size,
 )
+from meta1lite.const import const
 
-MAX_ERRORS = 50              # errors reported for one file before giving up
-DEFAULT_FILENAME = "<default>"
-READ_CHUNK = 256             # characters read from a file at a time
+MAX_ERRORS = const(50)       # errors reported for one file before giving up
+DEFAULT_FILENAME = const("<default>")
+READ_CHUNK = const(256)      # characters read from a file at a time
 
 _PUNCT = "{};,="
 _SPACE = " \t\r\n\f\v"

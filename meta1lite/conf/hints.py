@@ -5,8 +5,9 @@
 # unknown name. Imported by conf only when it reports an unknown name.
 # Must never: do I/O, or be imported on the path of a valid configuration.
 from meta1lite.conf import schema
+from meta1lite.const import const
 
-MAX_SUGGEST_DISTANCE = 3     # edit distance beyond which no name is suggested
+_MAX_SUGGEST_DISTANCE = const(3)  # edit distance beyond which no name is suggested
 
 DOCS = {
     "top": """
@@ -130,7 +131,7 @@ def distance(a, b):
 
 def suggest(name, table):
     # the schema name of a table nearest to `name`, or None if none is near
-    best, best_distance = None, min(MAX_SUGGEST_DISTANCE, max(1, len(name) // 3)) + 1
+    best, best_distance = None, min(_MAX_SUGGEST_DISTANCE, max(1, len(name) // 3)) + 1
     for entry in schema.entries(table):
         d = distance(name, entry[0])
         if d < best_distance:

@@ -21,12 +21,13 @@
 # Entries are cut out of the text on demand (no parsed copy stays in the heap).
 
 from meta1lite import netaddr
+from meta1lite.const import const
 from meta1lite.netaddr import Network, parse_ip
 
-REQUIRED = "!"
-DEFAULT_CONTROL_NAME = "control"   # control defaults to "<spool>/control"
-DEFAULT_ROUTE = "*"                # smar.route always holds a "*" route (via = mx)
-HEADER_ROOM = 2048                 # bytes smtps may add to a message (Received:, Date:,
+REQUIRED = const("!")
+DEFAULT_CONTROL_NAME = const("control")  # control defaults to "<spool>/control"
+DEFAULT_ROUTE = const("*")         # smar.route always holds a "*" route (via = mx)
+HEADER_ROOM = const(2048)          # bytes smtps may add to a message (Received:, Date:,
                                    # Message-ID:): max_message_size + this must fit the queue
 # options compared with each other once the file is read (conf._finish): the
 # parser keeps the position of these only
@@ -129,10 +130,10 @@ fault_injection|bool||no
 
 SECTION_TYPES = ("section", "optional", "labelled")
 LIST_TYPES = ("endpoints", "networks", "domains", "nameservers")
-DEFAULT_VIA_PORT = 25
+DEFAULT_VIA_PORT = const(25)
 _NUMERIC_ARG = ("int", "duration", "size")
-DNS_PORT = 53
-MAX_PORT = 65535
+DNS_PORT = const(53)
+_MAX_PORT = const(65535)
 _DIGITS = "0123456789"
 _SIZE_UNITS = {"k": 1024, "m": 1024 * 1024, "g": 1024 * 1024 * 1024}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -232,8 +233,8 @@ def parse_endpoint(text, default_port=None):
     if not rest and default_port is None:
         raise ValueError("bad endpoint '%s': missing ':port'" % text)
     port = _number(rest[1:], "port") if rest else default_port
-    if port > MAX_PORT:
-        raise ValueError("bad endpoint '%s': port over %d" % (text, MAX_PORT))
+    if port > _MAX_PORT:
+        raise ValueError("bad endpoint '%s': port over %d" % (text, _MAX_PORT))
     if not _is_ip(host) and not _hostname_ok(host):
         raise ValueError("bad endpoint '%s': bad host '%s'" % (text, host))
     return host, port
@@ -307,8 +308,8 @@ def _to_int(text, minimum):
 
 def _to_port(text):
     port = _number(text, "port")
-    if not 0 < port <= MAX_PORT:
-        raise ValueError("port %d is not in 1..%d" % (port, MAX_PORT))
+    if not 0 < port <= _MAX_PORT:
+        raise ValueError("port %d is not in 1..%d" % (port, _MAX_PORT))
     return port
 
 

@@ -11,16 +11,17 @@
 # caller says SMTPUTF8 was given (else 553 5.6.7).
 # Runs on MicroPython and CPython (hand-written scanner: no `re`).
 from meta1lite import netaddr
+from meta1lite.const import const
 from meta1lite.proto import replies
 
-MAX_LOCAL_PART = 64            # octets, RFC 5321 section 4.5.3.1.1
-MAX_DOMAIN = 255               # octets, section 4.5.3.1.2
-MAX_PATH = 256                 # octets incl. the angle brackets, section 4.5.3.1.3
-MAX_LABEL = 63                 # octets per domain label (RFC 1035)
-MAX_ROUTE_HOPS = 16            # bound on the A-d-l list we bother to parse
-MAX_PARAMS = 10                # ESMTP parameters per MAIL/RCPT
-MAX_PARAM_KEY = 32
-MAX_PARAM_VALUE = 500
+_MAX_LOCAL_PART = const(64)    # octets, RFC 5321 section 4.5.3.1.1
+_MAX_DOMAIN = const(255)       # octets, section 4.5.3.1.2
+_MAX_PATH = const(256)         # octets incl. the angle brackets, section 4.5.3.1.3
+_MAX_LABEL = const(63)         # octets per domain label (RFC 1035)
+_MAX_ROUTE_HOPS = const(16)    # bound on the A-d-l list we bother to parse
+_MAX_PARAMS = const(10)        # ESMTP parameters per MAIL/RCPT
+_MAX_PARAM_KEY = const(32)
+_MAX_PARAM_VALUE = const(500)
 
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _ATEXT = _ALNUM + b"!#$%&'*+-/=?^_`{|}~"
@@ -165,10 +166,10 @@ def _valid_dot_string(raw, utf8):
 
 
 def _valid_domain(raw, utf8):
-    if not raw or len(raw) > MAX_DOMAIN:
+    if not raw or len(raw) > _MAX_DOMAIN:
         return False
     for label in raw.split(b"."):
-        if not label or len(label) > MAX_LABEL or not _only(label, _LDH, utf8):
+        if not label or len(label) > _MAX_LABEL or not _only(label, _LDH, utf8):
             return False
         if label[0] == 45 or label[-1] == 45:      # '-' may not start or end a label
             return False
@@ -195,7 +196,7 @@ def _parse_literal(raw):
 
 def _parse_host(raw, sender, utf8):
     """Domain or address literal -> (lower-cased text, ip or None)."""
-    if len(raw) > MAX_DOMAIN:
+    if len(raw) > _MAX_DOMAIN:
         _fail(sender, replies.DOMAIN_TOO_LONG)
     if raw[:1] == b"[":
         ip = _parse_literal(raw)
@@ -245,7 +246,7 @@ def _split_route(inner, sender, utf8):
     if colon < 0:
         _fail(sender, None, "Bad source route")
     hops = inner[:colon].split(b",")
-    if len(hops) > MAX_ROUTE_HOPS:
+    if len(hops) > _MAX_ROUTE_HOPS:
         _fail(sender, None, "Source route too long")
     route = []
     for hop in hops:
@@ -289,7 +290,7 @@ def parse_path(raw, sender=False, smtputf8=False, allow_postmaster=False):
     """Parse `<...>` (bytes, brackets included) into a Mailbox. `sender`: a
     Reverse-path (`<>` allowed, 5.1.7 codes); `allow_postmaster`: the bare
     `<Postmaster>` recipient of RFC 5321 section 4.1.1.3. Raises AddressError."""
-    if len(raw) > MAX_PATH:
+    if len(raw) > _MAX_PATH:
         _fail(sender, replies.PATH_TOO_LONG)
     if len(raw) < 2 or raw[0] != _LT or raw[-1] != _GT:
         _fail(sender, None, "Path must be enclosed in <>")
@@ -305,7 +306,7 @@ def parse_path(raw, sender=False, smtputf8=False, allow_postmaster=False):
 
 
 def _build(local, host, quoted, route, sender, utf8, allow_postmaster):
-    if len(local) > MAX_LOCAL_PART:
+    if len(local) > _MAX_LOCAL_PART:
         _fail(sender, replies.LOCAL_PART_TOO_LONG)
     unquoted = _unquote(local) if quoted else local
     if not quoted and not _valid_dot_string(local, utf8):
@@ -354,11 +355,11 @@ def split_path(arg):
 
 
 def _valid_param(key, value):
-    if not key or len(key) > MAX_PARAM_KEY or not _only(key, _LDH, False) or key[0] == 45:
+    if not key or len(key) > _MAX_PARAM_KEY or not _only(key, _LDH, False) or key[0] == 45:
         return False
     if value is None:
         return True
-    if not value or len(value) > MAX_PARAM_VALUE:
+    if not value or len(value) > _MAX_PARAM_VALUE:
         return False
     for byte in value:
         if byte <= 32 or byte >= 127 or byte == _EQUALS:
@@ -380,7 +381,7 @@ def parse_params(raw):
         name = key.decode("utf-8").upper()
         if name in params:
             raise AddressError(replies.DUPLICATE_PARAMETER)
-        if len(params) >= MAX_PARAMS:
+        if len(params) >= _MAX_PARAMS:
             raise AddressError(replies.TOO_MANY_PARAMETERS)
         params[name] = None if value is None else value.decode("utf-8")
     return params

@@ -11,30 +11,31 @@
 # Runs on MicroPython and CPython.
 import binascii
 
+from meta1lite.const import const
 from meta1lite.proto import events
 from meta1lite.status import BOUNCED, DEFERRED, SENT
 
-MAX_ADDRESS_LENGTH = 256       # octets of a path (RFC 5321 section 4.5.3.1.3)
-LOCAL_CODE = 0                 # the code of a result this client decided, not the server
+_MAX_ADDRESS_LENGTH = const(256)  # octets of a path (RFC 5321 section 4.5.3.1.3)
+LOCAL_CODE = const(0)          # the code of a result this client decided, not the server
 
-TLS_OPPORTUNISTIC = "opportunistic"
-TLS_REQUIRED = "required"
-TLS_OFF = "off"
+TLS_OPPORTUNISTIC = const("opportunistic")
+TLS_REQUIRED = const("required")
+TLS_OFF = const("off")
 TLS_MODES = (TLS_OPPORTUNISTIC, TLS_REQUIRED, TLS_OFF)
 
 # --- states ----------------------------------------------------------------------------
-S_GREETING = "greeting"        # connected, waiting for the 220
-S_EHLO = "ehlo"                # EHLO sent
-S_HELO = "helo"                # EHLO refused with 500/502, HELO sent
-S_STARTTLS = "starttls"        # STARTTLS sent
-S_TLS = "tls"                  # 220 to STARTTLS seen; the I/O layer does the handshake
-S_AUTH = "auth"                # AUTH exchange under way
-S_READY = "ready"              # nothing outstanding: the caller starts a message or quits
-S_MAIL = "mail"                # RSET/MAIL/RCPT/DATA outstanding (one, or a pipelined batch)
-S_BODY = "body"                # 354 seen; the caller streams the body
-S_DOT = "dot"                  # final dot sent
-S_QUIT = "quit"                # QUIT sent
-S_CLOSED = "closed"
+S_GREETING = const("greeting")  # connected, waiting for the 220
+S_EHLO = const("ehlo")         # EHLO sent
+S_HELO = const("helo")         # EHLO refused with 500/502, HELO sent
+S_STARTTLS = const("starttls")  # STARTTLS sent
+S_TLS = const("tls")           # 220 to STARTTLS seen; the I/O layer does the handshake
+S_AUTH = const("auth")         # AUTH exchange under way
+S_READY = const("ready")       # nothing outstanding: the caller starts a message or quits
+S_MAIL = const("mail")         # RSET/MAIL/RCPT/DATA outstanding (one, or a pipelined batch)
+S_BODY = const("body")         # 354 seen; the caller streams the body
+S_DOT = const("dot")           # final dot sent
+S_QUIT = const("quit")         # QUIT sent
+S_CLOSED = const("closed")
 
 # the states a state may go to are written as text: a tuple of constants stays in a
 # board's flash, a tuple of names would be built in its heap (300 bytes); every one
@@ -144,7 +145,7 @@ def _is_ascii(text):
 
 def bad_path(address):
     """True when `address` cannot go into a command: too long, or CR, LF, NUL, < or >."""
-    if len(address.encode()) > MAX_ADDRESS_LENGTH:
+    if len(address.encode()) > _MAX_ADDRESS_LENGTH:
         return True
     for ch in "\r\n\0<>":
         if ch in address:

@@ -7,45 +7,47 @@
 # Runs on MicroPython and CPython.
 import struct
 
-TYPE_A = 1
-TYPE_CNAME = 5
-TYPE_SOA = 6
-TYPE_MX = 15
-TYPE_AAAA = 28
-TYPE_OPT = 41
-CLASS_IN = 1
+from meta1lite.const import const
+
+TYPE_A = const(1)
+TYPE_CNAME = const(5)
+TYPE_SOA = const(6)
+TYPE_MX = const(15)
+TYPE_AAAA = const(28)
+TYPE_OPT = const(41)
+CLASS_IN = const(1)
 QUERY_TYPES = (TYPE_A, TYPE_AAAA, TYPE_MX, TYPE_CNAME)
 TYPE_NAMES = {TYPE_A: "A", TYPE_CNAME: "CNAME", TYPE_MX: "MX", TYPE_AAAA: "AAAA"}
 
-RCODE_NOERROR = 0
-RCODE_FORMERR = 1
-RCODE_SERVFAIL = 2
-RCODE_NXDOMAIN = 3
-RCODE_NOTIMP = 4
-RCODE_REFUSED = 5
+RCODE_NOERROR = const(0)
+RCODE_FORMERR = const(1)
+RCODE_SERVFAIL = const(2)
+RCODE_NXDOMAIN = const(3)
+RCODE_NOTIMP = const(4)
+RCODE_REFUSED = const(5)
 # error answers that may come without a question section (as dnspython accepts them)
 ERROR_RCODES = (RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NOTIMP, RCODE_REFUSED)
 
-FLAG_QR = 0x8000
-FLAG_AA = 0x0400
-FLAG_TC = 0x0200
-FLAG_RD = 0x0100
-OPCODE_MASK = 0x7800
-RCODE_MASK = 0x000F
+FLAG_QR = const(0x8000)
+FLAG_AA = const(0x0400)
+FLAG_TC = const(0x0200)
+FLAG_RD = const(0x0100)
+_OPCODE_MASK = const(0x7800)
+RCODE_MASK = const(0x000F)
 
-HEADER_LEN = 12
-RR_FIXED_LEN = 10          # type, class, ttl, rdlength after the owner name
-MIN_RR_LEN = 11            # a root owner name plus the fixed part
-MAX_NAME_WIRE_LEN = 255    # RFC 1035 2.3.4, length octets included
-MAX_LABEL_LEN = 63
-MAX_LABELS = 127
-MAX_POINTER_HOPS = 16      # compression pointers followed while reading one name
-MAX_RECORDS = 256          # answer + authority + additional records in one response
-MAX_ANSWERS = 64           # answers kept; later ones are still checked, then dropped
-MAX_MESSAGE_LEN = 65535
-MAX_TTL = 0x7FFFFFFF       # RFC 2181 8: larger values mean 0
-UDP_PLAIN_PAYLOAD = 512
-EDNS_PAYLOAD = 1232        # the UDP payload size we advertise (DNS flag day 2020)
+HEADER_LEN = const(12)
+RR_FIXED_LEN = const(10)   # type, class, ttl, rdlength after the owner name
+_MIN_RR_LEN = const(11)    # a root owner name plus the fixed part
+MAX_NAME_WIRE_LEN = const(255)  # RFC 1035 2.3.4, length octets included
+MAX_LABEL_LEN = const(63)
+MAX_LABELS = const(127)
+MAX_POINTER_HOPS = const(16)  # compression pointers followed while reading one name
+MAX_RECORDS = const(256)   # answer + authority + additional records in one response
+MAX_ANSWERS = const(64)    # answers kept; later ones are still checked, then dropped
+MAX_MESSAGE_LEN = const(65535)
+MAX_TTL = const(0x7FFFFFFF)  # RFC 2181 8: larger values mean 0
+_UDP_PLAIN_PAYLOAD = const(512)
+EDNS_PAYLOAD = const(1232)  # the UDP payload size we advertise (DNS flag day 2020)
 HOSTNAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 ESCAPED_CHARS = b'"().;\\@$'
 
@@ -226,7 +228,7 @@ def build_query(qid, qname, qtype, edns_payload=EDNS_PAYLOAD):
     parts = [struct.pack("!HHHHHH", qid, FLAG_RD, 1, 0, 0, arcount),
              encode_name(qname), struct.pack("!HH", qtype, CLASS_IN)]
     if edns_payload is not None:
-        if not UDP_PLAIN_PAYLOAD <= edns_payload <= MAX_MESSAGE_LEN:
+        if not _UDP_PLAIN_PAYLOAD <= edns_payload <= MAX_MESSAGE_LEN:
             raise DNSError("EDNS payload size out of range")
         parts.append(b"\x00" + struct.pack("!HHIH", TYPE_OPT, edns_payload, 0, 0))
     return b"".join(parts)
@@ -313,7 +315,7 @@ def _check_counts(msg, counts):
     total = counts[0] + counts[1] + counts[2]
     if total > MAX_RECORDS:
         raise DNSError("more than %d records" % MAX_RECORDS)
-    if total * MIN_RR_LEN > len(msg) - HEADER_LEN:
+    if total * _MIN_RR_LEN > len(msg) - HEADER_LEN:
         raise DNSError("record counts larger than the message")
 
 
@@ -371,7 +373,7 @@ def _parse(msg, qid, qname, qtype):
     rid, flags, qdcount, ancount, nscount, arcount = _read_header(msg)
     if rid != qid:
         raise DNSError("response id %d does not match query id %d" % (rid, qid))
-    if not flags & FLAG_QR or flags & OPCODE_MASK:
+    if not flags & FLAG_QR or flags & _OPCODE_MASK:
         raise DNSError("not a response to a standard query")
     tc = bool(flags & FLAG_TC)
     answers, negative_ttl = [], None

@@ -11,8 +11,10 @@
 # Enhanced codes are left out only where RFC 2034 section 3 / RFC 4954 say so: the
 # greeting, the EHLO/HELO replies and 334 challenges (enhanced=None).
 # Runs on MicroPython and CPython.
-MAX_REPLY_LINE = 1024          # octets per reply line (RFC 5321 says 512; be lenient)
-MAX_REPLY_LINES = 64           # lines per multi-line reply (EHLO lists ~15)
+from meta1lite.const import const
+
+MAX_REPLY_LINE = const(1024)   # octets per reply line (RFC 5321 says 512; be lenient)
+MAX_REPLY_LINES = const(64)    # lines per multi-line reply (EHLO lists ~15)
 
 # --- success -----------------------------------------------------------------
 OK = (250, "2.0.0", "OK")

@@ -6,10 +6,11 @@
 # ServerConnection acts on it), hold more than one chunk of the message, or copy
 # input it does not hand on.
 # Runs on MicroPython and CPython.
+from meta1lite.const import const
 from meta1lite.proto import replies
 
-BARE_LF_REJECT = "reject"
-BARE_LF_NORMALIZE = "normalize"
+BARE_LF_REJECT = const("reject")
+BARE_LF_NORMALIZE = const("normalize")
 BARE_LF_MODES = (BARE_LF_REJECT, BARE_LF_NORMALIZE)
 
 _CR, _LF, _DOT = 13, 10, 46

@@ -10,11 +10,12 @@
 # Runs on MicroPython and CPython.
 import binascii
 
+from meta1lite.const import const
 from meta1lite.proto import address, events, replies
 from meta1lite.proto.replies import format_reply
 
-MAX_HELO_NAME = 255
-MAX_SIZE_DIGITS = 20
+_MAX_HELO_NAME = const(255)
+_MAX_SIZE_DIGITS = const(20)
 
 # --- states -------------------------------------------------------------------
 CONNECTED = "connected"        # greeting sent, no EHLO/HELO yet
@@ -101,7 +102,7 @@ def _check_auth(conn, arg):
 # --- actions -------------------------------------------------------------------
 def _helo_name(arg):
     name = arg.strip(b" ")
-    if not name or len(name) > MAX_HELO_NAME:
+    if not name or len(name) > _MAX_HELO_NAME:
         return None
     for byte in name:
         if byte <= 32 or byte >= 127:
@@ -142,7 +143,7 @@ def _mail_params(params, smtputf8_offered):
     for key in params:
         value = params[key]
         if key == "SIZE":
-            if not value or len(value) > MAX_SIZE_DIGITS or not value.isdigit():
+            if not value or len(value) > _MAX_SIZE_DIGITS or not value.isdigit():
                 raise address.AddressError(replies.BAD_PARAMETER, "Bad SIZE value")
             size = int(value)
         elif key == "BODY":

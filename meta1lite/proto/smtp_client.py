@@ -28,6 +28,7 @@
 #       StateChange     -> log (only with state_events=True; off by default)
 #       ConnectionFailed, ProtocolError -> record; keep going until Closed
 #       Closed          -> close the socket
+from meta1lite.const import const
 from meta1lite.proto import client_states as states
 from meta1lite.proto.client_states import (  # noqa: F401 - vocabulary re-exported
     LOCAL_CODE,
@@ -72,24 +73,24 @@ from meta1lite.status import BOUNCED, DEFERRED, SENT  # noqa: F401 - re-exported
 
 _DOT, _LF = 46, 10             # "." and LF, as indexing bytes returns them
 
-MAX_PIPELINE_RCPTS = 32        # RCPTs per pipelined write, so replies never fill a small window
+MAX_PIPELINE_RCPTS = const(32)  # RCPTs per pipelined write, so replies never fill a small window
 
 # --- RFC 5321 section 4.5.3.2 timeouts, seconds, by phase -------------------------
-TIMEOUT_GREETING = 300         # initial 220
-TIMEOUT_MAIL = 300             # MAIL reply
-TIMEOUT_RCPT = 300             # RCPT reply
-TIMEOUT_DATA_INIT = 120        # 354 to DATA
-TIMEOUT_DATA_BLOCK = 180       # each write of body data
-TIMEOUT_DATA_TERM = 600        # reply to the final dot
-TIMEOUT_COMMAND = 300          # EHLO, STARTTLS, AUTH, RSET, QUIT (no RFC figure; 5 min)
+TIMEOUT_GREETING = const(300)  # initial 220
+TIMEOUT_MAIL = const(300)      # MAIL reply
+TIMEOUT_RCPT = const(300)      # RCPT reply
+TIMEOUT_DATA_INIT = const(120)  # 354 to DATA
+TIMEOUT_DATA_BLOCK = const(180)  # each write of body data
+TIMEOUT_DATA_TERM = const(600)  # reply to the final dot
+TIMEOUT_COMMAND = const(300)   # EHLO, STARTTLS, AUTH, RSET, QUIT (no RFC figure; 5 min)
 
-PHASE_GREETING = "greeting"
-PHASE_MAIL = "mail"
-PHASE_RCPT = "rcpt"
-PHASE_DATA_INIT = "data"
-PHASE_DATA_BLOCK = "block"
-PHASE_DATA_TERM = "dot"
-PHASE_COMMAND = "command"
+PHASE_GREETING = const("greeting")
+PHASE_MAIL = const("mail")
+PHASE_RCPT = const("rcpt")
+PHASE_DATA_INIT = const("data")
+PHASE_DATA_BLOCK = const("block")
+PHASE_DATA_TERM = const("dot")
+PHASE_COMMAND = const("command")
 
 TIMEOUTS = {
     PHASE_GREETING: TIMEOUT_GREETING, PHASE_MAIL: TIMEOUT_MAIL, PHASE_RCPT: TIMEOUT_RCPT,

@@ -37,7 +37,7 @@
 #     conn = ServerConnection("relay.example", max_message_size=10485760, ...)
 #     write(conn.greeting())
 #     loop: ev = conn.next_event()
-#       NEED_DATA  -> write what was collected; conn.receive_data(read(<= READ_MAX))
+#       NEED_DATA  -> write what was collected; conn.receive_data(read(<= _READ_MAX))
 #                     (b"" on EOF)
 #       PAUSED     -> a decision is due (or STARTTLS is under way): see below
 #       Reply      -> write ev.data (replies are in order; batch until NEED_DATA)
@@ -55,6 +55,7 @@
 # The I/O layer may end a session itself with conn.shutdown(421, "4.4.2", ...).
 import builtins
 
+from meta1lite.const import const
 from meta1lite.proto import replies
 from meta1lite.proto.events import (  # noqa: F401 - re-exported: the core's API
     NEED_DATA,
@@ -92,19 +93,19 @@ from meta1lite.proto.server_states import (  # noqa: F401 - the states re-export
 )
 
 # --- limits -------------------------------------------------------------------
-MAX_COMMAND_LINE = 512         # octets incl. CRLF, RFC 5321 section 4.5.3.1.4
-MAX_DATA_LINE = 1000           # octets incl. CRLF, section 4.5.3.1.6
-DATA_CHUNK = 4096              # octets of message per DataChunk event
-MAX_BUFFER = 16384             # unprocessed input octets; read at most READ_MAX at a time
-READ_MAX = MAX_BUFFER - MAX_COMMAND_LINE
+_MAX_COMMAND_LINE = const(512)  # octets incl. CRLF, RFC 5321 section 4.5.3.1.4
+_MAX_DATA_LINE = const(1000)   # octets incl. CRLF, section 4.5.3.1.6
+DATA_CHUNK = const(4096)       # octets of message per DataChunk event
+_MAX_BUFFER = const(16384)     # unprocessed input octets; read at most _READ_MAX at a time
+_READ_MAX = const(_MAX_BUFFER - _MAX_COMMAND_LINE)
 # At DATA the input buffer is made a read (data_chunk) plus this, once a message:
 # bytes left over from the last read (a cut line end) then never make it grow by a
 # few octets, which on a board's fragmented heap is a new 1K+ block ("allocating
 # 1025 bytes"); outside DATA it is as small as the commands (an idle session holds
 # no DATA buffer: it is given back at the end of the message).
-BUFFER_SLACK = 64
-MAX_BAD_COMMANDS = 10          # errors before 421 4.7.0 and close
-MAX_JUNK_COMMANDS = 100        # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
+BUFFER_SLACK = const(64)
+_MAX_BAD_COMMANDS = const(10)  # errors before 421 4.7.0 and close
+_MAX_JUNK_COMMANDS = const(100)  # NOOP/RSET/VRFY/HELP per message before 421 4.7.0 (Postfix's
                                # smtpd_junk_command_limit); 0: no limit
 
 
@@ -134,11 +135,11 @@ class ServerConnection(StateMachine):
     STATE_ERROR = UsageError
 
     def __init__(self, hostname, max_message_size=0, max_recipients=100,
-                 max_line=MAX_DATA_LINE, max_command_line=MAX_COMMAND_LINE,
-                 max_bad_commands=MAX_BAD_COMMANDS, tls_available=False, tls_active=False,
+                 max_line=_MAX_DATA_LINE, max_command_line=_MAX_COMMAND_LINE,
+                 max_bad_commands=_MAX_BAD_COMMANDS, tls_available=False, tls_active=False,
                  auth_available=False, auth_requires_tls=True, bare_lf=BARE_LF_REJECT,
-                 smtputf8=True, max_buffer=MAX_BUFFER, data_chunk=DATA_CHUNK,
-                 state_events=True, max_junk_commands=MAX_JUNK_COMMANDS):
+                 smtputf8=True, max_buffer=_MAX_BUFFER, data_chunk=DATA_CHUNK,
+                 state_events=True, max_junk_commands=_MAX_JUNK_COMMANDS):
         if bare_lf not in BARE_LF_MODES:
             raise ValueError("bare_lf must be 'reject' or 'normalize'")
         StateMachine.__init__(self, CONNECTED, state_events)

@@ -11,13 +11,14 @@
 # system): the outcome waits in `unrecorded` and the next try records it (record_again).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, status
+from meta1lite.const import const
 from meta1lite.smar import dnsbase
 from meta1lite.smtpc import NO_RELAY, Result
 
 asyncio = compat.asyncio
-SANE_EPOCH = 1735689600         # 2025-01-01: wall times before this are "unknown" (rp2 boots at 2021)
-LOG = "qmgr"
-LOG_SMTPC = "smtpc"
+SANE_EPOCH = const(1735689600)  # 2025-01-01: wall times before this are "unknown" (rp2 boots at 2021)
+LOG = const("qmgr")
+LOG_SMTPC = const("smtpc")
 
 
 def sane(wall):

@@ -5,15 +5,16 @@
 # (a human part, message/delivery-status, text/rfc822-headers with the original
 # header section) and queueing it with the null sender through the spool's
 # writer+commit path. Must never: notify a null sender, notify postmaster about a
-# notification that was itself sent to postmaster, read more than HEADER_LIMIT bytes
+# notification that was itself sent to postmaster, read more than _HEADER_LIMIT bytes
 # of the original message, or hold the original body in memory.
 # Shared code: MicroPython and CPython.
 from meta1lite import compat
+from meta1lite.const import const
 
-HEADER_LIMIT = 8 * 1024         # bytes of the original's header section returned
-MAX_TEXT = 400                  # characters of a diagnostic kept per recipient
+_HEADER_LIMIT = const(8 * 1024)  # bytes of the original's header section returned
+_MAX_TEXT = const(400)          # characters of a diagnostic kept per recipient
 KIND_SENDER, KIND_POSTMASTER = "sender", "postmaster"
-CRLF = "\r\n"
+CRLF = const("\r\n")
 
 
 def recipient_for(cfg, msg, failed_addrs):
@@ -29,7 +30,7 @@ def recipient_for(cfg, msg, failed_addrs):
     return (postmaster, KIND_POSTMASTER)
 
 
-def original_headers(chunks, limit=HEADER_LIMIT):
+def original_headers(chunks, limit=_HEADER_LIMIT):
     """The header section (bytes, ending in CRLF) of a body given as chunks; at most
     `limit` bytes, cut at a line end."""
     held = b""
@@ -49,7 +50,7 @@ def original_headers(chunks, limit=HEADER_LIMIT):
 
 def _clean(text):
     text = " ".join(str(text).split())
-    return text[:MAX_TEXT]
+    return text[:_MAX_TEXT]
 
 
 def _remote_host(relay):

@@ -4,21 +4,23 @@
 # ~32 KB on every resize, which a fragmented MicroPython heap cannot give (the
 # queue manager died that way with 380 queued messages on a 1 MB heap); small
 # buckets grow in small steps, and the number of buckets grows with the entries
-# (x4 past PER_BUCKET entries a bucket on average, up to MAX_BUCKETS) so that a
+# (x4 past _PER_BUCKET entries a bucket on average, up to _MAX_BUCKETS) so that a
 # bucket stays small for a queue of thousands. Must never: hold anything but what
 # callers put in, or fail a write because a growth found no memory.
-# An empty map has one bucket, and the first growth comes at PER_BUCKET entries: the
+# An empty map has one bucket, and the first growth comes at _PER_BUCKET entries: the
 # queue manager's four maps, with 16 empty buckets each, held 1.2K of a board's heap.
-BUCKETS = 1
-PER_BUCKET = 32                 # average entries per bucket before the buckets grow
-MAX_BUCKETS = 256
-GROWTH = 4
+from meta1lite.const import const
+
+BUCKETS = const(1)
+_PER_BUCKET = const(32)         # average entries per bucket before the buckets grow
+_MAX_BUCKETS = const(256)
+_GROWTH = const(4)
 
 
 class BucketMap:
     """A mapping with the dict operations the queue manager uses."""
 
-    def __init__(self, buckets=BUCKETS, max_buckets=MAX_BUCKETS):
+    def __init__(self, buckets=BUCKETS, max_buckets=_MAX_BUCKETS):
         self.buckets = [{} for _ in range(buckets)]
         self.max_buckets = max(buckets, max_buckets)
         self.count = 0
@@ -34,7 +36,7 @@ class BucketMap:
         if key in bucket:
             bucket[key] = value
             return
-        if self.count >= PER_BUCKET * len(self.buckets) and self._grow():
+        if self.count >= _PER_BUCKET * len(self.buckets) and self._grow():
             bucket = self._bucket(key)
         bucket[key] = value
         self.count += 1
@@ -43,7 +45,7 @@ class BucketMap:
         # a new list of buckets, filled before it replaces the old one: a MemoryError
         # leaves the map as it was (and a growth is tried again at the next write);
         # an iteration in progress goes on over the old buckets, left untouched
-        n = min(self.max_buckets, len(self.buckets) * GROWTH)
+        n = min(self.max_buckets, len(self.buckets) * _GROWTH)
         if n <= len(self.buckets):
             return False
         try:

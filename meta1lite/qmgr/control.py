@@ -15,10 +15,11 @@
 # loop (what the requests must never do: requests.py).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, durable, heap, listener
+from meta1lite.const import const
 
 asyncio = compat.asyncio
-HEAP_SAMPLE_MS = 250            # how often the heap high-water is sampled (MicroPython)
-LOG = "control"
+HEAP_SAMPLE_MS = const(250)     # how often the heap high-water is sampled (MicroPython)
+LOG = const("control")
 
 
 class LineReader:

@@ -11,6 +11,7 @@
 # must neither expire nor storm).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat, status
+from meta1lite.const import const
 from meta1lite.qmgr.attempts import SANE_EPOCH, Attempts, backoff, dns_failure, fmt_delay, sane  # noqa: F401
 from meta1lite.qmgr.bucketmap import BucketMap
 from meta1lite.smar import dnsbase
@@ -18,12 +19,12 @@ from meta1lite.smar.aliases import UnknownAddress
 from meta1lite.smtpc import Job
 
 asyncio = compat.asyncio
-BATCH = 20                      # messages per delivery (one connection, reused)
-SCAN_LIMIT = 400                # due messages examined per scheduling pass
-KEPT_BUILT = 4                  # arrivals whose Message the next pass reuses
-MAX_WAIT_S = 86400              # longest idle sleep of the scheduler (simulated s)
+BATCH = const(20)               # messages per delivery (one connection, reused)
+SCAN_LIMIT = const(400)         # due messages examined per scheduling pass
+_KEPT_BUILT = const(4)          # arrivals whose Message the next pass reuses
+_MAX_WAIT_S = const(86400)      # longest idle sleep of the scheduler (simulated s)
 RECOVER_S = 5                   # pause after a scheduler error (e.g. out of memory)
-LOG = "qmgr"
+LOG = const("qmgr")
 
 
 def age_at(arrival, wall_now):
@@ -203,7 +204,7 @@ class QueueManager:
 
     def _take_arrivals(self):
         # (queue id, Message or None) of those tracked now, for the pass that follows:
-        # the first KEPT_BUILT keep their Message (no second build), the others are
+        # the first _KEPT_BUILT keep their Message (no second build), the others are
         # built again one at a time (a burst must not hold many on a board's heap)
         arrived, self._arrived = self._arrived, []
         tracked = []
@@ -216,7 +217,7 @@ class QueueManager:
                     self._walk = True       # the pass that follows sees its due time
                 continue
             self._track(queue_id, msg)
-            tracked.append((queue_id, msg if len(tracked) < KEPT_BUILT else None))
+            tracked.append((queue_id, msg if len(tracked) < _KEPT_BUILT else None))
         return tracked
 
     def _track(self, queue_id, msg):
@@ -306,7 +307,7 @@ class QueueManager:
         elif soonest is not None and (self._soonest is None or soonest < self._soonest):
             self._soonest = soonest
         soonest = self._soonest
-        return None if soonest is None else max(1, min(MAX_WAIT_S, soonest - now))
+        return None if soonest is None else max(1, min(_MAX_WAIT_S, soonest - now))
 
     def _plan_safely(self, queue_id, msg, plan, state, full):
         # one message that cannot be planned (a bug, a board's MemoryError) is tried

@@ -4,7 +4,7 @@
 #
 # Owns: what each request of control.py's header does (flush, hold, release, delete,
 # status, ping; reload, stop and fault handed to mcp; inject). Must never: answer an
-# inject before the spool's commit, accept a request line longer than MAX_REQUEST,
+# inject before the spool's commit, accept a request line longer than _MAX_REQUEST,
 # or block the event loop. Imported at the first request, not at start: a board
 # that is never asked keeps it out of its heap.
 # Shared code: MicroPython and CPython.
@@ -12,17 +12,18 @@ import gc
 import json
 
 from meta1lite import compat, heap
+from meta1lite.const import const
 from meta1lite.proto import address
 from meta1lite.qmgr.control import LOG, LineReader, heap_watch
 from meta1lite.spool import TOO_BIG, SpoolFull
 
-MAX_REQUEST = 512               # bytes of one request line
-MAX_REQUESTS = 100              # requests per connection
-IO_TIMEOUT_S = 30               # idle connection (simulated seconds)
-LOG_LINES = 10                  # recent log lines in a status reply
+_MAX_REQUEST = const(512)       # bytes of one request line
+_MAX_REQUESTS = const(100)      # requests per connection
+_IO_TIMEOUT_S = const(30)       # idle connection (simulated seconds)
+LOG_LINES = const(10)           # recent log lines in a status reply
 MCP_VERBS = ("reload", "stop", "fault")     # requests mcp answers
-LOG_PICKUP = "sendmail"         # logs as Postfix's pickup (pflogsumm: received)
-MAX_ENVELOPE = 64 * 1024        # bytes of an inject's JSON envelope
+LOG_PICKUP = const("sendmail")  # logs as Postfix's pickup (pflogsumm: received)
+_MAX_ENVELOPE = const(64 * 1024)  # bytes of an inject's JSON envelope
 
 
 class Control:
@@ -84,7 +85,7 @@ class Control:
             env_len, body_len = int(args[0]), int(args[1])
         except (IndexError, ValueError):
             return {"ok": False, "error": "usage: inject ENVELOPE_BYTES BODY_BYTES"}, False
-        if not 0 < env_len <= MAX_ENVELOPE or body_len < 0:
+        if not 0 < env_len <= _MAX_ENVELOPE or body_len < 0:
             return {"ok": False, "error": "bad inject sizes"}, False
         parts = []
         await _read_into(lines, env_len, lambda piece: parts.append(bytes(piece)))
@@ -158,7 +159,7 @@ async def _read_into(lines, n, sink):
     while n > 0:
         data = lines.pending
         if not len(data):           # read_some's view: reused by the next read
-            data = await compat.wait_for(compat.read_some(lines.reader, lines.buf), IO_TIMEOUT_S)
+            data = await compat.wait_for(compat.read_some(lines.reader, lines.buf), _IO_TIMEOUT_S)
             if not len(data):
                 raise ValueError("the request ended early")
         view = memoryview(data)
@@ -170,11 +171,11 @@ async def _read_into(lines, n, sink):
 
 
 async def serve(control, reader, writer):
-    """Answer one control connection's requests (at most MAX_REQUESTS), then close it."""
-    lines = LineReader(reader, MAX_REQUEST)
+    """Answer one control connection's requests (at most _MAX_REQUESTS), then close it."""
+    lines = LineReader(reader, _MAX_REQUEST)
     try:
-        for _ in range(MAX_REQUESTS):
-            raw = await compat.wait_for(lines.readline(), IO_TIMEOUT_S)
+        for _ in range(_MAX_REQUESTS):
+            raw = await compat.wait_for(lines.readline(), _IO_TIMEOUT_S)
             if not raw:
                 break
             text, keep = raw.decode("utf-8", "replace").strip(), True

@@ -7,12 +7,13 @@
 # gateway has no mailboxes: such targets are skipped with a log line), grow without
 # bound (MAX_ALIASES, MAX_TARGETS), or depend on dict order.
 from meta1lite import compat
+from meta1lite.const import const
 
-LOG = "smar"
-MAX_ALIASES = 1000          # entries kept from one file
-MAX_TARGETS = 100           # addresses of one entry, and of one whole expansion
+LOG = const("smar")
+MAX_ALIASES = const(1000)   # entries kept from one file
+MAX_TARGETS = const(100)    # addresses of one entry, and of one whole expansion
 MAX_DEPTH = 8               # nesting of aliases within aliases
-MAX_LINE = 4096             # characters of one logical entry (with continuations)
+MAX_LINE = const(4096)      # characters of one logical entry (with continuations)
 _UNSUPPORTED = ("|", "/", ":include:")
 
 

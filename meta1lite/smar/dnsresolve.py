@@ -17,6 +17,7 @@ import select
 import socket
 
 from meta1lite import compat
+from meta1lite.const import const
 from meta1lite.smar.dnsbase import (  # noqa: F401 - part of this module's API
     FAMILY_INET,
     FAMILY_INET6,
@@ -28,18 +29,18 @@ from meta1lite.smar.dnsbase import (  # noqa: F401 - part of this module's API
 )
 
 RESOLV_CONF = "/etc/resolv.conf"
-DNS_PORT = 53
+DNS_PORT = const(53)
 DEFAULT_NAMESERVERS = [("127.0.0.1", DNS_PORT)]
-MAX_NAMESERVERS = 3          # as resolv.conf's MAXNS
-DEFAULT_TIMEOUT_S = 2        # per attempt at one nameserver
-SMAR_TIMEOUT_S = 5           # smar.dns_timeout's default (a partial configuration)
-DEFAULT_RETRIES = 2          # further rounds over all nameservers after the first
-MAX_CACHE_ENTRIES = 256
-MAX_CACHE_TTL = 86400
-DEFAULT_NEGATIVE_TTL = 60    # NXDOMAIN / no data without an SOA to say otherwise
-MAX_NEGATIVE_TTL = 3600
-MAX_CNAME_HOPS = 8
-MAX_ADDRESSES = 16           # A or AAAA records kept per name, in the server's order
+MAX_NAMESERVERS = const(3)   # as resolv.conf's MAXNS
+_DEFAULT_TIMEOUT_S = const(2)  # per attempt at one nameserver
+_SMAR_TIMEOUT_S = const(5)   # smar.dns_timeout's default (a partial configuration)
+_DEFAULT_RETRIES = const(2)  # further rounds over all nameservers after the first
+MAX_CACHE_ENTRIES = const(256)
+MAX_CACHE_TTL = const(86400)
+_DEFAULT_NEGATIVE_TTL = const(60)  # NXDOMAIN / no data without an SOA to say otherwise
+MAX_NEGATIVE_TTL = const(3600)
+MAX_CNAME_HOPS = const(8)
+MAX_ADDRESSES = const(16)    # A or AAAA records kept per name, in the server's order
 POLL_MIN_S = 0.001           # UDP receive polling interval, doubled up to POLL_MAX_S
 POLL_MAX_S = 0.02
 
@@ -93,7 +94,7 @@ def _network_nameservers():
 def for_config(smar):
     """The Resolver of a configuration's smar section (nameservers, dns_timeout)."""
     return Resolver(smar.get("nameservers") or None,
-                    timeout_s=smar.get("dns_timeout") or SMAR_TIMEOUT_S)
+                    timeout_s=smar.get("dns_timeout") or _SMAR_TIMEOUT_S)
 
 
 def _check_name(name):
@@ -317,7 +318,7 @@ def _follow(answers, name, qtype, ttl, hops):
 
 def _negative_ttl(reply):
     if reply.negative_ttl is None:
-        return DEFAULT_NEGATIVE_TTL
+        return _DEFAULT_NEGATIVE_TTL
     return min(reply.negative_ttl, MAX_NEGATIVE_TTL)
 
 
@@ -331,7 +332,7 @@ class Resolver:
     backend: None (dnspython where importable, else the codec), "codec" or "dnspython".
     """
 
-    def __init__(self, nameservers=None, timeout_s=DEFAULT_TIMEOUT_S, retries=DEFAULT_RETRIES,
+    def __init__(self, nameservers=None, timeout_s=_DEFAULT_TIMEOUT_S, retries=_DEFAULT_RETRIES,
                  clock=None, backend=None, cache_entries=MAX_CACHE_ENTRIES):
         self.nameservers = list(nameservers) if nameservers else read_resolv_conf()
         self.timeout_s = timeout_s

@@ -6,15 +6,16 @@
 # (at load), and the matching order (exact, .parent, "*"). Must never: log or
 # expose a password (Route's repr hides it), or depend on dict order.
 from meta1lite import compat
+from meta1lite.const import const
 
-LOG = "smar"
-MAX_HOPS = 10                # addresses tried for one destination (all MX hosts together)
-DEFAULT_ROUTE = "*"
-VIA_MX = "mx"
-VIA_DIRECT = "direct"
-VIA_LOOKUP = "lookup"
-DEFAULT_TLS = "opportunistic"
-DEFAULT_VIA_PORT = 25
+LOG = const("smar")
+MAX_HOPS = const(10)         # addresses tried for one destination (all MX hosts together)
+DEFAULT_ROUTE = const("*")
+VIA_MX = const("mx")
+VIA_DIRECT = const("direct")
+VIA_LOOKUP = const("lookup")
+DEFAULT_TLS = const("opportunistic")
+DEFAULT_VIA_PORT = const(25)
 _ROUTE_FIELDS = ("label", "via", "host", "port", "tls", "tls_verify", "ca_file",
                  "credentials", "rewrite_sender", "rewrite_from_header", "domain", "error")
 

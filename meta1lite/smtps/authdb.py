@@ -11,15 +11,16 @@ import binascii
 import hashlib
 
 from meta1lite import compat
+from meta1lite.const import const
 
-SCHEME = "pbkdf2-sha256"
-DEFAULT_ITERATIONS = 4096        # a Pico W verifies this in well under a second
-SALT_BYTES = 16
-HASH_BYTES = 32
-BLOCK = 64                       # SHA-256 block size
-MAX_USERS = 200                  # a users file longer than this is a configuration error
-MAX_LINE = 512
-SLICE_ITERATIONS = 64            # PBKDF2 iterations between yields to the event loop
+_SCHEME = const("pbkdf2-sha256")
+_DEFAULT_ITERATIONS = const(4096)  # a Pico W verifies this in well under a second
+_SALT_BYTES = const(16)
+_HASH_BYTES = const(32)
+_BLOCK = const(64)               # SHA-256 block size
+MAX_USERS = const(200)           # a users file longer than this is a configuration error
+MAX_LINE = const(512)
+SLICE_ITERATIONS = const(64)     # PBKDF2 iterations between yields to the event loop
 
 
 class AuthFileError(ValueError):
@@ -38,9 +39,9 @@ class _HmacSha256:
     """HMAC-SHA256 with the key's inner and outer pads prepared once."""
 
     def __init__(self, key):
-        if len(key) > BLOCK:
+        if len(key) > _BLOCK:
             key = _sha256(key)
-        key = key + b"\x00" * (BLOCK - len(key))
+        key = key + b"\x00" * (_BLOCK - len(key))
         self.ipad = bytes(k ^ 0x36 for k in key)
         self.opad = bytes(k ^ 0x5C for k in key)
 
@@ -62,19 +63,19 @@ def _pbkdf2_slices(password, salt, iterations, length):
                 yield None
             u = prf.digest(u)
             acc ^= int.from_bytes(u, "big")
-        out += acc.to_bytes(HASH_BYTES, "big")
+        out += acc.to_bytes(_HASH_BYTES, "big")
         block += 1
     yield out[:length]
 
 
-def pbkdf2_sha256(password, salt, iterations, length=HASH_BYTES):
+def pbkdf2_sha256(password, salt, iterations, length=_HASH_BYTES):
     """PBKDF2-HMAC-SHA256 (RFC 8018); identical to hashlib.pbkdf2_hmac('sha256', ...)."""
     for key in _pbkdf2_slices(password, salt, iterations, length):
         pass
     return key
 
 
-async def pbkdf2_sha256_async(password, salt, iterations, length=HASH_BYTES):
+async def pbkdf2_sha256_async(password, salt, iterations, length=_HASH_BYTES):
     """pbkdf2_sha256 without blocking the event loop: in a thread where the runtime
     has them (hashlib's own PBKDF2 if present), else in slices that yield."""
     if compat.HAS_THREADS:
@@ -96,13 +97,13 @@ def _b64(data):
     return binascii.b2a_base64(data).strip().decode()
 
 
-def hash_password(password, iterations=DEFAULT_ITERATIONS, salt=None):
+def hash_password(password, iterations=_DEFAULT_ITERATIONS, salt=None):
     """The stored form of a password: 'pbkdf2-sha256$N$salt$hash'."""
     if isinstance(password, str):
         password = password.encode()
-    salt = salt or compat.urandom(SALT_BYTES)
+    salt = salt or compat.urandom(_SALT_BYTES)
     digest = pbkdf2_sha256(password, salt, iterations)
-    return "%s$%d$%s$%s" % (SCHEME, iterations, _b64(salt), _b64(digest))
+    return "%s$%d$%s$%s" % (_SCHEME, iterations, _b64(salt), _b64(digest))
 
 
 def _equal(a, b):
@@ -115,7 +116,7 @@ def _equal(a, b):
 def _parse(stored):
     # (iterations, salt, hash) of a stored hash, or None if malformed
     parts = stored.split("$")
-    if len(parts) != 4 or parts[0] != SCHEME:
+    if len(parts) != 4 or parts[0] != _SCHEME:
         return None
     try:
         return int(parts[1]), binascii.a2b_base64(parts[2]), binascii.a2b_base64(parts[3])
@@ -139,14 +140,14 @@ def verify_password(stored, password):
 def dummy_hash(users):
     """A stored hash nobody's password matches, costing what the users' hashes cost:
     verified for unknown users so that timing does not tell which users exist."""
-    iterations = DEFAULT_ITERATIONS
+    iterations = _DEFAULT_ITERATIONS
     for stored in (users or {}).values():
         parsed = _parse(stored)
         if parsed is not None:
             iterations = parsed[0]
             break
-    return "%s$%d$%s$%s" % (SCHEME, iterations, _b64(compat.urandom(SALT_BYTES)),
-                            _b64(compat.urandom(HASH_BYTES)))
+    return "%s$%d$%s$%s" % (_SCHEME, iterations, _b64(compat.urandom(_SALT_BYTES)),
+                            _b64(compat.urandom(_HASH_BYTES)))
 
 
 async def verify_user(users, dummy, user, password):
@@ -169,8 +170,8 @@ def parse_users(text, filename="<users>"):
         if not line or line.startswith("#"):
             continue
         user, sep, stored = line.partition(":")
-        if not sep or not user or not stored.startswith(SCHEME + "$") or len(line) > MAX_LINE:
-            raise AuthFileError("%s:%d: expected USER:%s$N$SALT$HASH" % (filename, number, SCHEME))
+        if not sep or not user or not stored.startswith(_SCHEME + "$") or len(line) > MAX_LINE:
+            raise AuthFileError("%s:%d: expected USER:%s$N$SALT$HASH" % (filename, number, _SCHEME))
         if len(users) >= MAX_USERS:
             raise AuthFileError("%s:%d: more than %d users" % (filename, number, MAX_USERS))
         users[user] = stored

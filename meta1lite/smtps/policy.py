@@ -8,10 +8,11 @@
 # address literal (smar treats no literal as local, so accepting one relays); grow
 # without bound; do I/O.
 from meta1lite import compat, netaddr
+from meta1lite.const import const
 from meta1lite.proto import replies
 
-RATE_WINDOW_S = 60              # max_messages_per_client_per_minute counts over this
-MAX_TRACKED_CLIENTS = 256       # bound of the per-client rate table
+RATE_WINDOW_S = const(60)       # max_messages_per_client_per_minute counts over this
+MAX_TRACKED_CLIENTS = const(256)  # bound of the per-client rate table
 
 
 class RelayPolicy:

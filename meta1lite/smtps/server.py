@@ -8,19 +8,20 @@
 # Must never: speak SMTP itself (session.py does), or let a refused client cost
 # more than one reply.
 from meta1lite import compat, heap, listener, netaddr, tls
+from meta1lite.const import const
 from meta1lite.proto import replies
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
 from meta1lite.smtps.session import Session
 
 asyncio = compat.asyncio
-LOG = "smtps"
-LISTEN_BACKLOG_MIN = 16         # pending connections the kernel may queue per listener
-STOP_POLL_S = 0.05              # at stop: sessions get STOP_POLLS * STOP_POLL_S to end
-STOP_POLLS = 100
+LOG = const("smtps")
+_LISTEN_BACKLOG_MIN = const(16)  # pending connections the kernel may queue per listener
+STOP_POLL_S = 0.05              # at stop: sessions get _STOP_POLLS * STOP_POLL_S to end
+_STOP_POLLS = const(100)
 TOO_MANY_FROM_CLIENT = (421, "4.7.0", "Too many connections from your address")
-SESSION_HEAP = 8 * 1024         # heap a session may need: ~4.5K idle (unix port), plus a
+_SESSION_HEAP = const(8 * 1024)  # heap a session may need: ~4.5K idle (unix port), plus a
                                 # message in flight and room for fragmentation
-EVICT_MIN_IDLE_S = 2            # when full, a session waiting on its client this long
+_EVICT_MIN_IDLE_S = const(2)    # when full, a session waiting on its client this long
                                 # (real seconds since its last command) may be closed
 
 
@@ -85,7 +86,7 @@ class SmtpServer:
     def _backlog(self):
         # MicroPython's default listen backlog is 5: with more clients the kernel
         # drops SYNs and they retry seconds later. Queue as many as we serve.
-        return max(LISTEN_BACKLOG_MIN, self.opts["max_connections"])
+        return max(_LISTEN_BACKLOG_MIN, self.opts["max_connections"])
 
     def endpoints(self):
         """(host, port) of every listener, with the real port where 0 was asked."""
@@ -98,7 +99,7 @@ class SmtpServer:
         for session in list(self.sessions):
             session.stop()
         self.servers = []
-        for _ in range(STOP_POLLS):     # let them end (a cancelled session is an error)
+        for _ in range(_STOP_POLLS):     # let them end (a cancelled session is an error)
             if not self.sessions:
                 break
             await asyncio.sleep(STOP_POLL_S)
@@ -159,7 +160,7 @@ class SmtpServer:
         now = compat.real_monotonic()
         idlest = None
         for session in self.sessions:
-            if not session.stopping and session.reading and now - session.progress >= EVICT_MIN_IDLE_S:
+            if not session.stopping and session.reading and now - session.progress >= _EVICT_MIN_IDLE_S:
                 if idlest is None or session.progress < idlest.progress:
                     idlest = session
         if idlest is None:
@@ -215,14 +216,14 @@ async def _refuse(writer, reply):
 
 
 def _session_cap(configured):
-    # MicroPython: no more sessions than the free heap holds (SESSION_HEAP each), so
+    # MicroPython: no more sessions than the free heap holds (_SESSION_HEAP each), so
     # that idle connections are evicted for a new client before the heap runs out
     free = heap.heap_free()
-    if free is None or free // SESSION_HEAP >= configured:
+    if free is None or free // _SESSION_HEAP >= configured:
         return configured
-    cap = max(1, free // SESSION_HEAP)
+    cap = max(1, free // _SESSION_HEAP)
     compat.log.log("warning", LOG, "max_connections %d: %d fit the heap (%d bytes free, "
-                   "%d per session)" % (configured, cap, free, SESSION_HEAP))
+                   "%d per session)" % (configured, cap, free, _SESSION_HEAP))
     return cap
 
 

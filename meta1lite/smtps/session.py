@@ -9,12 +9,13 @@
 # (the message is durable), hold a message in RAM, or let a client outside
 # relay_from reach a non-local domain.
 from meta1lite import compat, headers, heap, netaddr, tls
+from meta1lite.const import const
 from meta1lite.proto import replies
 from meta1lite.proto import smtp_server as core
 from meta1lite.spool import TOO_BIG, SpoolFull
 
-LOG = "smtps"
-AUTH_FAILURE_DELAY_S = 2        # pause before answering a failed AUTH (slows guessing)
+LOG = const("smtps")
+_AUTH_FAILURE_DELAY_S = const(2)  # pause before answering a failed AUTH (slows guessing)
 DEBUG = compat.LEVELS["debug"]  # the log level of state changes (not made above it)
 OUT_OF_MEMORY = (421, "4.3.0", "Out of memory, closing connection")
 LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
@@ -427,7 +428,7 @@ class Session:
         self.log("unknown[%s]: SASL %s authentication failed (%d)"
                  % (self.ip, event.mechanism, failures), "warning")
         await self._flush()
-        await compat.sleep(AUTH_FAILURE_DELAY_S)
+        await compat.sleep(_AUTH_FAILURE_DELAY_S)
         self.out.append(self.conn.reject_auth())
 
 

@@ -64,6 +64,7 @@ import sys
 from errno import EIO
 
 from meta1lite import compat, durable, heap
+from meta1lite.const import const
 from meta1lite.spool import format as fmt
 from meta1lite.spool.index import TAG, Index, Listing, head
 from meta1lite.spool.journal import Journal
@@ -82,15 +83,15 @@ from meta1lite.spool.message import (  # noqa: F401 - Message, Recipient: public
 from meta1lite.spool.space import low_space
 from meta1lite.status import FINAL, SENT, STATUSES  # public API too (the spool stores the index)
 
-SEGMENT_SIZE = 256 * 1024       # bytes per journal segment (qmgr.segment_size)
+_SEGMENT_SIZE = const(256 * 1024)  # bytes per journal segment (qmgr.segment_size)
 CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
-FREE_SEGMENTS = 2               # freed segments kept for reuse (qmgr.free_segments)
-RECORD_RESERVE = 16 * 1024      # free space only state/done records may use (qmgr.record_reserve)
-POOLED_BUFFERS = 8              # chunk buffers kept for reuse (writers + body readers at once)
-MAX_REPLY = 300                 # characters of a delivery reply kept in state
+_FREE_SEGMENTS = const(2)       # freed segments kept for reuse (qmgr.free_segments)
+_RECORD_RESERVE = const(16 * 1024)  # free space only state/done records may use (qmgr.record_reserve)
+_POOLED_BUFFERS = const(8)      # chunk buffers kept for reuse (writers + body readers at once)
+MAX_REPLY = const(300)          # characters of a delivery reply kept in state
 TOO_BIG = "message size exceeds what the queue can ever hold"   # check_accept/SpoolFull
                                 # reason that is permanent (smtps: 552 5.3.4)
-RECOVERY = "meta1lite.spool.recovery"   # start-up code, dropped after each use (boards)
+_RECOVERY = const("meta1lite.spool.recovery")  # start-up code, dropped after each use (boards)
 
 
 class Spool:
@@ -100,8 +101,8 @@ class Spool:
     changes nothing; count(), exists() and is_held() answer without building one."""
 
     def __init__(self, path, max_queue_size, max_messages, min_free_space,
-                 segment_size=SEGMENT_SIZE, chunk_size=CHUNK_SIZE,
-                 free_segments=FREE_SEGMENTS, record_reserve=RECORD_RESERVE):
+                 segment_size=_SEGMENT_SIZE, chunk_size=CHUNK_SIZE,
+                 free_segments=_FREE_SEGMENTS, record_reserve=_RECORD_RESERVE):
         self.path = path.rstrip("/") or "/"
         self.max_queue_size = max_queue_size
         self.max_messages = max_messages
@@ -109,7 +110,7 @@ class Spool:
         # done records ignore both (a full flash must still drain)
         self.min_free_space = min_free_space + record_reserve
         self.chunk_size = chunk_size
-        self.buffers = BufferPool(chunk_size, POOLED_BUFFERS)
+        self.buffers = BufferPool(chunk_size, _POOLED_BUFFERS)
         self.journal = Journal(self.path + "/" + fmt.SEGMENT_DIR, segment_size, free_segments)
         self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
         self.index = Index(self.journal)
@@ -158,7 +159,7 @@ class Spool:
         # Recovery.method(*args). recovery.py runs at start, for a new incoming file and
         # for inject(): on a board (frozen code) it is imported for the call and dropped
         # after it, its heap returned (as mcp drops the configuration parser)
-        loaded = RECOVERY in sys.modules
+        loaded = _RECOVERY in sys.modules
         from meta1lite.spool.recovery import Recovery
         try:
             return getattr(Recovery(self.path, self.journal, self.index, self.chunk_size,
@@ -167,7 +168,7 @@ class Spool:
         finally:
             del Recovery            # nothing of the module left for the collection to keep
             if not loaded:
-                heap.drop_one_shot((RECOVERY,))
+                heap.drop_one_shot((_RECOVERY,))
 
     # --- accepting mail ----------------------------------------------------------
 

@@ -11,30 +11,31 @@ import binascii
 import struct
 
 from meta1lite import compat
+from meta1lite.const import const
 
-FORMAT_VERSION = 1              # "v" of every record; readers accept <= this
-SEGMENT_DIR = "seg"             # SPOOL/seg/: the journal's segments
-INCOMING_DIR = "incoming"       # SPOOL/incoming/: standalone segments of other processes
+_FORMAT_VERSION = const(1)      # "v" of every record; readers accept <= this
+SEGMENT_DIR = const("seg")      # SPOOL/seg/: the journal's segments
+INCOMING_DIR = const("incoming")  # SPOOL/incoming/: standalone segments of other processes
 MAGIC = b"\x9d\x4d"             # first two bytes of every frame
-HEAD_FORMAT = ">2sBIIII"        # magic, type, generation, tag, payload length, crc32
-HEAD_SIZE = 19
-MAX_PAYLOAD = 1 << 20           # a longer length field is damage, never allocated
-SCAN_BLOCK = 512                # bytes read at a time when looking for the next frame or
+HEAD_FORMAT = const(">2sBIIII")  # magic, type, generation, tag, payload length, crc32
+HEAD_SIZE = const(19)
+_MAX_PAYLOAD = const(1 << 20)   # a longer length field is damage, never allocated
+SCAN_BLOCK = const(512)         # bytes read at a time when looking for the next frame or
                                 # streaming a crc (a buffer every heap keeps for good)
-DIRECT_READ = 1024              # longer payloads are crc-checked by streaming before reading
-SEGMENT_MARK = "meta1lite-spool"
+_DIRECT_READ = const(1024)      # longer payloads are crc-checked by streaming before reading
+SEGMENT_MARK = const("meta1lite-spool")
 
-T_HEADER = 0x48     # 'H' segment header: {"v", "m", "seg", "seq", "kind"}
-T_RETIRED = 0x5A    # 'Z' segment given up: ignore and remove the file
-T_CHUNK = 0x43      # 'C' body chunk: {"n": chunk number, "v", "data": bytes}
-T_ENVELOPE = 0x45   # 'E' envelope: commits a message
-T_STATE = 0x53      # 'S' per-recipient state after a delivery attempt
-T_HOLD = 0x4B       # 'K' hold (h: true) or release (h: false)
-T_DONE = 0x44       # 'D' message finished: why = done | deleted | corrupt | aborted
+T_HEADER = const(0x48)  # 'H' segment header: {"v", "m", "seg", "seq", "kind"}
+T_RETIRED = const(0x5A)  # 'Z' segment given up: ignore and remove the file
+T_CHUNK = const(0x43)  # 'C' body chunk: {"n": chunk number, "v", "data": bytes}
+T_ENVELOPE = const(0x45)  # 'E' envelope: commits a message
+T_STATE = const(0x53)  # 'S' per-recipient state after a delivery attempt
+T_HOLD = const(0x4B)  # 'K' hold (h: true) or release (h: false)
+T_DONE = const(0x44)  # 'D' message finished: why = done | deleted | corrupt | aborted
 
 _ID_ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-ID_PART = 6                     # characters of time, then of randomness
-ID_RANDOM_LIMIT = 36 ** ID_PART
+_ID_PART = const(6)             # characters of time, then of randomness
+ID_RANDOM_LIMIT = 36 ** _ID_PART
 
 
 # --- frames -------------------------------------------------------------------
@@ -65,14 +66,14 @@ def parse_head(head):
     if len(head) < HEAD_SIZE or head[:2] != MAGIC:
         return None
     fields = struct.unpack(HEAD_FORMAT, head)
-    if fields[4] > MAX_PAYLOAD:
+    if fields[4] > _MAX_PAYLOAD:
         return None
     return fields[1:]
 
 
 def record(fields):
     """CBOR payload of a record: fields plus the format version."""
-    fields["v"] = FORMAT_VERSION
+    fields["v"] = _FORMAT_VERSION
     return compat.cbor_dumps(fields)
 
 
@@ -84,7 +85,7 @@ def decode_record(payload):
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("v"), int):
         return None
-    if rec["v"] > FORMAT_VERSION:
+    if rec["v"] > _FORMAT_VERSION:
         return None
     return rec
 
@@ -104,7 +105,7 @@ def chunk_prefix(number, length):
 
     Canonical order puts "data" last, so a chunk is written as prefix + the caller's
     buffer, without copying the body into a new object."""
-    empty = compat.cbor_dumps({"n": number, "v": FORMAT_VERSION, "data": b""})
+    empty = compat.cbor_dumps({"n": number, "v": _FORMAT_VERSION, "data": b""})
     return empty[:-1] + _bytes_head(length)
 
 
@@ -116,7 +117,7 @@ def header_payload(number, seq, kind):
 # --- reading ------------------------------------------------------------------
 
 OK, BAD, TORN, DAMAGED = 0, 1, 2, 3
-CHUNK_PEEK = 24                 # payload bytes that hold a chunk's number and data head
+_CHUNK_PEEK = const(24)         # payload bytes that hold a chunk's number and data head
 ARG_1_BYTE, ARG_8_BYTES = 24, 27  # CBOR additional info: 1 << (info - 24) argument bytes follow
 # allocated once (no fragmenting reads on boards), and one for both uses: the crc
 # streaming of read_frame() and the search of find_next_frame(), which reads its
@@ -141,7 +142,7 @@ def _uint_at(buf, at, major):
 
 def parse_chunk(payload):
     """(chunk number, offset of the data, data length) of a chunk payload written by
-    chunk_prefix(), from its first CHUNK_PEEK bytes or more; None if not that shape."""
+    chunk_prefix(), from its first _CHUNK_PEEK bytes or more; None if not that shape."""
     if bytes(payload[:3]) != b"\xa3an":
         return None
     number = _uint_at(payload, 3, 0)
@@ -164,14 +165,14 @@ def _crc_stream(f, remaining, crc):
     return crc
 
 
-def read_frame(f, pos, size, gen, peek_chunks=False, direct=DIRECT_READ):
+def read_frame(f, pos, size, gen, peek_chunks=False, direct=_DIRECT_READ):
     """(status, frame) at pos. frame = (type, tag, payload, length) when status is OK.
 
     BAD: not a frame head of this generation; TORN: a head whose payload runs past
     the end of the file (a torn append); DAMAGED: a whole frame that fails its crc.
     frame = (type, tag, None, length) for TORN and DAMAGED: hints for the log.
     peek_chunks: for a chunk frame, verify the crc by streaming and return only the
-    first CHUNK_PEEK bytes of the payload (recovery never needs the data).
+    first _CHUNK_PEEK bytes of the payload (recovery never needs the data).
     A payload longer than direct is checked by streaming first, so a damaged length
     field never makes a board allocate a huge buffer."""
     if pos + HEAD_SIZE > size:
@@ -196,7 +197,7 @@ def read_frame(f, pos, size, gen, peek_chunks=False, direct=DIRECT_READ):
         return DAMAGED, (ftype, tag, None, length)
     if payload is None:
         f.seek(pos + HEAD_SIZE)
-        payload = f.read(CHUNK_PEEK if peek_chunks and ftype == T_CHUNK else length)
+        payload = f.read(_CHUNK_PEEK if peek_chunks and ftype == T_CHUNK else length)
     return OK, (ftype, tag, payload, length)
 
 
@@ -236,7 +237,7 @@ class SegmentReader:
 
     def frames(self):
         """Yield (type, tag, offset, length, payload) for each valid frame, in order;
-        a chunk frame's payload is only its first CHUNK_PEEK bytes."""
+        a chunk frame's payload is only its first _CHUNK_PEEK bytes."""
         pos = self.start
         while True:
             status, frame = read_frame(self.f, pos, self.size, self.gen, True)
@@ -256,7 +257,7 @@ class SegmentReader:
 
 
 def iter_tagged(f, start, end, gen, ftype, tag, skips):
-    """Yield (offset, first CHUNK_PEEK payload bytes) of valid frames of one type
+    """Yield (offset, first _CHUNK_PEEK payload bytes) of valid frames of one type
     and tag in [start, end), crc-checked without reading them into memory.
 
     Other frames are skipped by their heads alone (seek, no read); skips maps the
@@ -274,7 +275,7 @@ def iter_tagged(f, start, end, gen, ftype, tag, skips):
                 return
             continue
         if fields[0] == ftype and fields[2] == tag:
-            status, frame = read_frame(f, pos, end, gen, True, CHUNK_PEEK)
+            status, frame = read_frame(f, pos, end, gen, True, _CHUNK_PEEK)
             if status == OK:
                 yield pos, frame[2]
         pos += HEAD_SIZE + fields[3]
@@ -283,19 +284,19 @@ def iter_tagged(f, start, end, gen, ftype, tag, skips):
 # --- queue IDs ----------------------------------------------------------------
 
 def _base36(out, end, n):
-    # the ID_PART characters of n that end at out[end], as byte values: on MicroPython
+    # the _ID_PART characters of n that end at out[end], as byte values: on MicroPython
     # a str per character would be looked up among all interned strings (a linear
     # search that was 3% of the unix port's CPU, perf)
-    for i in range(end - 1, end - ID_PART - 1, -1):
+    for i in range(end - 1, end - _ID_PART - 1, -1):
         out[i] = _ID_ALPHABET[n % 36]
         n //= 36
 
 
 def _id_text(*numbers):
-    out = bytearray(ID_PART * len(numbers))
+    out = bytearray(_ID_PART * len(numbers))
     end = 0
     for n in numbers:
-        end += ID_PART
+        end += _ID_PART
         _base36(out, end, n)
     return out.decode()
 
@@ -321,7 +322,7 @@ def queue_id_of(id_time, tag):
 def id_time_of(queue_id):
     """The time part of a queue ID as a number, or None if it is not one."""
     try:
-        return int(queue_id[:ID_PART], 36) if len(queue_id) == 2 * ID_PART else None
+        return int(queue_id[:_ID_PART], 36) if len(queue_id) == 2 * _ID_PART else None
     except ValueError:
         return None
 
@@ -329,7 +330,7 @@ def id_time_of(queue_id):
 def tag_of(queue_id):
     """The frame tag of a queue ID (its random part as a number), or None."""
     try:
-        return int(queue_id[ID_PART:], 36) if len(queue_id) == 2 * ID_PART else None
+        return int(queue_id[_ID_PART:], 36) if len(queue_id) == 2 * _ID_PART else None
     except ValueError:
         return None
 

@@ -22,19 +22,20 @@
 #   The status index is the position in meta1lite.status.STATUSES.
 import struct
 
+from meta1lite.const import const
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import log, message_from_envelope
 from meta1lite.status import STATUSES
 
-HEAD = ">IIIiIIBiHH"            # the fields above up to M; head() returns them
-HEAD_LEN = 33
+_HEAD = const(">IIIiIIBiHH")    # the fields above up to M; head() returns them
+_HEAD_LEN = const(33)
 # positions in head() (and in ">III", the first three): h[TAG], never h[2]
 ARRIVAL, ID_TIME, TAG, ENV_SEG, ENV_POS, SIZE, FLAGS, HOLD_SEG, NSEGS, NRCPT = range(10)
-FLAGS_AT = 24                   # offset of flags (u8; flags & 1: held) and the hold segment (i32): ">Bi"
-COUNTS_AT = 29                  # offset of N and M: ">HH"
+_FLAGS_AT = const(24)           # offset of flags (u8; flags & 1: held) and the hold segment (i32): ">Bi"
+_COUNTS_AT = const(29)          # offset of N and M: ">HH"
 RCPT = ">BHiI"                  # status index, attempts, state segment, state offset
-RCPT_LEN = 11
-BUCKETS = 64
+_RCPT_LEN = const(11)
+BUCKETS = const(64)
 
 
 def _u32(value):
@@ -55,48 +56,48 @@ def pack(msg, segs):
     rcpts = msg.recipients
     if len(keys) > 0xFFFF or len(rcpts) > 0xFFFF:
         raise ValueError("envelope too large")
-    rec = bytearray(HEAD_LEN + 4 * len(keys) + RCPT_LEN * len(rcpts))
-    struct.pack_into(HEAD, rec, 0, _u32(msg.arrival), fmt.id_time_of(msg.id) or 0, msg.tag,
+    rec = bytearray(_HEAD_LEN + 4 * len(keys) + _RCPT_LEN * len(rcpts))
+    struct.pack_into(_HEAD, rec, 0, _u32(msg.arrival), fmt.id_time_of(msg.id) or 0, msg.tag,
                      msg.env_seg, msg.env_pos, _u32(msg.size), 1 if msg.held else 0,
                      msg.ctl_seg or 0, len(keys), len(rcpts))
-    at = HEAD_LEN
+    at = _HEAD_LEN
     for key in keys:
         struct.pack_into(">i", rec, at, key)
         at += 4
     for r in rcpts:
         struct.pack_into(RCPT, rec, at, status_code(r.status, 0), min(r.attempts, 0xFFFF),
                          r.seg, r.pos)
-        at += RCPT_LEN
+        at += _RCPT_LEN
     return rec
 
 
 def head(buf, off):
     """(arrival, id time, tag, env seg, env offset, size, flags, hold seg, N, M):
     read them as h[ARRIVAL], h[TAG], ..."""
-    return struct.unpack_from(HEAD, buf, off)
+    return struct.unpack_from(_HEAD, buf, off)
 
 
 def rec_len(buf, off):
-    nsegs, nrcpt = struct.unpack_from(">HH", buf, off + COUNTS_AT)
-    return HEAD_LEN + 4 * nsegs + RCPT_LEN * nrcpt
+    nsegs, nrcpt = struct.unpack_from(">HH", buf, off + _COUNTS_AT)
+    return _HEAD_LEN + 4 * nsegs + _RCPT_LEN * nrcpt
 
 
 def rcpt_at(buf, off, index):
     """Offset of recipient index's slot (RCPT: status, attempts, state seg, offset)."""
-    return off + HEAD_LEN + 4 * struct.unpack_from(">H", buf, off + COUNTS_AT)[0] + RCPT_LEN * index
+    return off + _HEAD_LEN + 4 * struct.unpack_from(">H", buf, off + _COUNTS_AT)[0] + _RCPT_LEN * index
 
 
 def needed(buf, off):
     """Distinct keys of the segments whose frames this message needs."""
     h = head(buf, off)
     keys = [h[ENV_SEG], h[HOLD_SEG]]
-    at = off + HEAD_LEN
+    at = off + _HEAD_LEN
     for _ in range(h[NSEGS]):
         keys.append(struct.unpack_from(">i", buf, at)[0])
         at += 4
     for _ in range(h[NRCPT]):
         keys.append(struct.unpack_from(">i", buf, at + 3)[0])     # the state segment
-        at += RCPT_LEN
+        at += _RCPT_LEN
     out = []
     for key in keys:
         if key and key not in out:
@@ -245,7 +246,7 @@ class Index:
 
     def set_held(self, handle, held, seg):
         """Apply a hold (held True) or release record found in seg."""
-        self._update(handle, FLAGS_AT, ">Bi", (1 if held else 0, seg.key))
+        self._update(handle, _FLAGS_AT, ">Bi", (1 if held else 0, seg.key))
 
     def is_held(self, handle):
         """True if the message of handle is on hold."""
@@ -286,7 +287,7 @@ class Index:
             msg = self._envelope(files, h)
             if msg is None:
                 return None
-            msg.segs = [struct.unpack_from(">i", buf, off + HEAD_LEN + 4 * i)[0] for i in range(h[NSEGS])]
+            msg.segs = [struct.unpack_from(">i", buf, off + _HEAD_LEN + 4 * i)[0] for i in range(h[NSEGS])]
             msg.held, msg.ctl_seg = bool(h[FLAGS] & 1), h[HOLD_SEG]
             for i, r in enumerate(msg.recipients):
                 code, r.attempts, r.seg, r.pos = struct.unpack_from(RCPT, buf, rcpt_at(buf, off, i))

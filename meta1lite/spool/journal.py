@@ -13,19 +13,20 @@
 from errno import EIO
 
 from meta1lite import compat, durable, heap
+from meta1lite.const import const
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
 from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
-SMALL_FRAME = 1024              # frames up to this are joined: one write(), one syscall
-LAZY_SYNC_S = 2                 # sync_later(): at the latest this long after
+_SMALL_FRAME = const(1024)      # frames up to this are joined: one write(), one syscall
+LAZY_SYNC_S = const(2)          # sync_later(): at the latest this long after
 # A file handle this large gets heap kept for it (heap.Reserve, MicroPython): a
 # LittleFS file object holds its cache, min(block, 4 x max(read, prog size)) = 1K on
 # a Pico W, in one block with its state (1148 bytes on the sim); a posix file of the
 # unix port is a few words.
-RESERVE_HANDLES_FROM = 512
-HANDLES_AT_ONCE = 2             # a body read while the next message's envelope is read
+_RESERVE_HANDLES_FROM = const(512)
+_HANDLES_AT_ONCE = const(2)     # a body read while the next message's envelope is read
 
 
 def _open_rw(path):
@@ -98,7 +99,7 @@ class Journal:
         self._later_upto = 0    # the appends sync_later() was asked to cover
         self.record_reserve = RecordReserve(seg_dir + ".reserve", 0)   # the Spool sizes it
         self._handle_reserve = heap.Reserve(0)     # sized by start()
-        self._join_upto = SMALL_FRAME
+        self._join_upto = _SMALL_FRAME
         self.failed = []        # keys of segments an fsync failed on (see _sync_failed)
 
     def is_open(self):
@@ -147,8 +148,8 @@ class Journal:
 
     def _fit_file_handles(self, path):
         handle = heap.allocated_by(_open_and_close, path)
-        if handle >= RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
-            self._handle_reserve = heap.Reserve(handle, HANDLES_AT_ONCE)
+        if handle >= _RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
+            self._handle_reserve = heap.Reserve(handle, _HANDLES_AT_ONCE)
             self._handle_reserve.refill()       # before the index: low in the heap
             # parts written one by one into that cache: the same flash operations,
             # and no joined copy of up to 1K (a new block per record and last chunk)

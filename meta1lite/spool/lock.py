@@ -19,19 +19,20 @@ import os
 import time
 
 from meta1lite.compat import errno_of, own_pid
+from meta1lite.const import const
 from meta1lite.durable import is_dir, makedirs, remove
 from meta1lite.spool.format import SEGMENT_DIR
 
-LOCK_FILE = "lock"
-LOCK_DIR = "lock.d"
-LOCK_PID = "pid"
-LOCK_TRIES = 10             # looks at lock.d before an empty one is taken as stale
+LOCK_FILE = const("lock")
+LOCK_DIR = const("lock.d")
+LOCK_PID = const("pid")
+LOCK_TRIES = const(10)      # looks at lock.d before an empty one is taken as stale
 LOCK_WAIT_S = 0.1           # between those looks (another starter writing its pid)
 LOCK_MARK = b"meta1lite"    # what a live holder's command line contains
 LAZY_IMPORTS = ("concurrent.futures.thread",)    # the journal's sync thread (CPython)
-SPOOL_MODE = 0o700          # the spool's folder: its owner's alone
-PRIVATE_MASK = 0o077        # mode bits for the group and others
-STICKY_BIT = 0o1000         # a folder shared by everyone (/tmp)
+_SPOOL_MODE = const(0o700)  # the spool's folder: its owner's alone
+_PRIVATE_MASK = const(0o077)  # mode bits for the group and others
+_STICKY_BIT = const(0o1000)  # a folder shared by everyone (/tmp)
 
 
 class SpoolBusy(Exception):
@@ -168,9 +169,9 @@ def _make_private(spool):
     if not hasattr(os, "chmod") or not is_dir(spool + "/" + SEGMENT_DIR):
         return
     mode = os.stat(spool)[0]
-    if mode & PRIVATE_MASK and not mode & STICKY_BIT:
+    if mode & _PRIVATE_MASK and not mode & _STICKY_BIT:
         try:
-            os.chmod(spool, SPOOL_MODE)
+            os.chmod(spool, _SPOOL_MODE)
         except OSError:
             pass                # not this user's to change: its owner's next start does
 

@@ -8,9 +8,10 @@
 # through the Spool (MessageWriter -> Spool._write_chunk -> the journal).
 # Shared code: MicroPython and CPython.
 from meta1lite import compat
+from meta1lite.const import const
 from meta1lite.status import QUEUED
 
-LOG = "spool"
+LOG = const("spool")
 
 
 def log(level, text):

@@ -15,6 +15,7 @@
 import os
 
 from meta1lite import compat, durable
+from meta1lite.const import const
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
 from meta1lite.spool.journal import Segment
@@ -30,9 +31,9 @@ from meta1lite.spool.space import low_space
 
 FAT = "VfsFat"          # durable.mount_type() of a FAT filesystem
 
-TORN_HEADER = 128               # a segment file this small with no valid header: torn creation
-LOG_PICKUP = "sendmail"         # logs as Postfix's pickup: its uid= line counts as received
-STAT_UID = 4                    # os.stat()[4]: the owner (0 where the runtime cannot tell)
+_TORN_HEADER = const(128)       # a segment file this small with no valid header: torn creation
+LOG_PICKUP = const("sendmail")  # logs as Postfix's pickup: its uid= line counts as received
+_STAT_UID = const(4)            # os.stat()[4]: the owner (0 where the runtime cannot tell)
 
 
 def listdir(path):
@@ -46,7 +47,7 @@ def listdir(path):
 def owner_uid(path):
     """The uid owning a file (who injected it); 0 if the runtime cannot tell."""
     try:
-        return os.stat(path)[STAT_UID]
+        return os.stat(path)[_STAT_UID]
     except (OSError, IndexError, TypeError):
         return 0
 
@@ -162,7 +163,7 @@ class Recovery:
         f.close()
         if self.readonly:
             return None
-        if newest and size < TORN_HEADER and status != fmt.DAMAGED:
+        if newest and size < _TORN_HEADER and status != fmt.DAMAGED:
             durable.remove(path)
             log("info", "%s: removed (segment creation never completed)" % path)
         else:
