@@ -165,39 +165,53 @@ class Reserve:
     """Blocks of heap kept free for one kind of allocation that a fragmented heap may
     have no run for (MicroPython): call(fn, ...) runs fn, and while it fails with
     MemoryError, frees a block, collects and runs fn again, which then finds that
-    block's run. refill() takes the blocks: first when the owner starts, then once
-    what used a block is closed and dropped, after a collection (a closed object keeps
-    its run until a collection, and the next small objects would split it). A LittleFS file handle carries a 1K
-    cache in one block (1148 bytes on the sim Pico W): the delivery that could not
-    open its segment failed at 128K while 60K were free. Nothing kept on CPython or
-    with size 0."""
+    block's run. keep(obj) holds what such a call made once it is closed: its run fits
+    the next one exactly. refill() takes blocks of the measured size for what is still
+    missing: first when the owner starts, then after a collection (a dropped object
+    keeps its run until a collection, and the next small objects would split it). A
+    LittleFS file handle carries a 1K cache in one block (1148 bytes on the sim Pico
+    W): the delivery that could not open its segment failed at 128K while 60K were
+    free. Holding and freeing a block allocates nothing (its slots are made here).
+    Nothing kept on CPython or with size 0."""
 
     def __init__(self, size, count=1):
         self.size = size if heap_free() is not None else 0
         self.count = count
-        self._blocks = []
+        self._slots = [None] * count
+        self._held = 0              # _slots[:_held] are held
         if self.size:
             _reserves.append(self)
 
     def kept(self):
         """Bytes held in blocks now."""
-        return len(self._blocks) * self.size
+        return self._held * self.size
+
+    def keep(self, obj):
+        """Hold obj, a closed object of the kind call(fn) makes, as one of the blocks if
+        one is missing. Unlike refill() it needs no collection and no new run: a block
+        of the measured size may find none where the closed object's own run is free
+        (a LittleFS handle is 72 blocks of 16 bytes on the sim, its measured size 75,
+        which counts small objects made with it)."""
+        if self.size and self._held < self.count:
+            self._slots[self._held] = obj
+            self._held += 1
 
     def close(self):
         """Give the blocks back for good (their owner closed)."""
-        self._blocks = []
+        self._slots = [None] * self.count
+        self._held = 0
         self.count = 0
         if self in _reserves:
             _reserves.remove(self)
 
     def refill(self):
         """Take the missing blocks again (a collection first if one is missing)."""
-        if not self.size or len(self._blocks) >= self.count:
+        if not self.size or self._held >= self.count:
             return
         gc.collect()
         try:
-            while len(self._blocks) < self.count:
-                self._blocks.append(bytearray(self.size))
+            while self._held < self.count:
+                self.keep(bytearray(self.size))
         except MemoryError:
             pass                # refilled after the next close
 
@@ -209,9 +223,10 @@ class Reserve:
             try:
                 return fn(*args)
             except MemoryError:
-                if not self._blocks:
+                if not self._held:
                     raise
-            self._blocks.pop()
+            self._held -= 1
+            self._slots[self._held] = None
             gc.collect()
 
 

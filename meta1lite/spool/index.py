@@ -301,8 +301,7 @@ class Index:
             for f in files.values():
                 f.close()
             if files:
-                files = f = None        # the closed handles, free for the refill's collection
-                self.journal.handles_closed()
+                self.journal.handles_closed(*files.values())
 
     def _envelope(self, files, h):
         queue_id = fmt.queue_id_of(h[ID_TIME], h[TAG])

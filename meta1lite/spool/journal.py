@@ -38,17 +38,21 @@ def _open_rw(path):
 
 
 def _open_and_close(path):
-    open(path, "rb").close()
+    f = open(path, "rb")
+    f.close()
+    return f
 
 
 def _close_quietly(seg):
-    """Close a segment's handle (if open) and forget it; a failing close is ignored."""
+    """Close a segment's handle (if open) and forget it; a failing close is ignored.
+    Returns the closed handle (None if there was none)."""
     f, seg.f = seg.f, None
     if f is not None:
         try:
             f.close()
         except OSError:
             pass
+    return f
 
 
 class Segment:
@@ -150,7 +154,8 @@ class Journal:
         handle = heap.allocated_by(_open_and_close, path)
         if handle >= _RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
             self._handle_reserve = heap.Reserve(handle, _HANDLES_AT_ONCE)
-            self._handle_reserve.refill()       # before the index: low in the heap
+            for _ in range(_HANDLES_AT_ONCE):   # before the index: low in the heap
+                self.handles_closed(_open_and_close(path))
             # parts written one by one into that cache: the same flash operations,
             # and no joined copy of up to 1K (a new block per record and last chunk)
             self._join_upto = 0
@@ -195,8 +200,7 @@ class Journal:
             durable.fsync_file(f)
         finally:
             f.close()
-            f = None                # the closed handle, free for the refill's collection
-            self.handles_closed()
+            self.handles_closed(f)
 
     def _stamp(self, seg, create):
         seg.gen = fmt.new_generation(seg.gen)
@@ -256,7 +260,7 @@ class Journal:
         seg.f = f
         self._cur = seg
         if not keep:
-            _close_quietly(old)
+            self.handles_closed(_close_quietly(old))
         return seg
 
     # --- appends and sync ------------------------------------------------------------
@@ -322,8 +326,7 @@ class Journal:
         while self._dirty:
             seg = self._dirty[0]
             durable.fsync_file(seg.f)
-            seg.f.close()
-            seg.f = None
+            self.handles_closed(_close_quietly(seg))
             seg.unsynced = False
             self._dirty.pop(0)
         cur = self._cur
@@ -432,8 +435,13 @@ class Journal:
 
     # --- reading frames back -----------------------------------------------------------
 
-    def handles_closed(self):
-        """Files opened here were closed: refill the heap kept for the next ones."""
+    def handles_closed(self, *handles):
+        """Files opened here were closed: keep them (a closed handle's run of heap fits
+        the next handle exactly, and keeping it allocates nothing), then refill what is
+        still missing of the heap kept for the next ones."""
+        for f in handles:
+            if f is not None:
+                self._handle_reserve.keep(f)
         self._handle_reserve.refill()
 
     def open_read(self, path):
@@ -469,10 +477,9 @@ class Journal:
                 yield chunk
         finally:
             inner.close()       # its open segment: MicroPython would leave it to a collection
-            inner = None        # (its frame holds the closed handle until the refill's collection)
             if pool is not None:
                 pool.give(buf)
-            self.handles_closed()
+            self.handles_closed()   # refills what an open that failed took
 
     def _chunks(self, msg, strict, buf):
         expected = 0
@@ -480,7 +487,8 @@ class Journal:
             seg = self.segs.get(key)
             if seg is None:
                 break
-            with self.open_read(seg.path) as f:
+            f = self.open_read(seg.path)
+            try:
                 start = msg.first if i == 0 else seg.start
                 frames = fmt.iter_tagged(f, start, seg.end, seg.gen, fmt.T_CHUNK, msg.tag, seg.skips)
                 for pos, peek in frames:
@@ -494,6 +502,9 @@ class Journal:
                         break
                     if expected >= msg.nchunks:
                         return
+            finally:
+                f.close()
+                self.handles_closed(f)
         if strict and expected < msg.nchunks:
             raise CorruptMessage("%s: body chunk %d unreadable" % (msg.id, expected))
 
