@@ -326,6 +326,35 @@ def test_low_memory_closes_sessions_with_421_and_mail_flows_again(tmp_path):
     assert [body.endswith(b"again\r\n\r\nok\r\n") for _s, _r, body in queued(tmp_path).values()] == [True]
 
 
+def test_a_session_that_had_its_turn_yields_to_a_client_refused_for_memory(tmp_path):
+    """MicroPython: a session that queued a message and goes on sending while a client
+    was just refused for lack of heap gets 421 4.3.2 at its next MAIL and is closed,
+    so that the refused client gets in when it tries again. (On the sim Pico W at 96K,
+    the sessions let in kept the heap between them, and a client was refused 60 times
+    in a row.)"""
+    flag = str(tmp_path / "short-of-memory")
+    daemon = start_smtps("micropython", tmp_path, entry=BALLAST, env={"META1LITE_BALLAST": flag})
+    try:
+        with Client(daemon.port) as a:
+            a.greeting_and_ehlo()
+            assert a.message("f@relay.test", ["t@example.org"], b"Subject: a1\r\n\r\nok\r\n").code == 250
+            open(flag, "w").close()                 # the heap runs short
+            with Client(daemon.port) as c:
+                assert code_and_enhanced(c.reply()) == (421, "4.3.2")
+            os.remove(flag)                         # memory is back, c waits its turn
+            assert code_and_enhanced(a.cmd("MAIL FROM:<f@relay.test>")) == (421, "4.3.2")
+            assert a.closed()
+        with Client(daemon.port) as c:              # c's turn
+            c.greeting_and_ehlo()
+            assert c.message("f@relay.test", ["t@example.org"], b"Subject: c1\r\n\r\nok\r\n").code == 250
+            assert c.message("f@relay.test", ["t@example.org"], b"Subject: c2\r\n\r\nok\r\n").code == 250
+    finally:
+        daemon.stop()
+    log = assert_clean_log(daemon)
+    assert "low memory (a refused client's turn): closing the session of [127.0.0.1]" in log, log
+    assert len(queued(tmp_path)) == 3
+
+
 def test_a_client_that_reads_nothing_is_cut_at_io_timeout(tmp_path):
     # it pipelines EHLOs (no junk limit here) and never reads the replies: the
     # session's writes block; within io_timeout it is cut, and its slot serves the

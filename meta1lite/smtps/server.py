@@ -23,6 +23,9 @@ _SESSION_HEAP = const(8 * 1024)  # heap a session may need: ~4.5K idle (unix por
                                 # message in flight and room for fragmentation
 _EVICT_MIN_IDLE_S = const(2)    # when full, a session waiting on its client this long
                                 # (real seconds since its last command) may be closed
+# a session yields (421 at its next MAIL) to a client refused for lack of heap during
+# its last transaction, in the last TURN_S seconds: that client waits for its turn
+TURN_S = 3
 
 
 class SmtpServer:
@@ -36,6 +39,7 @@ class SmtpServer:
         self.bound = []
         self.sessions = set()
         self.per_client = {}
+        self.refused_for_memory_at = None  # real_monotonic() of the last such refusal
         self.rate = self.lockout = None
         self.reload(cfg)
 
@@ -142,8 +146,20 @@ class SmtpServer:
             return TOO_MANY_FROM_CLIENT
         low = heap.memory_low(tls.tls_memory.headroom())
         if (low or self._live() >= self.max_sessions) and not self._evict():
+            if low:
+                self.refused_for_memory()
             return replies.LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
         return None
+
+    def refused_for_memory(self):
+        """A client was refused for lack of heap: sessions that had a turn yield."""
+        self.refused_for_memory_at = compat.real_monotonic()
+
+    def refused_since(self, since):
+        """True if a client was refused for lack of heap after `since` (a session's
+        last turn began; real_monotonic) and within TURN_S: it waits for its turn."""
+        at = self.refused_for_memory_at
+        return at is not None and at >= since and compat.real_monotonic() - at < TURN_S
 
     def _live(self):
         # sessions not being stopped (counted: no list of them on a full heap)
