@@ -154,8 +154,9 @@ class Journal:
         handle = heap.allocated_by(_open_and_close, path)
         if handle >= _RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
             self._handle_reserve = heap.Reserve(handle, _HANDLES_AT_ONCE)
-            for _ in range(_HANDLES_AT_ONCE):   # before the index: low in the heap
-                self.handles_closed(_open_and_close(path))
+            # before the index, low in the heap: the closed handle, and a block of the
+            # measured size (it also fits the small objects open() makes first)
+            self.handles_closed(_open_and_close(path))
             # parts written one by one into that cache: the same flash operations,
             # and no joined copy of up to 1K (a new block per record and last chunk)
             self._join_upto = 0
