@@ -23,8 +23,8 @@ _SESSION_HEAP = const(8 * 1024)  # heap a session may need: ~4.5K idle (unix por
                                 # message in flight and room for fragmentation
 _EVICT_MIN_IDLE_S = const(2)    # when full, a session waiting on its client this long
                                 # (real seconds since its last command) may be closed
-# a session yields (421 at its next MAIL) to a client refused for lack of heap during
-# its last transaction, in the last TURN_S seconds: that client waits for its turn
+# a session yields (421 at its next MAIL) to a client refused for lack of heap since
+# its last MAIL was accepted, in the last TURN_S seconds: that client waits its turn
 TURN_S = 3
 
 
@@ -39,7 +39,8 @@ class SmtpServer:
         self.bound = []
         self.sessions = set()
         self.per_client = {}
-        self.refused_for_memory_at = None  # real_monotonic() of the last such refusal
+        self.refusals = 0           # clients refused for lack of heap, counted
+        self.refused_at = None      # real_monotonic() of the last one
         self.rate = self.lockout = None
         self.reload(cfg)
 
@@ -113,6 +114,7 @@ class SmtpServer:
             await self._serve_client(reader, writer, implicit_tls, handshake_ctx)
         except MemoryError:         # before its session ran: refused, never left open
             compat.log.log("error", LOG, "out of memory: a new connection refused")
+            self.refused_for_memory()
             await _refuse(writer, replies.LOW_MEMORY)
 
     async def _serve_client(self, reader, writer, implicit_tls, handshake_ctx):
@@ -127,6 +129,7 @@ class SmtpServer:
             session = Session(self, reader, writer, ip, implicit_tls, handshake_ctx)
         except MemoryError:         # the idlest session makes room for the next client
             compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
+            self.refused_for_memory()
             self._evict()
             await _refuse(writer, replies.LOW_MEMORY)
             return
@@ -153,13 +156,15 @@ class SmtpServer:
 
     def refused_for_memory(self):
         """A client was refused for lack of heap: sessions that had a turn yield."""
-        self.refused_for_memory_at = compat.real_monotonic()
+        self.refusals += 1
+        self.refused_at = compat.real_monotonic()
 
-    def refused_since(self, since):
-        """True if a client was refused for lack of heap after `since` (a session's
-        last turn began; real_monotonic) and within TURN_S: it waits for its turn."""
-        at = self.refused_for_memory_at
-        return at is not None and at >= since and compat.real_monotonic() - at < TURN_S
+    def refused_since(self, mark):
+        """True if a client was refused for lack of heap since `mark` (self.refusals
+        when a session's last turn began; a count, since a board's clock may step
+        whole seconds) and within TURN_S: it waits for its turn."""
+        return (self.refusals > mark and self.refused_at is not None
+                and compat.real_monotonic() - self.refused_at < TURN_S)
 
     def _live(self):
         # sessions not being stopped (counted: no list of them on a full heap)

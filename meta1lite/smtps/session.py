@@ -54,7 +54,7 @@ class Session:
         self.reading = False        # waiting for the client (may be evicted: server.py)
         self.received = 0           # bytes read from the client
         self.data_t0 = None         # (DATA accepted at, bytes received then): the rate floor
-        self.turn_at = None         # real_monotonic() when its last MAIL was accepted
+        self.turn = None            # server.refusals when its last MAIL was accepted
 
     def log(self, text, level="info"):
         compat.log.log(level, LOG, text)
@@ -234,7 +234,7 @@ class Session:
             self.out.append(self.conn.reject_mail(*refusal))
             return
         self.sender = event.mailbox.address
-        self.turn_at = compat.real_monotonic()
+        self.turn = self.server.refusals
         self.rcpts = []
         self.eightbit = event.body == "8BITMIME"
         self.out.append(self.conn.accept_mail())
@@ -243,9 +243,9 @@ class Session:
         # too little heap for a new message (MicroPython): 421 and close, so that this
         # session's own memory returns too; a 452 kept every refused session open, and
         # sessions that together held the margin refused each other for ever. A session
-        # that has had its turn gives the next one to a client refused meanwhile: else
-        # the sessions let in keep the heap, and a refused client could wait for ever
-        if stage == "MAIL" and self.turn_at is not None and self.server.refused_since(self.turn_at):
+        # that has had a turn gives the next one to a client refused since: else the
+        # sessions let in keep the heap, and a refused client could wait for ever
+        if stage == "MAIL" and self.turn is not None and self.server.refused_since(self.turn):
             self._close_low_memory(stage, sender, "a refused client's turn")
             return True
         if not heap.memory_low(tls.tls_memory.headroom()):

@@ -300,8 +300,8 @@ class Index:
         finally:
             for f in files.values():
                 f.close()
-            if files:
-                self.journal.handles_closed(*files.values())
+                self.journal.handles_closed(f)
+            files = f = None
 
     def _envelope(self, files, h):
         queue_id = fmt.queue_id_of(h[ID_TIME], h[TAG])

@@ -327,9 +327,11 @@ class Journal:
         while self._dirty:
             seg = self._dirty[0]
             durable.fsync_file(seg.f)
-            self.handles_closed(_close_quietly(seg))
+            f = _close_quietly(seg)
             seg.unsynced = False
             self._dirty.pop(0)
+            self.handles_closed(f)
+        f = None
         cur = self._cur
         # during a round of the worker thread (syncthread) cur reads synced before its
         # fsync returned: a close() meanwhile must not take that as done
@@ -436,13 +438,13 @@ class Journal:
 
     # --- reading frames back -----------------------------------------------------------
 
-    def handles_closed(self, *handles):
-        """Files opened here were closed: keep them (a closed handle's run of heap fits
-        the next handle exactly, and keeping it allocates nothing), then refill what is
-        still missing of the heap kept for the next ones."""
-        for f in handles:
-            if f is not None:
-                self._handle_reserve.keep(f)
+    def handles_closed(self, f=None):
+        """A file opened here was closed: keep it (a closed handle's run of heap fits
+        the next handle exactly, and keeping it allocates nothing; the caller drops its
+        own references first), then refill what is still missing of the heap kept for
+        the next ones. f: the closed handle, or None."""
+        if f is not None:
+            self._handle_reserve.keep(f)
         self._handle_reserve.refill()
 
     def open_read(self, path):
@@ -478,6 +480,7 @@ class Journal:
                 yield chunk
         finally:
             inner.close()       # its open segment: MicroPython would leave it to a collection
+            inner = None        # (the finished generator's frame)
             if pool is not None:
                 pool.give(buf)
             self.handles_closed()   # refills what an open that failed took
@@ -489,6 +492,7 @@ class Journal:
             if seg is None:
                 break
             f = self.open_read(seg.path)
+            frames = None
             try:
                 start = msg.first if i == 0 else seg.start
                 frames = fmt.iter_tagged(f, start, seg.end, seg.gen, fmt.T_CHUNK, msg.tag, seg.skips)
@@ -504,8 +508,10 @@ class Journal:
                     if expected >= msg.nchunks:
                         return
             finally:
-                f.close()
+                frames = None   # it holds the handle too: the kept handle must be free
+                f.close()       # to go when the next open needs its run
                 self.handles_closed(f)
+                f = None
         if strict and expected < msg.nchunks:
             raise CorruptMessage("%s: body chunk %d unreadable" % (msg.id, expected))
 
