@@ -151,14 +151,14 @@ def kept():
 
 
 def allocated_by(fn, *args):
-    """Bytes of heap that fn(*args) leaves allocated, counted from a fresh collection
-    (MicroPython); 0 on CPython."""
+    """(bytes of heap that fn(*args) leaves allocated, counted from a fresh collection,
+    what fn returned) on MicroPython; (0, None) on CPython, where fn is not run."""
     if not hasattr(gc, "mem_alloc"):
-        return 0
+        return 0, None
     gc.collect()                # not during fn: a collection there would under-count
     before = gc.mem_alloc()
-    fn(*args)
-    return max(0, gc.mem_alloc() - before)
+    result = fn(*args)
+    return max(0, gc.mem_alloc() - before), result
 
 
 class Reserve:

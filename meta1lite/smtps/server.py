@@ -114,8 +114,7 @@ class SmtpServer:
             await self._serve_client(reader, writer, implicit_tls, handshake_ctx)
         except MemoryError:         # before its session ran: refused, never left open
             compat.log.log("error", LOG, "out of memory: a new connection refused")
-            self.refused_for_memory()
-            await _refuse(writer, replies.LOW_MEMORY)
+            await self._turn_away(writer, replies.LOW_MEMORY)
 
     async def _serve_client(self, reader, writer, implicit_tls, handshake_ctx):
         ip = compat.peer_address(writer)[0]
@@ -123,15 +122,14 @@ class SmtpServer:
         refusal = self._admission(client) if self.spool is not None else replies.SHUTTING_DOWN
         if refusal is not None:
             compat.log.log("warning", LOG, "%s from [%s]: refused" % (refusal[2], ip))
-            await _refuse(writer, refusal)
+            await self._turn_away(writer, refusal)
             return
         try:
             session = Session(self, reader, writer, ip, implicit_tls, handshake_ctx)
         except MemoryError:         # the idlest session makes room for the next client
             compat.log.log("error", LOG, "out of memory: refusing [%s]" % ip)
-            self.refused_for_memory()
             self._evict()
-            await _refuse(writer, replies.LOW_MEMORY)
+            await self._turn_away(writer, replies.LOW_MEMORY)
             return
         session.client = client
         self.sessions.add(session)
@@ -149,10 +147,14 @@ class SmtpServer:
             return TOO_MANY_FROM_CLIENT
         low = heap.memory_low(tls.tls_memory.headroom())
         if (low or self._live() >= self.max_sessions) and not self._evict():
-            if low:
-                self.refused_for_memory()
             return replies.LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
         return None
+
+    async def _turn_away(self, writer, reply):
+        # a new connection refused; one refused for lack of heap waits for its turn
+        if reply is replies.LOW_MEMORY:
+            self.refused_for_memory()
+        await _refuse(writer, reply)
 
     def refused_for_memory(self):
         """A client was refused for lack of heap: sessions that had a turn yield."""

@@ -151,12 +151,12 @@ class Journal:
         self._fit_file_handles(cur.path)
 
     def _fit_file_handles(self, path):
-        handle = heap.allocated_by(_open_and_close, path)
+        handle, closed = heap.allocated_by(_open_and_close, path)
         if handle >= _RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
             self._handle_reserve = heap.Reserve(handle, _HANDLES_AT_ONCE)
-            # before the index, low in the heap: the closed handle, and a block of the
+            # before the index, low in the heap: the measured handle, and a block of the
             # measured size (it also fits the small objects open() makes first)
-            self.handles_closed(_open_and_close(path))
+            self.handles_closed(closed)
             # parts written one by one into that cache: the same flash operations,
             # and no joined copy of up to 1K (a new block per record and last chunk)
             self._join_upto = 0
