@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 DRIVER = os.path.join(C.HERE, "_upy_heap_driver.py")
-MODULES = ["compat", "durable", "heap", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
-           "proto.smtp_server", "headers", "spool.format", "spool.message", "spool.journal",
+MODULES = ["compat", "streams", "durable", "heap", "cbor", "netaddr", "conf", "conf.schema", "proto.replies", "proto.address",
+           "proto.smtp_server", "headers", "spool.format", "spool.message", "spool.segment", "spool.journal",
            "spool.index", "spool.recovery",
            "spool", "smtps.authdb", "smtps.policy", "smtps.server", "proto.dns", "smar.dnsresolve",
            "smar.aliases", "smar.resolver", "proto.smtp_client", "smtpc", "qmgr.bounce",

@@ -7,7 +7,7 @@
 # never accepts again (issue 11: `scripts/load.py --runtime micropython --idle 200`);
 # this copy of it drops that one connection instead. Must never: stop accepting
 # while the server is open, or hold a connection it could not start.
-from meta1lite import compat
+from meta1lite import compat, streams
 from meta1lite.const import const
 
 asyncio = compat.asyncio
@@ -87,7 +87,7 @@ if compat.MICROPYTHON:
                         return
                     raise exc
                 except MemoryError:         # no room to wait on the socket
-                    compat.forget_io_wait(s)
+                    streams.forget_io_wait(s)
                     await self._pause()
                     continue
                 try:
@@ -114,7 +114,7 @@ if compat.MICROPYTHON:
             await compat.sleep(ACCEPT_PAUSE_S)
 
     def _connection(s2, addr, cb, ssl):
-        compat.no_delay(s2)
+        streams.no_delay(s2)
         if ssl:
             try:
                 s2 = ssl.wrap_socket(s2, server_side=True, do_handshake_on_connect=False)

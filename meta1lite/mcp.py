@@ -26,11 +26,11 @@ _INCOMING_POLL_S = const(5)  # how often new `meta1lite sendmail` submissions ar
 _EXIT_BUSY = const(75)       # the spool is locked by another process (EX_TEMPFAIL)
 INTERRUPT_SLACK_S = const(2)  # after Ctrl-C: stop_timeout plus this, then the queue is closed
 MODULE_NAMES = ("smar", "smtpc", "qmgr", "smtps")   # start order (dependencies first)
-# options a reload cannot change in a running daemon (logged: "at the next start")
-RESTART_ONLY = (("spool",), ("control",), ("smtps", "listen"), ("smtps", "listen_tls"),
-                ("mcp", "user"), ("mcp", "watchdog_ms"), ("smtpc", "tls_reserve"),
-                ("qmgr", "min_free_space"), ("qmgr", "record_reserve"),
-                ("qmgr", "segment_size"), ("qmgr", "free_segments"))
+# options a reload cannot change in a running daemon (logged: "at the next start"); one
+# str, split when used (a tuple of them costs a str object per name in a .mpy)
+RESTART_ONLY = ("spool control smtps.listen smtps.listen_tls mcp.user mcp.watchdog_ms "
+                "smtpc.tls_reserve qmgr.min_free_space qmgr.record_reserve qmgr.segment_size "
+                "qmgr.free_segments")
 
 
 class Daemon:
@@ -193,10 +193,10 @@ class Daemon:
             self._apply_back(old)
             return "%s: %s" % (type(exc).__name__, exc)
         self.cfg = cfg
-        for path in RESTART_ONLY:
+        for path in RESTART_ONLY.split():
             if _option(old, path) != _option(cfg, path):
                 compat.log.log("warning", LOG, "reload: %s changed; it takes effect at the next"
-                               " start" % ".".join(path))
+                               " start" % path)
         compat.log.log("info", LOG, "configuration reloaded")
         return None
 
@@ -256,7 +256,7 @@ class Daemon:
 
 
 def _option(cfg, path):
-    for name in path:
+    for name in path.split("."):
         cfg = cfg.get(name) if isinstance(cfg, dict) else None
     return cfg
 

@@ -15,7 +15,7 @@
 # route.rewrite_sender (never for the null sender <> of bounces), and the From:
 # header gets job.rewrite_from, or route.rewrite_sender when
 # route.rewrite_from_header is set. A Job may carry them already; both are idempotent.
-from meta1lite import compat, headers, tls
+from meta1lite import compat, headers, streams, tls
 from meta1lite.const import const
 from meta1lite.proto import smtp_client as core
 from meta1lite.status import DEFERRED, SENT
@@ -189,7 +189,7 @@ class _Session:
                                                   state_events=compat.log.threshold <= DEBUG)
                 await self._converse()
             finally:
-                await compat.close_stream(self.writer)
+                await streams.close_stream(self.writer)
         finally:
             if self.tls_slot:
                 tls.tls_memory.release()
@@ -204,7 +204,7 @@ class _Session:
             ctx = self._context()[0] if implicit else None
             if implicit:
                 tls.tls_memory.make_room()
-            coro = compat.open_connection(self.hop.ip, self.hop.port, ctx, self.hop.host)
+            coro = streams.open_connection(self.hop.ip, self.hop.port, ctx, self.hop.host)
             self.reader, self.writer, self.preread = await compat.wait_for(
                 coro, min(CONNECT_TIMEOUT_S, self.client.io_timeout))
             return True
@@ -264,19 +264,19 @@ class _Session:
         if not self.dead and not data:
             timeout = self._timeout()
             try:
-                data = await compat.read_now(self.reader, timeout)
+                data = await streams.read_now(self.reader, timeout)
             except _IO_ERRORS as exc:
                 self._io_failed(exc, "reading from", timeout)
         if not data:
             self.dead = True
-        self.conn.receive_data(data)        # a view of compat.read_now's: copied here
+        self.conn.receive_data(data)        # a view of streams.read_now's: copied here
 
     async def _write(self, data):
         if not data or self.dead:
             return
         timeout = self._timeout(core.TIMEOUT_DATA_BLOCK if self.current else None)
         try:
-            await compat.wait_for(compat.write_all(self.writer, data), timeout)
+            await compat.wait_for(streams.write_all(self.writer, data), timeout)
         except _IO_ERRORS as exc:
             self._io_failed(exc, "writing to", timeout)
 

@@ -13,7 +13,7 @@ from meta1lite import tls
 
 UPY_CLIENT = """
 import sys
-from meta1lite import compat, tls
+from meta1lite import compat, streams, tls
 asyncio = compat.asyncio
 async def main(port, ca):
     r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -21,25 +21,25 @@ async def main(port, ca):
     assert await r.readline() == b"GO\\n"
     ctx = tls.client_tls_context(verify=True, ca_file=ca)
     r, w = await tls.start_tls(r, w, ctx, False, "localhost")
-    await compat.write_all(w, b"PING\\n")
+    await streams.write_all(w, b"PING\\n")
     print((await r.readline()).decode().strip())
-    await compat.close_stream(w)
+    await streams.close_stream(w)
 asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 """
 
 UPY_SERVER = """
 import sys
-from meta1lite import compat, tls
+from meta1lite import compat, streams, tls
 asyncio = compat.asyncio
 done = asyncio.Event()
 async def session(r, w):
     assert await r.readline() == b"STARTTLS\\n"
-    await compat.write_all(w, b"GO\\n")
+    await streams.write_all(w, b"GO\\n")
     ctx = tls.server_tls_context(sys.argv[2], sys.argv[3])
     r, w = await tls.start_tls(r, w, ctx, True)
     line = await r.readline()
-    await compat.write_all(w, b"PONG " + line)
-    await compat.close_stream(w)
+    await streams.write_all(w, b"PONG " + line)
+    await streams.close_stream(w)
     done.set()
 async def main(port):
     srv = await asyncio.start_server(session, "127.0.0.1", port)

@@ -20,10 +20,10 @@ from meta1lite.const import const
 USAGE = "usage: meta1lite queue list|show ID|flush|delete ID...|hold ID...|release ID... [--json]"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _SHOW_HEADER_LIMIT = const(64 * 1024)
-# key order of the JSON objects (postqueue -j's first; the rest sorted)
-JSON_ORDER = ("ok", "queue_name", "queue_id", "arrival_time", "message_size", "forced_expire",
-              "sender", "recipients", "address", "delay_reason", "status", "attempts",
-              "next_try", "reply", "recipients_state", "info", "headers", "running", "error")
+# key order of the JSON objects (postqueue -j's first; the rest sorted), split when used
+JSON_ORDER = ("ok queue_name queue_id arrival_time message_size forced_expire sender recipients "
+              "address delay_reason status attempts next_try reply recipients_state info headers "
+              "running error")
 
 
 # --- the control channel (client side: cli/channel.py) --------------------------------
@@ -224,7 +224,7 @@ def _where(cfg):
 
 
 def _json(obj):
-    return dumps(obj, JSON_ORDER)
+    return dumps(obj, JSON_ORDER.split())
 
 
 def _usage(message):

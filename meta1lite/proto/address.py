@@ -31,12 +31,13 @@ _COLON, _COMMA, _LBRACKET, _RBRACKET, _EQUALS = 58, 44, 91, 93, 61
 
 
 class AddressError(Exception):
-    """Bad path or parameter; `reply` is the (code, enhanced, text) to answer with."""
+    """Bad path or parameter; `reply` (of proto/replies.py's table) is the answer."""
 
     def __init__(self, reply, detail=None):
-        super().__init__(detail or reply[2])
+        detail = detail or replies.parts(reply)[2]
+        super().__init__(detail)
         self.reply = reply
-        self.detail = detail or reply[2]
+        self.detail = detail
 
 
 class Mailbox:

@@ -210,12 +210,12 @@ def _do_noop(conn, verb, arg):
 def _do_help(conn, verb, arg):
     if conn._junk():
         return
-    code, enhanced, text = replies.HELP
+    text = replies.HELP
     if conn.tls_available and not conn.tls:
         text += " STARTTLS"
     if conn.auth_available:
         text += " AUTH"
-    conn._reply((code, enhanced, text))
+    conn._reply(text)
 
 
 def _do_vrfy(conn, verb, arg):

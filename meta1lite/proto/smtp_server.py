@@ -75,7 +75,7 @@ from meta1lite.proto.events import (  # noqa: F401 - re-exported: the core's API
     StateChange,
     StateMachine,
 )
-from meta1lite.proto.replies import format_reply, reply_bytes
+from meta1lite.proto.replies import format_reply, parts, reply_bytes
 from meta1lite.proto.server_data import BARE_LF_MODES, BARE_LF_REJECT, DataReader
 from meta1lite.proto.server_states import (  # noqa: F401 - the states re-exported
     AUTH,
@@ -183,7 +183,7 @@ class ServerConnection(StateMachine):
         self._offered = None
 
     def _reply(self, reply, text=None):
-        code, enhanced, default = reply
+        code, enhanced, default = parts(reply)
         self._emit(Reply(code, enhanced, format_reply(code, enhanced, text or default)))
 
     def _error(self, reply, text=None):

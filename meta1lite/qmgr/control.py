@@ -14,7 +14,7 @@
 # Must never: listen on anything but loopback or a socket file, or block the event
 # loop (what the requests must never do: requests.py).
 # Shared code: MicroPython and CPython.
-from meta1lite import compat, durable, heap, listener
+from meta1lite import compat, durable, heap, listener, streams
 from meta1lite.const import const
 
 asyncio = compat.asyncio
@@ -28,7 +28,7 @@ class LineReader:
     def __init__(self, reader, max_line=1024):
         self.reader = reader
         self.max_line = max_line
-        self.buf = compat.new_read_buffer(max_line)
+        self.buf = streams.new_read_buffer(max_line)
         self.pending = b""
 
     async def readline(self):
@@ -40,7 +40,7 @@ class LineReader:
                 return line
             if len(self.pending) >= self.max_line:
                 raise ValueError("line longer than %d octets" % self.max_line)
-            data = await compat.read_some(self.reader, self.buf)
+            data = await streams.read_some(self.reader, self.buf)
             if not data:
                 line, self.pending = self.pending, b""
                 return line
@@ -133,7 +133,7 @@ async def start_control(cfg, spool, qmgr, mcp=None):
 
     async def handler(reader, writer):
         if not _local:                  # the daemon stopped while this one connected
-            await compat.close_stream(writer)
+            await streams.close_stream(writer)
             return
         from meta1lite.qmgr.requests import serve
         await serve(_control(), reader, writer)

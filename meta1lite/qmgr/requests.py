@@ -11,7 +11,7 @@
 import gc
 import json
 
-from meta1lite import compat, heap
+from meta1lite import compat, heap, streams
 from meta1lite.const import const
 from meta1lite.proto import address
 from meta1lite.qmgr.control import LOG, LineReader, heap_watch
@@ -159,7 +159,7 @@ async def _read_into(lines, n, sink):
     while n > 0:
         data = lines.pending
         if not len(data):           # read_some's view: reused by the next read
-            data = await compat.wait_for(compat.read_some(lines.reader, lines.buf), _IO_TIMEOUT_S)
+            data = await compat.wait_for(streams.read_some(lines.reader, lines.buf), _IO_TIMEOUT_S)
             if not len(data):
                 raise ValueError("the request ended early")
         view = memoryview(data)
@@ -186,11 +186,11 @@ async def serve(control, reader, writer):
                     reply = control.handle(text)
             except Exception as exc:  # noqa: BLE001 - a bad request must not kill the daemon
                 reply, keep = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}, False
-            await compat.write_all(writer, (json.dumps(reply) + "\n").encode())
+            await streams.write_all(writer, (json.dumps(reply) + "\n").encode())
             if not keep:
                 break
     except Exception as exc:  # noqa: BLE001 - a peer gone, a timeout, a long line
         if not (compat.is_timeout(exc) or compat.is_connection_error(exc) or isinstance(exc, ValueError)):
             compat.log.log("warning", LOG, "request failed: %r" % (exc,))
     finally:
-        await compat.close_stream(writer)
+        await streams.close_stream(writer)

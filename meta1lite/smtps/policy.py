@@ -12,7 +12,11 @@ from meta1lite.const import const
 from meta1lite.proto import replies
 
 RATE_WINDOW_S = const(60)       # max_messages_per_client_per_minute counts over this
-MAX_TRACKED_CLIENTS = const(256)  # bound of the per-client rate table
+# bound of the per-client rate table (beyond it the idlest clients are forgotten).
+# MicroPython: 64, whose table grows to 1.2K (a 256-client table's last resize needs
+# 4.7K in one piece, which a heap fragmented by the clients' own entries may lack:
+# seen at 192K on the unix port, with 104K free in pieces of at most 2K)
+MAX_TRACKED_CLIENTS = 64 if compat.MICROPYTHON else 256
 
 
 class RelayPolicy:

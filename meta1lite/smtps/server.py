@@ -7,7 +7,7 @@
 # AUTH users and lockout), and the stop (sessions end before the loop does).
 # Must never: speak SMTP itself (session.py does), or let a refused client cost
 # more than one reply.
-from meta1lite import compat, heap, listener, netaddr, tls
+from meta1lite import compat, heap, listener, netaddr, streams, tls
 from meta1lite.const import const
 from meta1lite.proto import replies
 from meta1lite.smtps.policy import RateLimiter, RelayPolicy
@@ -18,7 +18,6 @@ LOG = const("smtps")
 _LISTEN_BACKLOG_MIN = const(16)  # pending connections the kernel may queue per listener
 STOP_POLL_S = 0.05              # at stop: sessions get _STOP_POLLS * STOP_POLL_S to end
 _STOP_POLLS = const(100)
-TOO_MANY_FROM_CLIENT = (421, "4.7.0", "Too many connections from your address")
 _SESSION_HEAP = const(8 * 1024)  # heap a session may need: ~4.5K idle (unix port), plus a
                                 # message in flight and room for fragmentation
 _EVICT_MIN_IDLE_S = const(2)    # when full, a session waiting on its client this long
@@ -117,11 +116,11 @@ class SmtpServer:
             await self._turn_away(writer, replies.LOW_MEMORY)
 
     async def _serve_client(self, reader, writer, implicit_tls, handshake_ctx):
-        ip = compat.peer_address(writer)[0]
+        ip = streams.peer_address(writer)[0]
         client = netaddr.client_key(ip)     # per-client limits: an IPv6 client by prefix
         refusal = self._admission(client) if self.spool is not None else replies.SHUTTING_DOWN
         if refusal is not None:
-            compat.log.log("warning", LOG, "%s from [%s]: refused" % (refusal[2], ip))
+            compat.log.log("warning", LOG, "%s from [%s]: refused" % (replies.parts(refusal)[2], ip))
             await self._turn_away(writer, refusal)
             return
         try:
@@ -144,7 +143,7 @@ class SmtpServer:
 
     def _admission(self, client):
         if self.per_client.get(client, 0) >= self.opts["max_connections_per_client"]:
-            return TOO_MANY_FROM_CLIENT
+            return replies.TOO_MANY_FROM_CLIENT
         low = heap.memory_low(tls.tls_memory.headroom())
         if (low or self._live() >= self.max_sessions) and not self._evict():
             return replies.LOW_MEMORY if low else replies.TOO_MANY_CONNECTIONS
@@ -192,7 +191,7 @@ class SmtpServer:
                        " idle %.0fs" % (idlest.ip, now - idlest.progress))
         idlest.stop(replies.EVICTED)
         # MicroPython's Stream.close() does nothing: the socket closes in wait_closed()
-        asyncio.create_task(compat.close_stream(idlest.writer))
+        asyncio.create_task(streams.close_stream(idlest.writer))
         return True
 
     # --- policy, used by sessions (relaypolicy.RelayPolicy decides) -----------
@@ -232,10 +231,10 @@ def _dummy_hash(users):
 
 async def _refuse(writer, reply):
     try:
-        await compat.write_all(writer, replies.format_reply(*reply))
+        await streams.write_all(writer, replies.reply_bytes(reply))
     except Exception:  # noqa: BLE001 - the client may be gone already
         pass
-    await compat.close_stream(writer)
+    await streams.close_stream(writer)
 
 
 def _session_cap(configured):

@@ -8,7 +8,7 @@
 # a session. Must never: answer 250 to the final dot before spool.commit returned
 # (the message is durable), hold a message in RAM, or let a client outside
 # relay_from reach a non-local domain.
-from meta1lite import compat, headers, heap, netaddr, tls
+from meta1lite import compat, headers, heap, netaddr, streams, tls
 from meta1lite.const import const
 from meta1lite.proto import replies
 from meta1lite.proto import smtp_server as core
@@ -17,7 +17,6 @@ from meta1lite.spool import TOO_BIG, SpoolFull
 LOG = const("smtps")
 _AUTH_FAILURE_DELAY_S = const(2)  # pause before answering a failed AUTH (slows guessing)
 DEBUG = compat.LEVELS["debug"]  # the log level of state changes (not made above it)
-OUT_OF_MEMORY = (421, "4.3.0", "Out of memory, closing connection")
 LOOPBACK = (netaddr.Network("127.0.0.0/8"), netaddr.Network("::1/128"))
 
 
@@ -63,7 +62,7 @@ class Session:
         """Ask the session to end (daemon stopping, or evicted to make room)."""
         self.stopping = True
         try:
-            self.writer.write(self.conn.shutdown(*reply))
+            self.writer.write(self.conn.shutdown(*replies.parts(reply)))
         except Exception:  # noqa: BLE001
             pass
         try:
@@ -81,7 +80,7 @@ class Session:
         except MemoryError as exc:
             self._abort_message()       # frees its buffer before anything else
             self.log("out of memory in session with [%s]: closing (%s)" % (self.ip, exc), "error")
-            await self._goodbye(OUT_OF_MEMORY)
+            await self._goodbye(replies.OUT_OF_MEMORY)
         except Exception as exc:  # noqa: BLE001 - one session never takes the daemon down
             if compat.is_tls_error(exc):
                 self.log("SSL error from unknown[%s]: %s" % (self.ip, exc))
@@ -90,7 +89,7 @@ class Session:
         finally:
             self._abort_message()
             if not self.dropped:
-                await compat.close_stream(self.writer)
+                await streams.close_stream(self.writer)
             self.log("disconnect from unknown[%s]%s" % (self.ip, self._stats_text()))
 
     async def _start_tls(self, ctx, state):
@@ -111,14 +110,14 @@ class Session:
         # cut at a timeout, unsent bytes and all: nothing more to wait for; the error
         # that ends the session (a connection error: no "session error" line)
         self.log("timeout after %s from unknown[%s] (%s)" % (state, self.ip, doing))
-        compat.abort_stream(self.writer)
+        streams.abort_stream(self.writer)
         self.dropped = True
         return OSError(compat.ETIMEDOUT, doing + " timed out")
 
     async def _goodbye(self, reply):
         # a last reply before closing, if there is memory and a client to send it to
         try:
-            await self._send(self.conn.shutdown(*reply))
+            await self._send(self.conn.shutdown(*replies.parts(reply)))
         except Exception:  # noqa: BLE001 - MemoryError again, or the client is gone
             pass
 
@@ -136,13 +135,13 @@ class Session:
                 self.progress = compat.real_monotonic()
 
     async def _read(self):
-        # what came (compat.read_now's view: the core copies it before the next await)
+        # what came (streams.read_now's view: the core copies it before the next await)
         wait, reply = self._read_limit(compat.real_monotonic())
         if wait <= 0:
             return self._cut(reply)
         self.reading = True
         try:
-            data = await compat.read_now(self.reader, wait)
+            data = await streams.read_now(self.reader, wait)
         except Exception as exc:  # noqa: BLE001
             if not compat.is_timeout(exc):
                 raise
@@ -169,9 +168,10 @@ class Session:
         return left, reply
 
     def _cut(self, reply):
-        what = "timeout" if reply is replies.IDLE_TIMEOUT else reply[2].split(",")[0].lower()
+        code, enhanced, text = replies.parts(reply)
+        what = "timeout" if reply is replies.IDLE_TIMEOUT else text.split(",")[0].lower()
         self.log("%s after %s from unknown[%s]" % (what, self.conn.state, self.ip))
-        self.out.append(self.conn.shutdown(*reply))
+        self.out.append(self.conn.shutdown(code, enhanced, text))
         return b""
 
     async def _flush(self):
@@ -184,7 +184,7 @@ class Session:
         # within io_timeout: a client that reads nothing must not hold its session
         # (and a connection slot) for ever
         try:
-            await compat.write_within(self.writer, data, self.opts["io_timeout"])
+            await streams.write_within(self.writer, data, self.opts["io_timeout"])
         except Exception as exc:  # noqa: BLE001
             if not compat.is_timeout(exc):
                 raise
@@ -231,7 +231,7 @@ class Session:
         refusal = self._mail_refusal(event)
         if refusal is not None:
             self._noqueue("MAIL", refusal, event.mailbox.address, None)
-            self.out.append(self.conn.reject_mail(*refusal))
+            self.out.append(self.conn.reject_mail(*replies.parts(refusal)))
             return
         self.sender = event.mailbox.address
         self.turn = self.server.refusals
@@ -257,7 +257,7 @@ class Session:
     def _close_low_memory(self, stage, sender, why):
         self.log("low memory (%s): closing the session of [%s]" % (why, self.ip), "warning")
         self._noqueue(stage, replies.LOW_MEMORY, sender, None)
-        self.out.append(self.conn.shutdown(*replies.LOW_MEMORY))
+        self.out.append(self.conn.shutdown(*replies.parts(replies.LOW_MEMORY)))
 
     def _mail_refusal(self, event):
         reason = self.server.spool.check_accept(event.size or 0)
@@ -267,7 +267,7 @@ class Session:
             self.log("queue refuses mail: %s" % reason, "warning")
             return replies.QUEUE_FULL
         if self.server.rate.over(self.client):      # counted at the final dot (accepted only)
-            return (450, "4.7.1", "Too much mail from %s, slow down" % self.ip)
+            return replies.RATE_LIMITED % self.ip
         return None
 
     async def on_rcpt(self, event):
@@ -276,15 +276,15 @@ class Session:
         refusal = self.server.policy.rcpt_verdict(mailbox, self.ip, self.conn.authenticated)
         if refusal is not None:
             self._noqueue("RCPT", refusal, self.sender, mailbox.address)
-            self.out.append(self.conn.reject_rcpt(*refusal))
+            self.out.append(self.conn.reject_rcpt(*replies.parts(refusal)))
             return
         self.rcpts.append(mailbox.address)
         self.out.append(self.conn.accept_rcpt())
 
     def _noqueue(self, stage, reply, sender, rcpt):
         to = " to=<%s>" % rcpt if rcpt is not None else ""
-        self.log("NOQUEUE: reject: %s from unknown[%s]: %d %s %s; from=<%s>%s proto=%s helo=<%s>"
-                 % (stage, self.ip, reply[0], reply[1], reply[2], sender or "", to,
+        self.log("NOQUEUE: reject: %s from unknown[%s]: %s; from=<%s>%s proto=%s helo=<%s>"
+                 % (stage, self.ip, reply, sender or "", to,
                     self.conn.received_protocol(), self.conn.helo_name or ""))
 
     async def on_data_start(self, event):
@@ -295,7 +295,7 @@ class Session:
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
             self.log("cannot open queue file: %s" % exc, "warning")
-            self.out.append(self.conn.reject_data(*replies.QUEUE_FULL))
+            self.out.append(self.conn.reject_data(*replies.parts(replies.QUEUE_FULL)))
             return
         try:
             self.conn.make_room_for_data()      # the DATA buffer, before the 354
@@ -361,7 +361,7 @@ class Session:
         msg, self.msg = self.msg, None
         if self.failed is not None:
             msg.abort()
-            return self.conn.reject_message(*self._failure_reply(self.failed))
+            return self.conn.reject_message(*replies.parts(self._failure_reply(self.failed)))
         info = {"client": self.ip, "helo": self.conn.helo_name or "",
                 "proto": self.conn.received_protocol()}
         if self.eightbit:
@@ -370,7 +370,7 @@ class Session:
             queue_id = await self.server.spool.commit(msg, self.sender, self.rcpts, info)
         except (SpoolFull, OSError) as exc:
             self.log("%s: commit failed: %s" % (msg.queue_id, exc), "warning")
-            return self.conn.reject_message(*self._failure_reply(exc))
+            return self.conn.reject_message(*replies.parts(self._failure_reply(exc)))
         self.server.rate.count(self.client)
         self._queued(queue_id)
         return self.conn.accept_message("OK: queued as %s" % queue_id)
@@ -413,7 +413,7 @@ class Session:
             if self.dropped:
                 raise
             self.log("STARTTLS handshake failed with unknown[%s]: %s" % (self.ip, exc))
-            self.conn.shutdown(*replies.TEMP_FAILURE)
+            self.conn.shutdown(*replies.parts(replies.TEMP_FAILURE))
             return
         self.conn.tls_started()
 
@@ -421,10 +421,10 @@ class Session:
         self._count("auth")
         lockout = self.server.lockout
         if lockout is None:     # a reload took the AUTH users away after EHLO offered it
-            self.out.append(self.conn.reject_auth(*replies.AUTH_NOT_AVAILABLE))
+            self.out.append(self.conn.reject_auth(*replies.parts(replies.AUTH_NOT_AVAILABLE)))
             return
         if lockout.locked(self.client):
-            self.out.append(self.conn.reject_auth(*replies.AUTH_LOCKED))
+            self.out.append(self.conn.reject_auth(*replies.parts(replies.AUTH_LOCKED)))
             return
         if await self.server.check_password(event.user, event.password):
             lockout.succeeded(self.client)

@@ -17,6 +17,7 @@ from meta1lite.const import const
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import CorruptMessage, SpoolFull, log
+from meta1lite.spool.segment import Segment, close_quietly, open_and_close, open_rw, read_chunk
 from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
 _SMALL_FRAME = const(1024)      # frames up to this are joined: one write(), one syscall
@@ -27,51 +28,6 @@ LAZY_SYNC_S = const(2)          # sync_later(): at the latest this long after
 # unix port is a few words.
 _RESERVE_HANDLES_FROM = const(512)
 _HANDLES_AT_ONCE = const(2)     # a body read while the next message's envelope is read
-
-
-def _open_rw(path):
-    """Open an existing file for in-place writes, unbuffered where possible."""
-    try:
-        return open(path, "r+b", buffering=0)
-    except TypeError:
-        return open(path, "r+b")
-
-
-def _open_and_close(path):
-    f = open(path, "rb")
-    f.close()
-    return f
-
-
-def _close_quietly(seg):
-    """Close a segment's handle (if open) and forget it; a failing close is ignored.
-    Returns the closed handle (None if there was none)."""
-    f, seg.f = seg.f, None
-    if f is not None:
-        try:
-            f.close()
-        except OSError:
-            pass
-    return f
-
-
-class Segment:
-    """One segment file: a journal segment (key = its number > 0) or an incoming
-    file (key < 0, numbered as adopted)."""
-
-    def __init__(self, key, path, gen, seq, kind):
-        self.key = key
-        self.path = path
-        self.gen = gen
-        self.seq = seq
-        self.kind = kind        # "j" journal | "i" incoming
-        self.start = 0          # end of the header frame
-        self.end = 0            # end of valid data = append position
-        self.refs = 0           # live messages and open writers with needed frames here
-        self.needs = {}         # key -> seq of segments that must be freed first
-        self.skips = {}         # damaged regions found at replay: start -> stop
-        self.f = None           # open r+b handle while current or unsynced
-        self.unsynced = False
 
 
 class _Round:
@@ -151,7 +107,7 @@ class Journal:
         self._fit_file_handles(cur.path)
 
     def _fit_file_handles(self, path):
-        handle, closed = heap.allocated_by(_open_and_close, path)
+        handle, closed = heap.allocated_by(open_and_close, path)
         if handle >= _RESERVE_HANDLES_FROM:      # a file with its own cache (LittleFS)
             self._handle_reserve = heap.Reserve(handle, _HANDLES_AT_ONCE)
             # before the index, low in the heap: the measured handle, and a block of the
@@ -162,7 +118,7 @@ class Journal:
             self._join_upto = 0
 
     def _use(self, seg):
-        seg.f = self._handle_reserve.call(_open_rw, seg.path)
+        seg.f = self._handle_reserve.call(open_rw, seg.path)
         seg.f.seek(seg.end)
         self.segs[seg.key] = seg
         self._cur = seg
@@ -246,7 +202,7 @@ class Journal:
             raise SpoolFull("cannot create a queue segment")
         old = self._cur
         keep = old.unsynced or self._round is not None     # a worker thread may sync it
-        f = self._handle_reserve.call(_open_rw, seg.path)
+        f = self._handle_reserve.call(open_rw, seg.path)
         try:
             f.seek(seg.end)
             self.segs[seg.key] = seg
@@ -261,7 +217,7 @@ class Journal:
         seg.f = f
         self._cur = seg
         if not keep:
-            self.handles_closed(_close_quietly(old))
+            self.handles_closed(close_quietly(old))
         return seg
 
     # --- appends and sync ------------------------------------------------------------
@@ -327,7 +283,7 @@ class Journal:
         while self._dirty:
             seg = self._dirty[0]
             durable.fsync_file(seg.f)
-            f = _close_quietly(seg)
+            f = close_quietly(seg)
             seg.unsynced = False
             self._dirty.pop(0)
             self.handles_closed(f)
@@ -502,7 +458,7 @@ class Journal:
                     if number == expected or (not strict and number is not None):
                         expected += 1
                         f.seek(pos + fmt.HEAD_SIZE + chunk[1])
-                        yield _read_chunk(f, chunk[2], buf)
+                        yield read_chunk(f, chunk[2], buf)
                     elif strict and number is not None and number > expected:
                         break
                     if expected >= msg.nchunks:
@@ -549,15 +505,3 @@ class Journal:
             return False
         del self.segs[seg.key]
         return True
-
-
-def _read_chunk(f, size, buf):
-    # into buf, reused: a full chunk as buf itself, a short (last) one as a view of it
-    # on MicroPython (a new bytes object each message fragments a board's heap)
-    if buf is None or size > len(buf) or (size < len(buf) and not compat.MICROPYTHON):
-        return f.read(size)
-    view = buf if size == len(buf) else memoryview(buf)[:size]
-    got = f.readinto(view)
-    if got != size:
-        return bytes(buf[:got or 0])
-    return view

@@ -18,7 +18,6 @@ from meta1lite import compat, durable
 from meta1lite.const import const
 from meta1lite.durable import write_all
 from meta1lite.spool import format as fmt
-from meta1lite.spool.journal import Segment
 from meta1lite.spool.message import (
     SpoolFull,
     arriving,
@@ -27,6 +26,7 @@ from meta1lite.spool.message import (
     log,
     message_from_envelope,
 )
+from meta1lite.spool.segment import Segment
 from meta1lite.spool.space import low_space
 
 FAT = "VfsFat"          # durable.mount_type() of a FAT filesystem

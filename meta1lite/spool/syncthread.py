@@ -11,7 +11,7 @@ from meta1lite import compat, durable
 
 async def sync_round(journal):
     """Journal.sync_now() with the fsyncs in a worker thread (the event loop runs)."""
-    from meta1lite.spool.journal import _close_quietly
+    from meta1lite.spool.segment import close_quietly
     upto = journal._wseq
     rolled = list(journal._dirty)           # rolled away before: no new frames
     segs = list(rolled)
@@ -27,7 +27,7 @@ async def sync_round(journal):
         raise
     for seg in rolled:
         if seg in journal._dirty:
-            _close_quietly(seg)
+            close_quietly(seg)
             seg.unsynced = False
             journal._dirty.remove(seg)
     journal._synced = max(journal._synced, upto)

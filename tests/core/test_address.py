@@ -14,7 +14,9 @@ def _parse(text, **kw):
 
 
 def _reply(text, **kw):
-    return raises(address.AddressError, address.parse_path, text.encode("utf-8"), **kw).reply
+    """(code, enhanced, text) of the refusal of `text`."""
+    bad = raises(address.AddressError, address.parse_path, text.encode("utf-8"), **kw)
+    return address.replies.parts(bad.reply)
 
 
 def _fill(template):
@@ -122,7 +124,7 @@ def test_length_limits():
     assert _reply("<u@%s>" % long_domain)[0] == 501
     path = "<%s@%s>" % ("a" * 64, domain[:189])                 # 256 octets
     assert len(path) == 256 and _parse(path).domain
-    assert _reply("<%s@%s>" % ("a" * 64, domain[:190])) == address.replies.PATH_TOO_LONG
+    assert _reply("<%s@%s>" % ("a" * 64, domain[:190])) == address.replies.parts(address.replies.PATH_TOO_LONG)
 
 
 def test_smtputf8():
@@ -132,7 +134,7 @@ def test_smtputf8():
     box = _parse(text, smtputf8=True)
     assert box.utf8 and box.local == "jos\u00e9"
     bad = raises(address.AddressError, address.parse_path, b"<a\xff@example.org>", smtputf8=True)
-    assert bad.reply[:2] == (553, "5.6.7")
+    assert address.replies.parts(bad.reply)[:2] == (553, "5.6.7")
 
 
 def test_c1_control_characters_are_refused_in_smtputf8_addresses():
@@ -162,7 +164,7 @@ def test_split_path():
     assert address.split_path(b" <a@b>") == (b"<a@b>", b"")
     assert address.split_path(b'<"x>y"@b> BODY=7BIT') == (b'<"x>y"@b>', b" BODY=7BIT")
     for bad in (b"a@b", b"<a@b", b"<a@b>junk", b""):
-        assert raises(address.AddressError, address.split_path, bad).reply[0] == 501
+        assert address.replies.parts(raises(address.AddressError, address.split_path, bad).reply)[0] == 501
 
 
 def test_params():
@@ -173,10 +175,11 @@ def test_params():
         address.replies.DUPLICATE_PARAMETER
     for junk in (b" =x", b" SIZE=", b" -X=1", b" A=b=c", b" K\x01=1", b" K=\xc3\xa9",
                  b" " + b"K" * 33):
-        assert raises(address.AddressError, address.parse_params, junk).reply[:2] == \
-            (501, "5.5.4"), junk
+        bad = raises(address.AddressError, address.parse_params, junk)
+        assert address.replies.parts(bad.reply)[:2] == (501, "5.5.4"), junk
     many = b"".join([b" K%d=1" % i for i in range(11)])
-    assert raises(address.AddressError, address.parse_params, many).reply[0] == 501
+    bad = raises(address.AddressError, address.parse_params, many)
+    assert address.replies.parts(bad.reply)[0] == 501
 
 
 def test_never_raises_other_errors_on_junk():

@@ -3,7 +3,7 @@ import time
 
 from support import fresh_dir
 
-from meta1lite import compat, durable, logring, tls
+from meta1lite import compat, durable, logring, streams, tls
 
 asyncio = compat.asyncio
 
@@ -41,11 +41,11 @@ def test_write_all_never_leaves_the_callers_buffer_queued():
     buf = bytearray(b"first chunk\r\n")
 
     async def go():
-        await compat.write_all(w, buf)
-        await compat.write_all(w, memoryview(buf)[:5])
+        await streams.write_all(w, buf)
+        await streams.write_all(w, memoryview(buf)[:5])
     asyncio.run(go())
     buf[:] = b"NEXT CHUNK!\r\n"             # the same length: reused in place
-    if compat.TRANSPORT_KEEPS_BUFFERS:      # CPython: copies were queued
+    if streams.TRANSPORT_KEEPS_BUFFERS:      # CPython: copies were queued
         assert [bytes(q) for q in w.queued] == [b"first chunk\r\n", b"first"]
     else:                                   # MicroPython's stream copies what it keeps
         assert w.queued[0] is buf
@@ -138,7 +138,7 @@ def test_write_all_writes_in_bounded_chunks_and_drains_each():
     async def go():
         w = FakeWriter()
         data = bytes(range(256)) * 40      # 10240 bytes
-        await compat.write_all(w, data)
+        await streams.write_all(w, data)
         assert b"".join(w.writes) == data
         assert max(len(x) for x in w.writes) <= compat.WRITE_CHUNK
         chunks = (len(data) + compat.WRITE_CHUNK - 1) // compat.WRITE_CHUNK
@@ -240,7 +240,7 @@ async def _server(serve):
 
 async def _read_or_timeout(reader, seconds, order, name):
     try:
-        order.append((name, bytes(await compat.read_now(reader, seconds))))
+        order.append((name, bytes(await streams.read_now(reader, seconds))))
     except Exception as exc:  # noqa: BLE001
         assert compat.is_timeout(exc), exc
         order.append((name, "timeout"))
@@ -285,7 +285,7 @@ def test_read_now_passes_a_cancel_through_even_past_its_deadline():
 
     async def reading(reader):
         try:
-            await compat.read_now(reader, 0.05)
+            await streams.read_now(reader, 0.05)
         except BaseException as exc:  # noqa: BLE001 - CancelledError is one
             seen.append(exc)
 

@@ -592,7 +592,7 @@ def test_memory_error_while_rolling_or_appending_leaves_the_journal_usable():
     d = fresh_dir("oom-roll")
     sp = _open(d, segment_size=4096)
     first = _commit_sync(sp, _body(1500))
-    _write_failing(sp, _body(5000, 2), "_open_rw", MemoryError())    # in _roll
+    _write_failing(sp, _body(5000, 2), "open_rw", MemoryError())     # in _roll
     assert sp.journal._cur.f is not None
     _write_failing(sp, _body(800, 3), "write_all", MemoryError())   # in append
     assert not sp._writers and sp.check_accept() is None

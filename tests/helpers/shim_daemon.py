@@ -57,8 +57,8 @@ class Trace:
         self.f.write((text + "\n").encode())
 
 
-def _wrap_compat(trace, compat, durable):
-    fsync_file, sync_dir, write_within = durable.fsync_file, durable.sync_dir, compat.write_within
+def _wrap_io(trace, durable, streams):
+    fsync_file, sync_dir, write_within = durable.fsync_file, durable.sync_dir, streams.write_within
 
     def counted_fsync(f):
         # SYNC-BEGIN before: an append logged after it is not covered by this fsync,
@@ -86,7 +86,7 @@ def _wrap_compat(trace, compat, durable):
 
     durable.fsync_file = counted_fsync
     durable.sync_dir = counted_sync_dir
-    compat.write_within = traced_write_within
+    streams.write_within = traced_write_within
 
 
 def _wrap_spool(trace, spool, journal, fmt):
@@ -125,11 +125,11 @@ def install():
     path = os.getenv(TRACE_ENV)
     if not path:
         return None
-    from meta1lite import compat, durable, spool
+    from meta1lite import durable, spool, streams
     from meta1lite.spool import format as spoolfmt
     from meta1lite.spool import journal
     trace = Trace(path)
-    _wrap_compat(trace, compat, durable)
+    _wrap_io(trace, durable, streams)
     _wrap_spool(trace, spool, journal, spoolfmt)
     trace.event("START")
     return trace
