@@ -5,7 +5,7 @@
                      [--big-msgs 500] [--big-size 102400] [--lat-msgs 200]
                      [--smtpc "max_connections = 10; max_per_destination = 4;"]
                      [--upy-heap 2M] [--upy-msgs 500] [--upy-lat-msgs 50] [--no-upy] [--no-postfix]
-                     [--daemons N]
+                     [--daemons N] [--profile FILE]
 
 Client: Postfix's smtp-source (else the built-in asyncio client, benchmarks/_loadtools.py),
 M messages of L bytes, S concurrent sessions, one session per message.
@@ -30,6 +30,9 @@ Figures: accept msg/s (M / client time) and end-to-end msg/s (M / time until the
 counted M), and meta1lite / Postfix ratios of the same run; the relay's CPU per message
 (its processes, /proc/PID/stat) and the machine's (every process and the kernel,
 /proc/stat: client, sink and relay share the cores). Figures only, no assertions.
+--profile FILE: the CPython daemon runs under cProfile (stats dumped to FILE at its
+stop, the largest costs printed: self time and cumulative); its rates are then not
+comparable with the other runs.
 The sim board's rate is benchmarks/board.py's (it builds the shared firmware; not run here).
 """
 import argparse
@@ -247,7 +250,12 @@ def run_meta1lite(runtime, sink, lat, args, heap="1M", msgs=None, sessions=None,
         for _ in range(daemons):
             work = tempfile.mkdtemp(prefix="m1l-relay-")
             port = C.free_port()
-            d = C.Daemon(runtime, work, relay_conf(work, port, sink.port, lat.port, args.smtpc), port, heap=heap)
+            conf = relay_conf(work, port, sink.port, lat.port, args.smtpc)
+            if args.profile and runtime == "cpython" and daemons == 1:
+                d = C.Daemon(runtime, work, conf, port, heap=heap, entry=C.ENTRY,
+                             env={"META1LITE_BENCH_PROFILE": args.profile})
+            else:
+                d = C.Daemon(runtime, work, conf, port, heap=heap)
             d.start()
             started.append((d, port, work))
         name = "meta1lite (%s%s%s)" % (runtime, ", heap " + heap if runtime == "micropython" else "",
@@ -271,7 +279,17 @@ def run_meta1lite(runtime, sink, lat, args, heap="1M", msgs=None, sessions=None,
         if "Traceback" in log or "MemoryError" in log:
             rows[-1]["note"] += ", DAEMON ERROR (see %s/daemon.log)" % work
     rows[-1]["note"] += ", sent lines %d" % sent
+    if args.profile and runtime == "cpython" and daemons == 1:
+        print_profile(args.profile)
     return rows, lats
+
+
+def print_profile(path, top=12):
+    """The profiled daemon's largest costs: by self time, then cumulative."""
+    import pstats
+    for key in ("tottime", "cumulative"):
+        print("== cProfile of the CPython daemon (%s), %s ==" % (key, path))
+        pstats.Stats(path, stream=sys.stdout).sort_stats(key).print_stats(top)
 
 
 def fmt(x, f="%.0f"):
@@ -295,6 +313,7 @@ def main():
     ap.add_argument("--daemons", type=int, default=1,
                     help="also run N independent CPython relays side by side, the 2 KB load split "
                          "between them (what a second core could buy; 1: not run)")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the CPython daemon into FILE")
     ap.add_argument("--no-upy", action="store_true")
     ap.add_argument("--no-postfix", action="store_true", help="skip the Postfix instance")
     ap.add_argument("--builtin-client", action="store_true")

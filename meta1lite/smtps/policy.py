@@ -12,7 +12,8 @@ from meta1lite.const import const
 from meta1lite.proto import replies
 
 RATE_WINDOW_S = const(60)       # max_messages_per_client_per_minute counts over this
-# bound of the per-client rate table (beyond it the idlest clients are forgotten).
+# bound of the per-client rate table (beyond it: clients silent for two windows are
+# forgotten first, then the oldest entries; arbitrary ones on MicroPython).
 # MicroPython: 64, whose table grows to 1.2K (a 256-client table's last resize needs
 # 4.7K in one piece, which a heap fragmented by the clients' own entries may lack:
 # seen at 192K on the unix port, with 104K free in pieces of at most 2K)
@@ -32,7 +33,7 @@ class RelayPolicy:
         return bool(authenticated) or netaddr.match_any(self.relay_from, ip)
 
     def rcpt_verdict(self, mailbox, ip, authenticated):
-        """None to accept the recipient, else the (code, enhanced, text) refusal."""
+        """None to accept the recipient, else the refusal (a reply of proto/replies.py)."""
         trusted = self.trusted(ip, authenticated)
         if not trusted and (mailbox.relay_trick or mailbox.is_literal):
             return replies.RELAY_DENIED
