@@ -1,9 +1,9 @@
 # meta1lite/proto/replies.py - SMTP replies both ways: the table of every reply
 # meta1lite makes, each one string "code enhanced text" (a tuple in a .mpy is loaded
 # as a tuple plus a str per element: twice the unix port's heap for this table), and
-# the one function that formats replies into bytes (the server core); ReplyReader, which gathers what a server
-# says into whole replies, bounded, with RFC 3463 enhanced codes split off (the
-# client core).
+# the one function that formats replies into bytes (the server core); ReplyReader,
+# which gathers what a server says into whole replies, bounded, with RFC 3463
+# enhanced codes split off (the client core).
 # Owns: reply wording and RFC 3463 enhanced codes (docs/design.md's replies table), and
 # the reply syntax of RFC 5321 section 4.2. Must never: decide policy or what a
 # reply means for a session (the caller's business), emit a line without CRLF or
