@@ -8,19 +8,12 @@
 import time
 
 from meta1lite import compat
-from meta1lite.compat import (
-    MICROPYTHON,
-    READ_CHUNK,
-    TLS_ERRORS,
-    WRITE_CHUNK,
-    asyncio,
-    real_monotonic,
-    wait_for,
-)
 from meta1lite.const import const
 
+asyncio = compat.asyncio
 
-def new_read_buffer(size=READ_CHUNK):
+
+def new_read_buffer(size=compat.READ_CHUNK):
     """A preallocated receive buffer for read_some()."""
     return bytearray(size)
 
@@ -29,7 +22,7 @@ async def read_some(reader, buf):
     """Read what is available (at most len(buf)); empty at end of stream. MicroPython:
     a memoryview of buf (no allocation per read), valid until buf is read into again;
     CPython: bytes."""
-    if not MICROPYTHON:
+    if not compat.MICROPYTHON:
         return await reader.read(len(buf))
     while True:
         n = await reader.readinto(buf)
@@ -42,7 +35,7 @@ _SHARED_READ = []      # MicroPython: the one buffer of every read_now(), made a
 
 def _shared_read_buffer():
     if not _SHARED_READ:
-        _SHARED_READ.append(bytearray(READ_CHUNK))
+        _SHARED_READ.append(bytearray(compat.READ_CHUNK))
     return _SHARED_READ[0]
 
 
@@ -56,10 +49,10 @@ _WATCH_IDLE_S = const(60)  # the watcher's sleep while no read waits
 
 class _Deadlines:
     def __init__(self):
-        self.due = {}       # task -> real_monotonic() second its read times out
+        self.due = {}       # task -> compat.real_monotonic() second its read times out
         self.task = None    # the watcher
         self.queue = None   # the scheduler's queue it was made in (tests make new loops)
-        self.wake = 0       # when the watcher wakes next (real_monotonic seconds)
+        self.wake = 0       # when the watcher wakes next (compat.real_monotonic seconds)
 
     def add(self, task, end):
         self.due[task] = end
@@ -75,9 +68,9 @@ class _Deadlines:
     async def _watch(self):
         while True:
             try:
-                self._check(real_monotonic())
+                self._check(compat.real_monotonic())
             except MemoryError:     # timed out at the next wake
-                self.wake = real_monotonic() + 1
+                self.wake = compat.real_monotonic() + 1
             await asyncio.sleep_ms(_ms_until(self.wake))
 
     def _check(self, now):
@@ -91,7 +84,7 @@ class _Deadlines:
 
 
 def _ms_until(end):
-    return max(0, int((end - real_monotonic()) * 1000) + 1)
+    return max(0, int((end - compat.real_monotonic()) * 1000) + 1)
 
 
 def _time_out(task):
@@ -109,7 +102,7 @@ _deadlines = _Deadlines()
 
 def _readable(sock, end):
     # MicroPython: a generator (asyncio awaits it) that returns once sock is readable,
-    # or raises TimeoutError at `end` (real_monotonic seconds)
+    # or raises TimeoutError at `end` (compat.real_monotonic seconds)
     task = asyncio.core.cur_task
     _deadlines.add(task, end)
     try:
@@ -124,9 +117,9 @@ async def read_now(reader, timeout_s):
     own task once the socket is readable; valid until the caller's next await, so
     feed it to a core that copies it before awaiting anything (a buffer per session
     or delivery was 1K each held while it idled). CPython: bytes."""
-    if not MICROPYTHON:
-        return await wait_for(reader.read(READ_CHUNK), timeout_s)
-    end = real_monotonic() + timeout_s / compat.clock_scale()
+    if not compat.MICROPYTHON:
+        return await compat.wait_for(reader.read(compat.READ_CHUNK), timeout_s)
+    end = compat.real_monotonic() + timeout_s / compat.clock_scale()
     while True:     # as read_some: a TLS record not yet whole reads None, wait again
         await _readable(reader.s, end)
         buf = _shared_read_buffer()
@@ -139,33 +132,33 @@ async def read_now(reader, timeout_s):
 # full (and drain() returns below its high-water mark): a caller's reused buffer is
 # copied first, or the next body chunk read into it would be sent in its place.
 # MicroPython's stream copies what the socket does not take.
-TRANSPORT_KEEPS_BUFFERS = not MICROPYTHON
+TRANSPORT_KEEPS_BUFFERS = not compat.MICROPYTHON
 
 
 async def write_all(writer, data):
     """Write data in WRITE_CHUNK pieces, draining after each (bounded buffering).
     The caller may reuse data's buffer once this returns."""
-    if len(data) <= WRITE_CHUNK:            # replies (bytes): no copy
+    if len(data) <= compat.WRITE_CHUNK:            # replies (bytes): no copy
         if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
             data = bytes(data)
         writer.write(data)
         await writer.drain()
         return
     mv = memoryview(data)
-    for start in range(0, len(mv), WRITE_CHUNK):
-        writer.write(bytes(mv[start:start + WRITE_CHUNK]))
+    for start in range(0, len(mv), compat.WRITE_CHUNK):
+        writer.write(bytes(mv[start:start + compat.WRITE_CHUNK]))
         await writer.drain()
 
 
 async def write_within(writer, data, timeout_s):
     """write_all() bounded by timeout_s (a timeout error). MicroPython: no task for
     the bound when the socket took a short reply at once, as it usually does."""
-    if MICROPYTHON and len(data) <= WRITE_CHUNK:
+    if compat.MICROPYTHON and len(data) <= compat.WRITE_CHUNK:
         writer.write(data)
         if writer.out_buf:
-            await wait_for(writer.drain(), timeout_s)
+            await compat.wait_for(writer.drain(), timeout_s)
         return
-    await wait_for(write_all(writer, data), timeout_s)
+    await compat.wait_for(write_all(writer, data), timeout_s)
 
 
 def _tcp_nodelay_option():
@@ -180,7 +173,7 @@ IPPROTO_TCP, TCP_NODELAY = _tcp_nodelay_option()
 
 def no_delay(sock):
     """TCP_NODELAY on a MicroPython socket, as CPython's asyncio sets it on every TCP
-    stream: without it a body written in READ_CHUNK pieces waits for the peer's
+    stream: without it a body written in compat.READ_CHUNK pieces waits for the peer's
     delayed ACK (Nagle), ~40 ms a message on Linux. Ignored where unsupported."""
     try:
         sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
@@ -196,18 +189,18 @@ async def open_connection(host, port, ctx=None, server_hostname=None):
     starts it here; `early` holds whatever that read got (b'' on CPython)."""
     if ctx is None:
         reader, writer = await asyncio.open_connection(host, port)
-        if MICROPYTHON:
+        if compat.MICROPYTHON:
             no_delay(getattr(writer, "s", None))
         return reader, writer, b""
     reader, writer = await asyncio.open_connection(host, port, ssl=ctx,
                                                    server_hostname=server_hostname)
     sock = getattr(writer, "s", None)
-    if not MICROPYTHON or sock is None:
+    if not compat.MICROPYTHON or sock is None:
         return reader, writer, b""
     buf = _shared_read_buffer()     # copied below, before any await
     try:
         n = sock.readinto(buf)
-    except TLS_ERRORS:
+    except compat.TLS_ERRORS:
         n = None                    # the error shows again at the first real read
     return reader, writer, bytes(buf[:n]) if n else b""
 
@@ -219,13 +212,13 @@ async def close_stream(writer):
     """Close a stream, ignoring errors from a peer that is already gone; one that
     does not take the unsent data within _CLOSE_WAIT_S is dropped (abort_stream)."""
     try:
-        if MICROPYTHON:             # its wait_closed() closes the socket, nothing to wait for
+        if compat.MICROPYTHON:             # its wait_closed() closes the socket, nothing to wait for
             forget_io_wait(writer.s)
             writer.close()
             await writer.wait_closed()
             return
         writer.close()
-        await wait_for(writer.wait_closed(), _CLOSE_WAIT_S)
+        await compat.wait_for(writer.wait_closed(), _CLOSE_WAIT_S)
     except Exception:  # noqa: BLE001 - closing must never raise
         abort_stream(writer)
 
@@ -233,7 +226,7 @@ async def close_stream(writer):
 def abort_stream(writer):
     """Drop a connection at once, its unsent data too (a peer that reads nothing)."""
     try:
-        if MICROPYTHON:             # Stream.close() closes nothing there
+        if compat.MICROPYTHON:             # Stream.close() closes nothing there
             forget_io_wait(writer.s)
             writer.s.close()
         else:
@@ -247,7 +240,7 @@ def forget_io_wait(sock):
     IOQueue._enqueue (map entry made, poller.register failed) leaves sock mapped to
     a task that is not waiting on it; left there, a later socket with the same id or
     a retry corrupts the scheduler (seen: SIGSEGV under load). No-op elsewhere."""
-    if not MICROPYTHON:
+    if not compat.MICROPYTHON:
         return
     import asyncio.core
     queue = asyncio.core._io_queue

@@ -97,6 +97,7 @@ AUTH_UNKNOWN_MECHANISM = "504 5.5.4 Unrecognized authentication mechanism"
 AUTH_CANCELLED = "501 5.0.0 Authentication cancelled"
 AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode response"
 AUTH_ALREADY = "503 5.5.1 Already authenticated"
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 
 CRLF = b"\r\n"
 

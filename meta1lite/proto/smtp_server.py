@@ -41,8 +41,8 @@
 #                     (b"" on EOF)
 #       PAUSED     -> a decision is due (or STARTTLS is under way): see below
 #       Reply      -> write ev.data (replies are in order; batch until NEED_DATA)
-#       MailFrom   -> write conn.accept_mail() or conn.reject_mail(452, "4.3.1", ...)
-#       RcptTo     -> write conn.accept_rcpt() or conn.reject_rcpt(554, "5.7.1", ...)
+#       MailFrom   -> write conn.accept_mail() or conn.reject_mail(replies.QUEUE_FULL)
+#       RcptTo     -> write conn.accept_rcpt() or conn.reject_rcpt(replies.RELAY_DENIED)
 #       DataStart  -> open a spool file; write conn.accept_data() (354) or reject_data
 #       DataChunk  -> append ev.data to the spool file as-is (before the next read)
 #       DataEnd    -> ok: commit durably, then write conn.accept_message(...) (250);
@@ -52,7 +52,7 @@
 #       Helo, Rset -> drop any transaction in progress; Quit -> log
 #       StateChange-> log (only with state_events=True, the default)
 #       Close      -> close the socket (after writing what was collected)
-# The I/O layer may end a session itself with conn.shutdown(421, "4.4.2", ...).
+# The I/O layer may end a session itself with conn.shutdown(replies.IDLE_TIMEOUT).
 import builtins
 
 from meta1lite.const import const
@@ -309,11 +309,11 @@ class ServerConnection(StateMachine):
         self._set_state(MAIL, "MAIL")
         return reply_bytes(replies.SENDER_OK, text)
 
-    def reject_mail(self, code=452, enhanced="4.3.1", text="Insufficient system storage"):
+    def reject_mail(self, reply=replies.QUEUE_FULL):
         """Refuse the MailFrom (e.g. queue full); bytes of the reply."""
         self._decide("mail")
         self._offered = None
-        return format_reply(code, enhanced, text)
+        return reply_bytes(reply)
 
     def accept_rcpt(self, text=None):
         """Accept the RcptTo just returned; bytes of the 250."""
@@ -322,10 +322,10 @@ class ServerConnection(StateMachine):
         self._set_state(RCPT, "RCPT")
         return reply_bytes(replies.RECIPIENT_OK, text)
 
-    def reject_rcpt(self, code=554, enhanced="5.7.1", text="Relay access denied"):
+    def reject_rcpt(self, reply=replies.RELAY_DENIED):
         """Refuse the RcptTo (554 5.7.1 relay denied, 550 5.1.1 unknown...)."""
         self._decide("rcpt")
-        out = format_reply(code, enhanced, text)
+        out = reply_bytes(reply)
         self._count_error()         # a relay probe or a guess at local names ends
         return out
 
@@ -338,10 +338,10 @@ class ServerConnection(StateMachine):
         self._set_state(DATA, "DATA")
         return reply_bytes(replies.START_DATA)
 
-    def reject_data(self, code=452, enhanced="4.3.1", text="Insufficient system storage"):
+    def reject_data(self, reply=replies.QUEUE_FULL):
         """Refuse DATA before the 354; the transaction stays open."""
         self._decide("data")
-        return format_reply(code, enhanced, text)
+        return reply_bytes(reply)
 
     def accept_message(self, text=None):
         """The message is durable: bytes of the 250 to the final dot."""
@@ -350,10 +350,10 @@ class ServerConnection(StateMachine):
         self.bad_commands = 0
         return reply_bytes(replies.MESSAGE_OK, text)
 
-    def reject_message(self, code=452, enhanced="4.3.1", text="Insufficient system storage"):
+    def reject_message(self, reply=replies.QUEUE_FULL):
         """The message could not be kept: bytes of the reply to the final dot."""
         self._decide("message")
-        return format_reply(code, enhanced, text)
+        return reply_bytes(reply)
 
     def accept_auth(self):
         """Credentials are good; bytes of the 235."""
@@ -362,11 +362,11 @@ class ServerConnection(StateMachine):
         self._auth = None
         return reply_bytes(replies.AUTH_OK)
 
-    def reject_auth(self, code=535, enhanced="5.7.8", text="Authentication credentials invalid"):
+    def reject_auth(self, reply=replies.AUTH_INVALID):
         """Credentials are bad (535 5.7.8) or the user is locked out (454 4.7.0)."""
         self._decide("auth")
         self._auth = None
-        return format_reply(code, enhanced, text)
+        return reply_bytes(reply)
 
     def tls_started(self):
         """The socket now speaks TLS: back to the pre-EHLO state (RFC 3207 4.2)."""
@@ -379,12 +379,13 @@ class ServerConnection(StateMachine):
         self._discard_input()
         self._set_state(CONNECTED, "TLS")
 
-    def shutdown(self, code=421, enhanced="4.4.2", text="Idle timeout, closing connection"):
-        """End the session from the I/O side (timeout, overload); bytes to write."""
-        data = format_reply(code, enhanced, text)
+    def shutdown(self, reply=replies.IDLE_TIMEOUT):
+        """End the session from the I/O side (timeout, overload) with `reply` (of
+        proto/replies.py's table); bytes to write."""
+        data = reply_bytes(reply)
         if self.state != CLOSED:
             self._events = []
-            self._close("shutdown %d" % code)
+            self._close("shutdown %s" % reply[:3])
         return data
 
     # --- commands ----------------------------------------------------------------

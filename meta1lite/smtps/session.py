@@ -62,7 +62,7 @@ class Session:
         """Ask the session to end (daemon stopping, or evicted to make room)."""
         self.stopping = True
         try:
-            self.writer.write(self.conn.shutdown(*replies.parts(reply)))
+            self.writer.write(self.conn.shutdown(reply))
         except Exception:  # noqa: BLE001
             pass
         try:
@@ -117,7 +117,7 @@ class Session:
     async def _goodbye(self, reply):
         # a last reply before closing, if there is memory and a client to send it to
         try:
-            await self._send(self.conn.shutdown(*replies.parts(reply)))
+            await self._send(self.conn.shutdown(reply))
         except Exception:  # noqa: BLE001 - MemoryError again, or the client is gone
             pass
 
@@ -168,10 +168,10 @@ class Session:
         return left, reply
 
     def _cut(self, reply):
-        code, enhanced, text = replies.parts(reply)
+        text = replies.parts(reply)[2]
         what = "timeout" if reply is replies.IDLE_TIMEOUT else text.split(",")[0].lower()
         self.log("%s after %s from unknown[%s]" % (what, self.conn.state, self.ip))
-        self.out.append(self.conn.shutdown(code, enhanced, text))
+        self.out.append(self.conn.shutdown(reply))
         return b""
 
     async def _flush(self):
@@ -231,7 +231,7 @@ class Session:
         refusal = self._mail_refusal(event)
         if refusal is not None:
             self._noqueue("MAIL", refusal, event.mailbox.address, None)
-            self.out.append(self.conn.reject_mail(*replies.parts(refusal)))
+            self.out.append(self.conn.reject_mail(refusal))
             return
         self.sender = event.mailbox.address
         self.turn = self.server.refusals
@@ -257,7 +257,7 @@ class Session:
     def _close_low_memory(self, stage, sender, why):
         self.log("low memory (%s): closing the session of [%s]" % (why, self.ip), "warning")
         self._noqueue(stage, replies.LOW_MEMORY, sender, None)
-        self.out.append(self.conn.shutdown(*replies.parts(replies.LOW_MEMORY)))
+        self.out.append(self.conn.shutdown(replies.LOW_MEMORY))
 
     def _mail_refusal(self, event):
         reason = self.server.spool.check_accept(event.size or 0)
@@ -276,7 +276,7 @@ class Session:
         refusal = self.server.policy.rcpt_verdict(mailbox, self.ip, self.conn.authenticated)
         if refusal is not None:
             self._noqueue("RCPT", refusal, self.sender, mailbox.address)
-            self.out.append(self.conn.reject_rcpt(*replies.parts(refusal)))
+            self.out.append(self.conn.reject_rcpt(refusal))
             return
         self.rcpts.append(mailbox.address)
         self.out.append(self.conn.accept_rcpt())
@@ -295,7 +295,7 @@ class Session:
             self.msg = self.server.spool.new_message()
         except (SpoolFull, OSError, MemoryError) as exc:
             self.log("cannot open queue file: %s" % exc, "warning")
-            self.out.append(self.conn.reject_data(*replies.parts(replies.QUEUE_FULL)))
+            self.out.append(self.conn.reject_data(replies.QUEUE_FULL))
             return
         try:
             self.conn.make_room_for_data()      # the DATA buffer, before the 354
@@ -361,7 +361,7 @@ class Session:
         msg, self.msg = self.msg, None
         if self.failed is not None:
             msg.abort()
-            return self.conn.reject_message(*replies.parts(self._failure_reply(self.failed)))
+            return self.conn.reject_message(self._failure_reply(self.failed))
         info = {"client": self.ip, "helo": self.conn.helo_name or "",
                 "proto": self.conn.received_protocol()}
         if self.eightbit:
@@ -370,7 +370,7 @@ class Session:
             queue_id = await self.server.spool.commit(msg, self.sender, self.rcpts, info)
         except (SpoolFull, OSError) as exc:
             self.log("%s: commit failed: %s" % (msg.queue_id, exc), "warning")
-            return self.conn.reject_message(*replies.parts(self._failure_reply(exc)))
+            return self.conn.reject_message(self._failure_reply(exc))
         self.server.rate.count(self.client)
         self._queued(queue_id)
         return self.conn.accept_message("OK: queued as %s" % queue_id)
@@ -413,7 +413,7 @@ class Session:
             if self.dropped:
                 raise
             self.log("STARTTLS handshake failed with unknown[%s]: %s" % (self.ip, exc))
-            self.conn.shutdown(*replies.parts(replies.TEMP_FAILURE))
+            self.conn.shutdown(replies.TEMP_FAILURE)
             return
         self.conn.tls_started()
 
@@ -421,10 +421,10 @@ class Session:
         self._count("auth")
         lockout = self.server.lockout
         if lockout is None:     # a reload took the AUTH users away after EHLO offered it
-            self.out.append(self.conn.reject_auth(*replies.parts(replies.AUTH_NOT_AVAILABLE)))
+            self.out.append(self.conn.reject_auth(replies.AUTH_NOT_AVAILABLE))
             return
         if lockout.locked(self.client):
-            self.out.append(self.conn.reject_auth(*replies.parts(replies.AUTH_LOCKED)))
+            self.out.append(self.conn.reject_auth(replies.AUTH_LOCKED))
             return
         if await self.server.check_password(event.user, event.password):
             lockout.succeeded(self.client)

@@ -125,7 +125,7 @@ class Pair:
             answer = server.accept_mail()
         elif isinstance(ev, ss.RcptTo):
             refused = ev.mailbox.address in self.reject
-            answer = server.reject_rcpt(550, "5.1.1", "User unknown") if refused else server.accept_rcpt()
+            answer = server.reject_rcpt("550 5.1.1 User unknown") if refused else server.accept_rcpt()
         elif isinstance(ev, ss.DataStart):
             answer = server.accept_data()
         elif isinstance(ev, ss.DataChunk):

@@ -25,7 +25,7 @@ class Session:
         self.conn = S.ServerConnection("relay.test", **settings)
         self.out = []
         self.events = []
-        self.rcpt_policy = None           # mailbox -> None (accept) or (code, enh, text)
+        self.rcpt_policy = None           # mailbox -> None (accept) or a reply ("554 5.7.1 ...")
         self.mail_policy = None
         self.data_policy = None
         self.password = "secret"
@@ -52,13 +52,13 @@ class Session:
             self.out.append(event.data)
         elif isinstance(event, S.MailFrom):
             refusal = self.mail_policy and self.mail_policy(event.mailbox)
-            self.out.append(conn.reject_mail(*refusal) if refusal else conn.accept_mail())
+            self.out.append(conn.reject_mail(refusal) if refusal else conn.accept_mail())
         elif isinstance(event, S.RcptTo):
             refusal = self.rcpt_policy and self.rcpt_policy(event.mailbox)
-            self.out.append(conn.reject_rcpt(*refusal) if refusal else conn.accept_rcpt())
+            self.out.append(conn.reject_rcpt(refusal) if refusal else conn.accept_rcpt())
         elif isinstance(event, S.DataStart):
             refusal = self.data_policy
-            self.out.append(conn.reject_data(*refusal) if refusal else conn.accept_data())
+            self.out.append(conn.reject_data(refusal) if refusal else conn.accept_data())
         elif isinstance(event, S.DataEnd) and event.ok:
             self.out.append(conn.accept_message())
         elif isinstance(event, S.AuthRequest):
@@ -204,7 +204,7 @@ def test_pipelined_commands_reply_in_order():
                  b"RCPT TO:<bad@nowhere.example>\r\nRCPT TO:<c@example.org>\r\nNOOP\r\n")
     assert session.codes() == [250, 250, 250, 250, 250, 250]
     session = Session()
-    session.rcpt_policy = lambda box: (554, "5.7.1", "Relay access denied") \
+    session.rcpt_policy = lambda box: "554 5.7.1 Relay access denied" \
         if box.domain == "nowhere.example" else None
     session.feed(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
                  b"RCPT TO:<bad@nowhere.example>\r\nRCPT TO:<c@example.org>\r\nNOOP\r\n")
@@ -250,7 +250,7 @@ def test_too_many_recipients():
 
 def test_data_with_no_valid_recipients_and_rset():
     session = _greeted()
-    session.rcpt_policy = lambda box: (550, "5.1.1", "User unknown")
+    session.rcpt_policy = lambda box: "550 5.1.1 User unknown"
     session.feed(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nRSET\r\n"
                  b"MAIL FROM:<>\r\n")
     assert session.codes() == [250, 550, 554, 250, 250]
@@ -268,7 +268,7 @@ def test_message_bytes_in_the_same_packet_as_data():
 
 def test_rejected_data_keeps_following_lines_as_commands():
     session = Session()
-    session.data_policy = (452, "4.3.1", "Insufficient system storage")
+    session.data_policy = "452 4.3.1 Insufficient system storage"
     session.feed(ENVELOPE + b"NOOP\r\n")
     assert session.codes() == [250, 250, 250, 452, 250]
     assert session.conn.state == S.RCPT
