@@ -138,11 +138,12 @@ class PostfixInstance:
 
 
 def cpu_seconds(pid):
-    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    """(user, system) CPU seconds of a process so far (Linux /proc), or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+        tick = float(os.sysconf("SC_CLK_TCK"))
+        return int(fields[11]) / tick, int(fields[12]) / tick
     except (OSError, ValueError, IndexError):
         return None
 
@@ -208,7 +209,9 @@ def measure(name, port, sink, args, msgs=None, sessions=None, size=None, pid=Non
     note = "delivered %d/%d" % (got, msgs) + ("" if t_end else " (stalled or timed out)")
     cpu1 = [cpu_seconds(p) for p in pids]
     if pids and None not in cpu0 + cpu1:
-        note += ", cpu %.2f ms/msg" % (1000 * (sum(cpu1) - sum(cpu0)) / msgs)
+        user = sum(c[0] for c in cpu1) - sum(c[0] for c in cpu0)
+        system = sum(c[1] for c in cpu1) - sum(c[1] for c in cpu0)
+        note += ", cpu %.2f ms/msg (system %.2f)" % (1000 * (user + system) / msgs, 1000 * system / msgs)
     if busy0 is not None and busy1 is not None:
         note += ", machine %.2f ms/msg" % (1000 * (busy1 - busy0) / msgs)
     if det.get("rc"):

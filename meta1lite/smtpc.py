@@ -276,7 +276,7 @@ class _Session:
             return
         timeout = self._timeout(core.TIMEOUT_DATA_BLOCK if self.current else None)
         try:
-            await compat.wait_for(streams.write_all(self.writer, data), timeout)
+            await streams.write_within(self.writer, data, timeout)
         except _IO_ERRORS as exc:
             self._io_failed(exc, "writing to", timeout)
 

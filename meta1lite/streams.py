@@ -118,7 +118,7 @@ async def read_now(reader, timeout_s):
     feed it to a core that copies it before awaiting anything (a buffer per session
     or delivery was 1K each held while it idled). CPython: bytes."""
     if not compat.MICROPYTHON:
-        return await compat.wait_for(reader.read(compat.READ_CHUNK), timeout_s)
+        return await _read_within(reader, timeout_s)
     end = compat.real_monotonic() + timeout_s / compat.clock_scale()
     while True:     # as read_some: a TLS record not yet whole reads None, wait again
         await _readable(reader.s, end)
@@ -126,6 +126,60 @@ async def read_now(reader, timeout_s):
         n = reader.s.readinto(buf)
         if n is not None:
             return memoryview(buf)[:n]
+
+
+# CPython: a read's deadline without asyncio.timeout(), which made a Timeout, a timer
+# in the loop's heap and its cancel for every read (about a tenth of the daemon's CPU
+# under cProfile): one call_at per loop (kept on the loop) wakes at the nearest
+# deadline and fails a read still waiting then with TimeoutError through its
+# StreamReader (whose later reads fail too: a timed-out stream is only closed).
+if not compat.MICROPYTHON:    # (a board's heap holds no class it never uses)
+    class _ReadDeadlines:
+        def __init__(self):
+            self.due = {}       # StreamReader -> loop.time() its read times out
+            self.timer = None   # the call_at of the nearest deadline
+            self.wake = 0
+
+        def add(self, loop, reader, end):
+            self.due[reader] = end
+            if self.timer is None or end < self.wake:
+                if self.timer is not None:
+                    self.timer.cancel()
+                self._wake_at(loop, end)
+
+        def _wake_at(self, loop, end):
+            self.wake = end
+            self.timer = loop.call_at(end, self._check, loop)
+
+        def _check(self, loop):
+            self.timer = None
+            now = loop.time()
+            wake = None
+            for reader, end in list(self.due.items()):
+                if end <= now:
+                    if reader._waiter is None:  # woken already: its read returns now
+                        end = now + _WOKEN_RECHECK_S
+                    else:
+                        del self.due[reader]
+                        reader.set_exception(asyncio.TimeoutError())
+                        continue
+                if wake is None or end < wake:
+                    wake = end
+            if wake is not None:
+                self._wake_at(loop, wake)
+
+    _WOKEN_RECHECK_S = 0.01     # a reader past its deadline but woken: looked at again
+
+    async def _read_within(reader, timeout_s):
+        loop = asyncio.get_running_loop()
+        deadlines = getattr(loop, "meta1lite_deadlines", None)
+        if deadlines is None:
+            deadlines = loop.meta1lite_deadlines = _ReadDeadlines()
+        deadlines.add(loop, reader, loop.time() + timeout_s / compat.clock_scale())
+        try:
+            return await reader.read(compat.READ_CHUNK)
+        finally:
+            deadlines.due.pop(reader, None)
 
 
 # CPython 3.12+'s transport queues the very object it is given when the socket is
@@ -151,14 +205,23 @@ async def write_all(writer, data):
 
 
 async def write_within(writer, data, timeout_s):
-    """write_all() bounded by timeout_s (a timeout error). MicroPython: no task for
-    the bound when the socket took a short reply at once, as it usually does."""
-    if compat.MICROPYTHON and len(data) <= compat.WRITE_CHUNK:
+    """write_all() bounded by timeout_s (a timeout error). A piece the socket took at
+    once, as a reply or a body chunk usually is, needs no drain and no timeout."""
+    if len(data) <= compat.WRITE_CHUNK:
+        if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
+            data = bytes(data)
         writer.write(data)
-        if writer.out_buf:
+        if _buffered(writer):
             await compat.wait_for(writer.drain(), timeout_s)
         return
     await compat.wait_for(write_all(writer, data), timeout_s)
+
+
+def _buffered(writer):
+    # bytes a stream holds that its socket has not taken yet
+    if compat.MICROPYTHON:
+        return writer.out_buf
+    return writer.transport.get_write_buffer_size()
 
 
 def _tcp_nodelay_option():

@@ -362,3 +362,43 @@ def test_a_next_hop_gone_mid_body_defers_and_the_body_is_closed(runtime, tmp_pat
                   body=BODY * 200)
     assert out.status() == "deferred", out.results
     assert out.bodies_closed == 1, out.out + out.log
+
+
+class SilentHop:
+    """A next hop that greets, then reads whatever comes and never answers."""
+
+    def __init__(self, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(4)
+        self.conns = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            conn.sendall(b"220 silent.test ESMTP\r\n")
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_next_hop_that_stops_answering_is_given_up_at_io_timeout(runtime, tmp_path, zone):
+    port = free_port()
+    cfg = _config(tmp_path, zone, port, _smarthost_routes(port, tls="off", auth=False))
+    hop = SilentHop(port)
+    try:
+        out = deliver(runtime, tmp_path, cfg.replace("io_timeout = 30s", "io_timeout = 2s"),
+                      ["a@far.test"])
+    finally:
+        hop.close()
+    assert out.status() == "deferred", out.log
+    assert out.text() == "timeout after 2s reading from smtp.isp.test[127.0.0.1]:%d" % port, out.log

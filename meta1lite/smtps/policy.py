@@ -27,10 +27,15 @@ class RelayPolicy:
     def __init__(self, opts, smar):
         self.relay_from = opts["relay_from"]
         self.smar = smar
+        self.last = (None, False)   # (client address, in relay_from): asked per recipient
 
     def trusted(self, ip, authenticated):
         """May this client relay to any domain?"""
-        return bool(authenticated) or netaddr.match_any(self.relay_from, ip)
+        if authenticated:
+            return True
+        if ip != self.last[0]:
+            self.last = (ip, netaddr.match_any(self.relay_from, ip))
+        return self.last[1]
 
     def rcpt_verdict(self, mailbox, ip, authenticated):
         """None to accept the recipient, else the refusal (a reply of proto/replies.py)."""

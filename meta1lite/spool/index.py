@@ -105,6 +105,8 @@ def needed(buf, off):
     return out
 
 
+_NO_ID = object()       # equal to nothing find_id() is asked for
+
 class Index:
     """The live messages' records, end to end in BUCKETS bytearrays chosen by tag;
     used[i] bytes of bucket i are records, the rest is room to grow. journal: the
@@ -116,6 +118,7 @@ class Index:
         self.used = [0] * BUCKETS
         self.count = 0
         self.live_bytes = 0     # sum of the live messages' sizes
+        self.last_id = (_NO_ID, 0, 0)   # the last queue ID find_id() checked: (id, tag, time)
 
     # --- the packed records ----------------------------------------------------------
 
@@ -208,12 +211,15 @@ class Index:
 
     def find_id(self, queue_id):
         """The handle of a live queue ID's record, or None."""
-        if not isinstance(queue_id, str):
-            return None
-        tag, id_time = fmt.tag_of(queue_id), fmt.id_time_of(queue_id)
-        if tag is None or id_time is None or fmt.queue_id_of(id_time, tag) != queue_id:
-            return None
-        return self.find(tag, id_time)
+        last = self.last_id
+        if queue_id != last[0]:     # (qmgr asks for one message several times in a row)
+            if not isinstance(queue_id, str):
+                return None
+            tag, id_time = fmt.tag_of(queue_id), fmt.id_time_of(queue_id)
+            if tag is None or id_time is None or fmt.queue_id_of(id_time, tag) != queue_id:
+                return None
+            last = self.last_id = (queue_id, tag, id_time)
+        return self.find(last[1], last[2])
 
     def add_message(self, msg):
         """Add a Message's record; False if its queue ID is already queued."""

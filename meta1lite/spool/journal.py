@@ -28,6 +28,10 @@ LAZY_SYNC_S = const(2)          # sync_later(): at the latest this long after
 # unix port is a few words.
 _RESERVE_HANDLES_FROM = const(512)
 _HANDLES_AT_ONCE = const(2)     # a body read while the next message's envelope is read
+# Records (envelopes, recipients' states) kept in memory as written or last read, so
+# that the Messages qmgr builds 4 times a message do not open, read and check the
+# segment each time (CPython; a board's heap keeps none).
+RECENT_RECORDS = 0 if compat.MICROPYTHON else 512
 
 
 class _Round:
@@ -61,6 +65,7 @@ class Journal:
         self._handle_reserve = heap.Reserve(0)     # sized by start()
         self._join_upto = _SMALL_FRAME
         self.failed = []        # keys of segments an fsync failed on (see _sync_failed)
+        self.recent = {}        # (key, gen, pos) -> (ftype, tag, payload, length): RECENT_RECORDS
 
     def is_open(self):
         """True between start() and close()."""
@@ -269,7 +274,16 @@ class Journal:
 
     def append_record(self, ftype, tag, fields):
         """append() of a record frame (fields as a dict); returns (segment, offset)."""
-        return self.append(ftype, tag, (fmt.record(fields),))
+        payload = fmt.record(fields)
+        seg, pos = self.append(ftype, tag, (payload,))
+        self._keep_recent(seg, pos, (ftype, tag, payload, len(payload)))
+        return seg, pos
+
+    def _keep_recent(self, seg, pos, frame):
+        if RECENT_RECORDS:
+            if len(self.recent) >= RECENT_RECORDS:
+                del self.recent[next(iter(self.recent))]    # the oldest kept
+            self.recent[(seg.key, seg.gen, pos)] = frame
 
     def _rewind(self, seg):
         try:
@@ -415,15 +429,24 @@ class Journal:
         seg = self.segs.get(key)
         if seg is None:
             return None, 0
-        try:
-            if key not in files:
-                files[key] = self.open_read(seg.path)
-            status, frame = fmt.read_frame(files[key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
-        except OSError:
-            return None, 0
-        if status != fmt.OK or frame[0] != ftype or frame[1] != tag:
+        frame = self.recent.get((key, seg.gen, pos))
+        if frame is None:
+            frame = self._read_frame(files, seg, pos)
+        if frame is None or frame[0] != ftype or frame[1] != tag:
             return None, 0
         return fmt.decode_record(frame[2]), frame[3]
+
+    def _read_frame(self, files, seg, pos):
+        try:
+            if seg.key not in files:
+                files[seg.key] = self.open_read(seg.path)
+            status, frame = fmt.read_frame(files[seg.key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
+        except OSError:
+            return None
+        if status != fmt.OK:
+            return None
+        self._keep_recent(seg, pos, frame)
+        return frame
 
     def chunks(self, msg, strict, pool=None):
         """Generator of a message's body chunks (bytes), in order. strict: raise
