@@ -44,7 +44,7 @@ def test_relay_prints_figures():
               "--no-postfix", "--builtin-client", "--builtin-sink", "--daemons", "2")
     assert "end-to-end relay throughput" in out
     assert re.search(r"meta1lite \(cpython, 2 daemons\)\s+2048\s+20\s+4\s+.*delivered 20/20, "
-                     r"cpu [\d.]+ ms/msg, machine [\d.]+ ms/msg", out), out
+                     r"cpu [\d.]+ ms/msg \(system [\d.]+\), machine [\d.]+ ms/msg", out), out
     assert re.search(r"no relay\)\s+2048\s+20\s+4\s+[\d.]+\s+\d+", out), out
     assert re.search(r"meta1lite \(cpython\)\s+2048\s+20\s+4\s+.*delivered 20/20", out), out
     assert re.search(r"meta1lite \(cpython\)\s+20000\s+4\s+4\s+.*delivered 4/4", out), out

@@ -22,6 +22,7 @@
 #   The status index is the position in meta1lite.status.STATUSES.
 import struct
 
+from meta1lite import compat
 from meta1lite.const import const
 from meta1lite.spool import format as fmt
 from meta1lite.spool.message import log, message_from_envelope
@@ -35,7 +36,9 @@ _FLAGS_AT = const(24)           # offset of flags (u8; flags & 1: held) and the 
 _COUNTS_AT = const(29)          # offset of N and M: ">HH"
 RCPT = ">BHiI"                  # status index, attempts, state segment, state offset
 _RCPT_LEN = const(11)
-BUCKETS = const(64)
+# buckets of records (chosen by tag): a lookup scans one. A board's 64 keep the empty
+# ones' list small; CPython's queue of thousands gets more, shorter buckets.
+BUCKETS = 64 if compat.MICROPYTHON else 1024
 
 
 def _u32(value):
