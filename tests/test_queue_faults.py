@@ -84,7 +84,7 @@ def test_a_failed_fsync_refuses_the_message_whose_chunks_it_covered(tmp_path, mo
     # too (the client sends again), appends move to a new segment, and every message
     # acknowledged afterwards survives the pages' loss.
     d = tmp_path / "spool"
-    sp = open_spool(d)
+    sp = open_spool(d, chunk_size=4096)     # A's first 30,000 bytes: chunks written before B
     seg_path = os.path.realpath(sp.journal._cur.path)
     synced = os.path.getsize(seg_path)
     lost, real = [], durable.fsync_file
@@ -186,14 +186,14 @@ def test_a_salvaged_message_is_on_disk_before_its_done_record(tmp_path, monkeypa
     # copy that exists is not made again, so after a power cut between the two a copy
     # still in the page cache would have stood in for the salvage: empty or cut.
     d = tmp_path / "spool"
-    sp = open_spool(d)
+    sp = open_spool(d, chunk_size=2048)     # three chunks
     body = _body(6000)
     queue_id = asyncio.run(commit(sp, body))
     path = sp.journal._cur.path
     sp.close()
     with open(path, "r+b") as f:
         data = f.read()
-        at = data.find(body[3000:3100]) + 50            # inside the fourth chunk
+        at = data.find(body[3000:3100]) + 50            # inside the second chunk
         f.seek(at)
         f.write(bytes([data[at] ^ 0xFF]))
     order = []

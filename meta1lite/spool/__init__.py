@@ -84,7 +84,9 @@ from meta1lite.spool.space import low_space
 from meta1lite.status import FINAL, SENT, STATUSES  # public API too (the spool stores the index)
 
 _SEGMENT_SIZE = const(256 * 1024)  # bytes per journal segment (qmgr.segment_size)
-CHUNK_SIZE = compat.IO_CHUNK    # body bytes per chunk frame
+# body bytes per chunk frame: a board's 1K buffers; CPython's 32K make a 100 KB body
+# 4 frames to write and read back (crc, head, syscalls), not 25
+CHUNK_SIZE = compat.IO_CHUNK if compat.MICROPYTHON else 8 * compat.IO_CHUNK
 _FREE_SEGMENTS = const(2)       # freed segments kept for reuse (qmgr.free_segments)
 _RECORD_RESERVE = const(16 * 1024)  # free space only state/done records may use (qmgr.record_reserve)
 _POOLED_BUFFERS = const(8)      # chunk buffers kept for reuse (writers + body readers at once)

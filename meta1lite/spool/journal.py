@@ -20,7 +20,8 @@ from meta1lite.spool.message import CorruptMessage, SpoolFull, log
 from meta1lite.spool.segment import Segment, close_quietly, open_and_close, open_rw, read_chunk
 from meta1lite.spool.space import RESERVED_FOR, RecordReserve
 
-_SMALL_FRAME = const(1024)      # frames up to this are joined: one write(), one syscall
+# frames up to this are joined: one write(), one syscall (CPython: a whole chunk frame)
+_SMALL_FRAME = 1024 if compat.MICROPYTHON else 64 * 1024
 LAZY_SYNC_S = const(2)          # sync_later(): at the latest this long after
 # A file handle this large gets heap kept for it (heap.Reserve, MicroPython): a
 # LittleFS file object holds its cache, min(block, 4 x max(read, prog size)) = 1K on
