@@ -377,41 +377,49 @@ class Logger:
         self.threshold = LEVELS.get(level, 20)
         self.stream = stream
         self.ring = LogRing()       # recent lines for `meta1lite status`
-        self.stamp = (None, "")     # (second, its format_time) of the last line
-        self.heads = {}             # module -> "host meta1lite/program[pid]: "
 
     def log(self, level, module, text):
         """Write one line if `level` passes the threshold; keep it in the ring."""
         if LEVELS.get(level, 20) < self.threshold:
             return
-        prefix = "" if level == "info" else level + ": "
-        head = self.heads.get(module) or self._head(module)
-        line = "%s %s%s%s" % (self._stamp(), head, prefix, text)
+        line = self._line(module, "" if level == "info" else level + ": ", text)
         self.ring.append(line)
         stream = self.stream or sys.stderr
         stream.write(line + "\n")
 
-
-    def _stamp(self):
-        now = int(wall_time())
-        if now != self.stamp[0]:
-            self.stamp = (now, format_time(now))
-        return self.stamp[1]
-
-    def _head(self, module):
-        head = "%s meta1lite/%s[%d]: " % (self.hostname, program_name(module), getpid())
-        self.heads[module] = head
-        return head
+    def _line(self, module, prefix, text):
+        return "%s %s meta1lite/%s[%d]: %s%s" % (
+            format_time(wall_time()), self.hostname, program_name(module), getpid(), prefix, text)
 
 
-log = Logger()
+if not MICROPYTHON:     # a board's heap keeps no small string it need not (they pin it)
+    class _KeepingLogger(Logger):
+        # the time stamp of the current second and each module's head, made once
+        def __init__(self, *args):
+            Logger.__init__(self, *args)
+            self.stamp = (None, "")     # (second, its format_time)
+            self.heads = {}             # module -> "host meta1lite/program[pid]: "
+
+        def _line(self, module, prefix, text):
+            now = int(wall_time())
+            if now != self.stamp[0]:
+                self.stamp = (now, format_time(now))
+            head = self.heads.get(module)
+            if head is None:
+                head = self.heads[module] = "%s meta1lite/%s[%d]: " % (
+                    self.hostname, program_name(module), getpid())
+            return "%s %s%s%s" % (self.stamp[1], head, prefix, text)
+
+
+log = Logger() if MICROPYTHON else _KeepingLogger()
 
 
 def configure_logging(hostname, level, stream=None, ring_bytes=None):
     """Set the global logger's hostname, level and stream, and the size of its ring
     of recent lines (None: as it is; a new size starts an empty ring)."""
     log.hostname = hostname
-    log.heads = {}
+    if not MICROPYTHON:
+        log.heads = {}          # made again with the new hostname
     log.threshold = LEVELS.get(level, 20)
     log.stream = stream
     if ring_bytes is not None and ring_bytes != len(log.ring.buf):

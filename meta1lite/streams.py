@@ -211,17 +211,10 @@ async def write_within(writer, data, timeout_s):
         if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
             data = bytes(data)
         writer.write(data)
-        if _buffered(writer):
-            await compat.wait_for(writer.drain(), timeout_s)
+        if writer.out_buf if compat.MICROPYTHON else writer.transport.get_write_buffer_size():
+            await compat.wait_for(writer.drain(), timeout_s)    # the socket left some
         return
     await compat.wait_for(write_all(writer, data), timeout_s)
-
-
-def _buffered(writer):
-    # bytes a stream holds that its socket has not taken yet
-    if compat.MICROPYTHON:
-        return writer.out_buf
-    return writer.transport.get_write_buffer_size()
 
 
 def _tcp_nodelay_option():

@@ -27,15 +27,16 @@ class RelayPolicy:
     def __init__(self, opts, smar):
         self.relay_from = opts["relay_from"]
         self.smar = smar
-        self.last = (None, False)   # (client address, in relay_from): asked per recipient
+        self.last_ip = None         # the client address last matched (asked per recipient)
+        self.last_trusted = False   # and whether it is in relay_from
 
     def trusted(self, ip, authenticated):
         """May this client relay to any domain?"""
         if authenticated:
             return True
-        if ip != self.last[0]:
-            self.last = (ip, netaddr.match_any(self.relay_from, ip))
-        return self.last[1]
+        if ip != self.last_ip:
+            self.last_ip, self.last_trusted = ip, netaddr.match_any(self.relay_from, ip)
+        return self.last_trusted
 
     def rcpt_verdict(self, mailbox, ip, authenticated):
         """None to accept the recipient, else the refusal (a reply of proto/replies.py)."""

@@ -121,7 +121,8 @@ class Index:
         self.used = [0] * BUCKETS
         self.count = 0
         self.live_bytes = 0     # sum of the live messages' sizes
-        self.last_id = (_NO_ID, 0, 0)   # the last queue ID find_id() checked: (id, tag, time)
+        self.last_id = _NO_ID   # the last queue ID find_id() checked, its tag and time
+        self.last_tag = self.last_time = 0
 
     # --- the packed records ----------------------------------------------------------
 
@@ -214,15 +215,14 @@ class Index:
 
     def find_id(self, queue_id):
         """The handle of a live queue ID's record, or None."""
-        last = self.last_id
-        if queue_id != last[0]:     # (qmgr asks for one message several times in a row)
+        if queue_id != self.last_id:    # (qmgr asks for one message several times in a row)
             if not isinstance(queue_id, str):
                 return None
             tag, id_time = fmt.tag_of(queue_id), fmt.id_time_of(queue_id)
             if tag is None or id_time is None or fmt.queue_id_of(id_time, tag) != queue_id:
                 return None
-            last = self.last_id = (queue_id, tag, id_time)
-        return self.find(last[1], last[2])
+            self.last_id, self.last_tag, self.last_time = queue_id, tag, id_time
+        return self.find(self.last_tag, self.last_time)
 
     def add_message(self, msg):
         """Add a Message's record; False if its queue ID is already queued."""

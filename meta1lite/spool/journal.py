@@ -430,24 +430,20 @@ class Journal:
         seg = self.segs.get(key)
         if seg is None:
             return None, 0
-        frame = self.recent.get((key, seg.gen, pos))
+        frame = self.recent.get((key, seg.gen, pos)) if RECENT_RECORDS else None
         if frame is None:
-            frame = self._read_frame(files, seg, pos)
-        if frame is None or frame[0] != ftype or frame[1] != tag:
+            try:
+                if key not in files:
+                    files[key] = self.open_read(seg.path)
+                status, frame = fmt.read_frame(files[key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
+            except OSError:
+                return None, 0
+            if status != fmt.OK:
+                return None, 0
+            self._keep_recent(seg, pos, frame)
+        if frame[0] != ftype or frame[1] != tag:
             return None, 0
         return fmt.decode_record(frame[2]), frame[3]
-
-    def _read_frame(self, files, seg, pos):
-        try:
-            if seg.key not in files:
-                files[seg.key] = self.open_read(seg.path)
-            status, frame = fmt.read_frame(files[seg.key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
-        except OSError:
-            return None
-        if status != fmt.OK:
-            return None
-        self._keep_recent(seg, pos, frame)
-        return frame
 
     def chunks(self, msg, strict, pool=None):
         """Generator of a message's body chunks (bytes), in order. strict: raise
