@@ -300,3 +300,20 @@ def test_an_incoming_file_that_cannot_be_adopted_is_not_retried_at_every_scan(tm
     (tmp_path / "spool" / fmt.INCOMING_DIR / "new").write_bytes(b"another")
     sp.scan_incoming()
     assert len(tries) == 2
+
+
+def test_the_record_cache_is_bounded_and_older_envelopes_come_from_disk(tmp_path, monkeypatch):
+    # CPython keeps the last RECENT_RECORDS records in memory: a queue longer than
+    # that still reads every envelope, the older ones from their segment again
+    from meta1lite.spool import journal
+    monkeypatch.setattr(journal, "RECENT_RECORDS", 8)
+    sp = open_spool(tmp_path / "spool")
+    ids = [asyncio.run(commit(sp, b"Subject: %d\r\n\r\nbody\r\n" % i, rcpts=("r%d@x.example" % i,)))
+           for i in range(20)]
+    assert len(sp.journal.recent) == 8
+    opened, real_open = [], sp.journal.open_read
+    monkeypatch.setattr(sp.journal, "open_read", lambda path: opened.append(path) or real_open(path))
+    for n, queue_id in enumerate(ids):
+        assert [r.addr for r in sp.get(queue_id).recipients] == ["r%d@x.example" % n]
+    assert opened and len(sp.journal.recent) == 8
+    sp.close()

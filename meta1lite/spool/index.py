@@ -110,6 +110,7 @@ def needed(buf, off):
 
 _NO_ID = object()       # equal to nothing find_id() is asked for
 
+
 class Index:
     """The live messages' records, end to end in BUCKETS bytearrays chosen by tag;
     used[i] bytes of bucket i are records, the rest is room to grow. journal: the
