@@ -131,8 +131,8 @@ async def read_now(reader, timeout_s):
 # CPython: a read's deadline without asyncio.timeout(), which made a Timeout, a timer
 # in the loop's heap and its cancel for every read (about a tenth of the daemon's CPU
 # under cProfile): one call_at per loop (kept on the loop) wakes at the nearest
-# deadline and fails a read still waiting then with TimeoutError through its
-# StreamReader (whose later reads fail too: a timed-out stream is only closed).
+# deadline and fails a read still waiting then with TimeoutError (its StreamReader's
+# waiter; a read already woken by data returns it).
 if not compat.MICROPYTHON:    # (a board's heap holds no class it never uses)
     class _ReadDeadlines:
         def __init__(self):
@@ -161,7 +161,7 @@ if not compat.MICROPYTHON:    # (a board's heap holds no class it never uses)
                         end = now + _WOKEN_RECHECK_S
                     else:
                         del self.due[reader]
-                        reader.set_exception(asyncio.TimeoutError())
+                        _time_out_read(reader)
                         continue
                 if wake is None or end < wake:
                     wake = end
@@ -169,6 +169,13 @@ if not compat.MICROPYTHON:    # (a board's heap holds no class it never uses)
                 self._wake_at(loop, wake)
 
     _WOKEN_RECHECK_S = 0.01     # a reader past its deadline but woken: looked at again
+
+    def _time_out_read(reader):
+        # the waiting read raises TimeoutError; the stream itself is not failed (a
+        # 421 is still written and drained after it)
+        waiter, reader._waiter = reader._waiter, None
+        if not waiter.done():
+            waiter.set_exception(asyncio.TimeoutError())
 
     async def _read_within(reader, timeout_s):
         loop = asyncio.get_running_loop()
@@ -211,10 +218,22 @@ async def write_within(writer, data, timeout_s):
         if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
             data = bytes(data)
         writer.write(data)
-        if writer.out_buf if compat.MICROPYTHON else writer.transport.get_write_buffer_size():
-            await compat.wait_for(writer.drain(), timeout_s)    # the socket left some
+        if _unsent(writer):
+            await compat.wait_for(writer.drain(), timeout_s)
         return
     await compat.wait_for(write_all(writer, data), timeout_s)
+
+
+def _unsent(writer):
+    # bytes the socket did not take; true too where a lost peer must show (drain()
+    # raises it: a transport drops what is written after the loss)
+    if compat.MICROPYTHON:
+        return writer.out_buf
+    transport = writer.transport
+    try:
+        return transport.is_closing() or transport.get_write_buffer_size()
+    except AttributeError:      # CPython 3.10's TLS transport, once the peer is gone
+        return True
 
 
 def _tcp_nodelay_option():

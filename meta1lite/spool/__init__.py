@@ -111,8 +111,8 @@ class Spool:
         # new mail stops record_reserve before min_free_space; delivery state and
         # done records ignore both (a full flash must still drain)
         self.min_free_space = min_free_space + record_reserve
-        self.chunk_size = chunk_size
-        self.buffers = BufferPool(chunk_size, _POOLED_BUFFERS)
+        self.chunk_size = min(chunk_size, segment_size // 4)    # never a segment per frame
+        self.buffers = BufferPool(self.chunk_size, _POOLED_BUFFERS)
         self.journal = Journal(self.path + "/" + fmt.SEGMENT_DIR, segment_size, free_segments)
         self.journal.record_reserve.size = record_reserve      # SPOOL/seg.reserve
         self.index = Index(self.journal)
@@ -164,7 +164,9 @@ class Spool:
         loaded = _RECOVERY in sys.modules
         from meta1lite.spool.recovery import Recovery
         try:
-            return getattr(Recovery(self.path, self.journal, self.index, self.chunk_size,
+            # incoming/ files (sendmail's, either runtime may read them): 1K/4K chunks
+            return getattr(Recovery(self.path, self.journal, self.index,
+                                    min(self.chunk_size, compat.IO_CHUNK),
                                     self.min_free_space, self.damaged, self._readonly),
                            method)(*args)
         finally:

@@ -346,7 +346,14 @@ class Listing:
         return self._len > 0
 
     def _keys(self):
-        """The keys of all runs in order (a merge, one step per key)."""
+        """The keys of all runs in order."""
+        if not compat.MICROPYTHON:      # CPython's 1024 runs: a heap, not a scan per key
+            import heapq
+            return heapq.merge(*self._runs)
+        return self._merged()
+
+    def _merged(self):
+        # a merge, one scan of the runs per key (a board's 64)
         runs = self._runs
         at = [0] * len(runs)
         while True:

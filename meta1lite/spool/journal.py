@@ -438,10 +438,10 @@ class Journal:
                 status, frame = fmt.read_frame(files[key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
             except OSError:
                 return None, 0
-            if status != fmt.OK:
+            if status != fmt.OK or frame[0] != ftype or frame[1] != tag:
                 return None, 0
             self._keep_recent(seg, pos, frame)
-        if frame[0] != ftype or frame[1] != tag:
+        elif frame[0] != ftype or frame[1] != tag:
             return None, 0
         return fmt.decode_record(frame[2]), frame[3]
 
