@@ -10,7 +10,14 @@ import time
 
 import pytest
 from helpers.daemon import RUNTIMES
-from helpers.smtpclient import Client, assert_clean_log, queued, start_smtps, wait_sessions_ended
+from helpers.smtpclient import (
+    Client,
+    assert_clean_log,
+    queued,
+    start_smtps,
+    wait_logged,
+    wait_sessions_ended,
+)
 
 MAX_SIZE = 64 * 1024
 BALLAST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "ballast_daemon.py")
@@ -338,7 +345,8 @@ def test_a_session_that_had_its_turn_yields_to_a_client_refused_for_memory(tmp_p
         with Client(daemon.port) as a:
             a.greeting_and_ehlo()
             assert a.message("f@relay.test", ["t@example.org"], b"Subject: a1\r\n\r\nok\r\n").code == 250
-            open(flag, "w").close()                 # the heap runs short
+            wait_logged(daemon, "status=deferred")  # a1's delivery attempt recorded: not
+            open(flag, "w").close()                 # under the ballast; the heap runs short
             with Client(daemon.port) as c:
                 assert code_and_enhanced(c.reply()) == (421, "4.3.2")
             os.remove(flag)                         # memory is back, c waits its turn
