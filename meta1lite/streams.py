@@ -74,13 +74,20 @@ class _Deadlines:
             await asyncio.sleep_ms(_ms_until(self.wake))
 
     def _check(self, now):
-        self.wake = now + _WATCH_IDLE_S
-        for task in self.due:
-            end = self.due[task]
-            if end <= now:
-                _time_out(task)
-            elif end < self.wake:
-                self.wake = end
+        self.wake = _time_out_due(self.due, now, _time_out, now + _WATCH_IDLE_S)
+
+
+def _time_out_due(due, now, time_out, wake):
+    # both runtimes' deadlines: time_out(key) every read in due past its end (it acts
+    # only on a read still waiting; the reader removes its entry); returns the nearest
+    # end still to come, or wake if that is sooner (None: no bound)
+    for key in due:
+        end = due[key]
+        if end <= now:
+            time_out(key)
+        elif wake is None or end < wake:
+            wake = end
+    return wake
 
 
 def _ms_until(end):
@@ -138,43 +145,23 @@ if not compat.MICROPYTHON:    # (a board's heap holds no class it never uses)
         def __init__(self):
             self.due = {}       # StreamReader -> loop.time() its read times out
             self.timer = None   # the call_at of the nearest deadline
-            self.wake = 0
 
         def add(self, loop, reader, end):
             self.due[reader] = end
-            if self.timer is None or end < self.wake:
+            if self.timer is None or end < self.timer.when():
                 if self.timer is not None:
                     self.timer.cancel()
-                self._wake_at(loop, end)
-
-        def _wake_at(self, loop, end):
-            self.wake = end
-            self.timer = loop.call_at(end, self._check, loop)
+                self.timer = loop.call_at(end, self._check, loop)
 
         def _check(self, loop):
-            self.timer = None
-            now = loop.time()
-            wake = None
-            for reader, end in list(self.due.items()):
-                if end <= now:
-                    if reader._waiter is None:  # woken already: its read returns now
-                        end = now + _WOKEN_RECHECK_S
-                    else:
-                        del self.due[reader]
-                        _time_out_read(reader)
-                        continue
-                if wake is None or end < wake:
-                    wake = end
-            if wake is not None:
-                self._wake_at(loop, wake)
-
-    _WOKEN_RECHECK_S = 0.01     # a reader past its deadline but woken: looked at again
+            wake = _time_out_due(self.due, loop.time(), _time_out_read, None)
+            self.timer = None if wake is None else loop.call_at(wake, self._check, loop)
 
     def _time_out_read(reader):
-        # the waiting read raises TimeoutError; the stream itself is not failed (a
-        # 421 is still written and drained after it)
+        # the waiting read raises TimeoutError (none waits: woken already, its read
+        # returns); the stream itself is not failed (a 421 is still drained after it)
         waiter, reader._waiter = reader._waiter, None
-        if not waiter.done():
+        if waiter is not None and not waiter.done():
             waiter.set_exception(asyncio.TimeoutError())
 
     async def _read_within(reader, timeout_s):
@@ -200,9 +187,7 @@ async def write_all(writer, data):
     """Write data in WRITE_CHUNK pieces, draining after each (bounded buffering).
     The caller may reuse data's buffer once this returns."""
     if len(data) <= compat.WRITE_CHUNK:            # replies (bytes): no copy
-        if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
-            data = bytes(data)
-        writer.write(data)
+        _write_piece(writer, data)
         await writer.drain()
         return
     mv = memoryview(data)
@@ -214,19 +199,24 @@ async def write_all(writer, data):
 async def write_within(writer, data, timeout_s):
     """write_all() bounded by timeout_s (a timeout error). A piece the socket took at
     once, as a reply or a body chunk usually is, needs no drain and no timeout."""
-    if len(data) <= compat.WRITE_CHUNK:
-        if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
-            data = bytes(data)
-        writer.write(data)
-        if _unsent(writer):
-            await compat.wait_for(writer.drain(), timeout_s)
+    if len(data) > compat.WRITE_CHUNK:
+        await compat.wait_for(write_all(writer, data), timeout_s)
         return
-    await compat.wait_for(write_all(writer, data), timeout_s)
+    _write_piece(writer, data)
+    if _drain_due(writer):
+        await compat.wait_for(writer.drain(), timeout_s)
 
 
-def _unsent(writer):
-    # bytes the socket did not take; true too where a lost peer must show (drain()
-    # raises it: a transport drops what is written after the loss)
+def _write_piece(writer, data):
+    # at most WRITE_CHUNK bytes, never leaving the caller's buffer queued
+    if TRANSPORT_KEEPS_BUFFERS and not isinstance(data, bytes):
+        data = bytes(data)
+    writer.write(data)
+
+
+def _drain_due(writer):
+    # the socket left some, or the peer is gone (drain() raises it: a transport drops
+    # what is written after the loss)
     if compat.MICROPYTHON:
         return writer.out_buf
     transport = writer.transport

@@ -15,7 +15,6 @@ from helpers.smtpclient import (
     assert_clean_log,
     queued,
     start_smtps,
-    wait_logged,
     wait_sessions_ended,
 )
 
@@ -345,8 +344,9 @@ def test_a_session_that_had_its_turn_yields_to_a_client_refused_for_memory(tmp_p
         with Client(daemon.port) as a:
             a.greeting_and_ehlo()
             assert a.message("f@relay.test", ["t@example.org"], b"Subject: a1\r\n\r\nok\r\n").code == 250
-            wait_logged(daemon, "status=deferred")  # a1's delivery attempt recorded: not
-            open(flag, "w").close()                 # under the ballast; the heap runs short
+            wait_until(lambda: "status=deferred" in daemon.log(),      # a1's delivery attempt
+                       "a1's delivery attempt", daemon)                # recorded, not under
+            open(flag, "w").close()                 # the ballast; the heap runs short
             with Client(daemon.port) as c:
                 assert code_and_enhanced(c.reply()) == (421, "4.3.2")
             os.remove(flag)                         # memory is back, c waits its turn

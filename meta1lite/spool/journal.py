@@ -431,18 +431,20 @@ class Journal:
         if seg is None:
             return None, 0
         frame = self.recent.get((key, seg.gen, pos)) if RECENT_RECORDS else None
-        if frame is None:
+        read = frame is None
+        if read:
             try:
                 if key not in files:
                     files[key] = self.open_read(seg.path)
                 status, frame = fmt.read_frame(files[key], pos, max(seg.end, pos + fmt.HEAD_SIZE), seg.gen)
             except OSError:
                 return None, 0
-            if status != fmt.OK or frame[0] != ftype or frame[1] != tag:
+            if status != fmt.OK:
                 return None, 0
-            self._keep_recent(seg, pos, frame)
-        elif frame[0] != ftype or frame[1] != tag:
+        if frame[0] != ftype or frame[1] != tag:
             return None, 0
+        if read:
+            self._keep_recent(seg, pos, frame)
         return fmt.decode_record(frame[2]), frame[3]
 
     def chunks(self, msg, strict, pool=None):

@@ -178,16 +178,6 @@ def assert_clean_log(daemon):
     return log
 
 
-def wait_logged(daemon, text, deadline_s=60):
-    """Wait until the daemon's log shows text."""
-    import time
-    end = time.time() + deadline_s
-    while text not in daemon.log():
-        if time.time() > end:
-            raise AssertionError("%r not logged:\n%s" % (text, daemon.log()[-4000:]))
-        time.sleep(0.05)
-
-
 def wait_sessions_ended(daemon, deadline_s=60):
     """Wait until every session the log shows as connected has disconnected (the
     harness's own probe connection included), so connection counts start at 0."""
